@@ -1,0 +1,72 @@
+"""What every connector shares: the raw batch, file opening, checksums."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+BATCH_SIZE = 8192
+
+# reject(raw_text, file, row, line, reason): the one way a record leaves the pipeline early
+Reject = Callable[[str, str, int, int, str], None]
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: Path  # where the bytes are on disk
+    name: str  # stable name inside the source (relative path); goes into ids and provenance
+
+
+@dataclass
+class RawBatch:
+    file: str
+    records: list[dict] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)  # 0-based record index within the file
+    lines: list[int] = field(default_factory=list)  # 1-based line where each record starts
+
+    def add(self, record: dict, row: int, line: int) -> None:
+        self.records.append(record)
+        self.rows.append(row)
+        self.lines.append(line)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def open_binary(path: Path) -> BinaryIO:
+    """Open a raw file, decompressing .gz/.bz2/.zst transparently (streaming)."""
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        return gzip.open(path, "rb")
+    if suffix == ".bz2":
+        return bz2.open(path, "rb")
+    if suffix in (".zst", ".zstd"):
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+    return open(path, "rb")
+
+
+def open_text(path: Path, encoding: str) -> io.TextIOWrapper:
+    # surrogateescape keeps undecodable bytes visible (as lone surrogates) so that the
+    # record holding them can be quarantined with its position, instead of failing the file
+    return io.TextIOWrapper(open_binary(path), encoding=encoding, errors="surrogateescape", newline="")
+
+
+def show_raw(text: str) -> str:
+    """Raw text for a quarantine entry, with undecodable bytes shown as \\xNN escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

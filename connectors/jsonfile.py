@@ -1,0 +1,223 @@
+"""JSON-family raw files: JSON arrays, JSONL, and single JSON documents.
+
+Options (catalog ``connector_options``):
+  format:        auto (default) | array | jsonl | document
+  records_path:  for documents, the key holding the list of records (GAOKAO "example",
+                 Auto-CoT "demo"); without it the whole document is one record (MOSS)
+  encoding:      declared text encoding, default utf-8
+
+"auto" sniffs the first non-blank character: "[" is an array; "{" is JSONL when the
+first line parses as an object on its own, a document otherwise. Many corpora name
+JSONL files ".json" (BELLE, DuIE), so the extension is never trusted.
+
+Arrays are parsed element by element from a rolling buffer, so memory stays flat in the
+file size. An element that cannot be parsed ends the array: the rest of the file is
+quarantined as one entry, because a JSON array has no safe resynchronisation point.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+
+from connectors.base import BATCH_SIZE, RawBatch, Reject, SourceFile, open_binary, open_text, show_raw
+
+VERSION = "1"
+CHUNK = 1 << 20
+MAX_ELEMENT = 64 << 20  # a single array element larger than this is treated as corrupt
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+_WS = re.compile(r"[ \t\r\n]*")
+
+
+def read(files: list[SourceFile], options: dict, reject: Reject) -> Iterator[RawBatch]:
+    for f in files:
+        fmt = options.get("format", "auto")
+        encoding = options.get("encoding", "utf-8")
+        if fmt == "auto":
+            fmt = sniff(f.path, encoding)
+        if fmt == "jsonl":
+            yield from _read_jsonl(f, encoding, reject)
+        elif fmt == "array":
+            yield from _read_array(f, encoding, reject)
+        elif fmt == "document":
+            yield from _read_document(f, encoding, options.get("records_path"), reject)
+        else:
+            raise ValueError(f"{f.name}: unknown json format {fmt!r} (auto, array, jsonl, document)")
+
+
+def sniff(path: Path, encoding: str = "utf-8") -> str:
+    with open_text(path, encoding) as fh:
+        first = ""
+        for line in fh:
+            if line.strip():
+                first = line.strip()
+                break
+    if not first or first.startswith("["):
+        return "array"
+    try:
+        return "jsonl" if isinstance(orjson.loads(first), dict) else "document"
+    except orjson.JSONDecodeError:
+        return "document"
+
+
+def _loads_lenient(text: str | bytes):
+    """orjson first (fast); stdlib json as fallback because it accepts bare NaN."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
+def _read_jsonl(f: SourceFile, encoding: str, reject: Reject) -> Iterator[RawBatch]:
+    batch = RawBatch(f.name)
+    row = 0
+    with open_binary(f.path) as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode(encoding)
+            except UnicodeDecodeError as e:
+                reject(show_raw(raw.decode(encoding, "surrogateescape")), f.name, row, line_no,
+                       f"undecodable bytes ({encoding}) at byte {e.start}")
+                row += 1
+                continue
+            try:
+                obj = _loads_lenient(text)
+            except ValueError as e:
+                reject(text.rstrip("\r\n"), f.name, row, line_no, f"invalid JSON: {e}")
+                row += 1
+                continue
+            if not isinstance(obj, dict):
+                reject(text.rstrip("\r\n"), f.name, row, line_no,
+                       f"expected a JSON object, found {type(obj).__name__}")
+            else:
+                batch.add(obj, row, line_no)
+            row += 1
+            if len(batch) >= BATCH_SIZE:
+                yield batch
+                batch = RawBatch(f.name)
+    if len(batch):
+        yield batch
+
+
+def _read_array(f: SourceFile, encoding: str, reject: Reject) -> Iterator[RawBatch]:
+    decoder = json.JSONDecoder()
+    batch = RawBatch(f.name)
+    with open_text(f.path, encoding) as fh:
+        buf = fh.read(CHUNK)
+        eof = len(buf) < CHUNK
+        pos, line = 0, 1
+        row = 0
+
+        def refill() -> bool:
+            nonlocal buf, pos, eof, line
+            if eof:
+                return False
+            line += buf.count("\n", 0, pos)
+            more = fh.read(CHUNK)
+            eof = len(more) < CHUNK
+            buf = buf[pos:] + more
+            pos = 0
+            return bool(more)
+
+        def skip_ws() -> None:
+            nonlocal pos
+            while True:
+                pos = _WS.match(buf, pos).end()
+                if pos < len(buf) or not refill():
+                    return
+
+        skip_ws()
+        if pos >= len(buf) or buf[pos] != "[":
+            got = buf[pos : pos + 40] if pos < len(buf) else "end of file"
+            reject(show_raw(got), f.name, 0, line + buf.count("\n", 0, pos), "expected a JSON array ('[')")
+            return
+        pos += 1
+        expect_value = True
+        while True:
+            skip_ws()
+            if pos >= len(buf):
+                start_line = line + buf.count("\n", 0, pos)
+                reject("", f.name, row, start_line, "truncated JSON array: missing closing ']'")
+                break
+            ch = buf[pos]
+            if ch == "]":
+                break
+            if ch == "," and not expect_value:
+                pos += 1
+                expect_value = True
+                continue
+            start_line = line + buf.count("\n", 0, pos)
+            err = None
+            while True:
+                try:
+                    obj, end = decoder.raw_decode(buf, pos)
+                    err = None
+                    break
+                except json.JSONDecodeError as e:
+                    err = e
+                    if len(buf) - pos < MAX_ELEMENT and refill():
+                        start_line = line
+                        continue
+                    break
+            if err is not None:
+                tail = buf[pos:]
+                reject(show_raw(tail[:2000]), f.name, row, start_line,
+                       f"invalid JSON at line {start_line}: {err.msg}; the rest of the file "
+                       f"({len(tail)} chars) cannot be split into records")
+                break
+            raw_text = buf[pos:end]
+            pos = end
+            expect_value = False
+            if _UNDECODABLE.search(raw_text):
+                reject(show_raw(raw_text), f.name, row, start_line, f"undecodable bytes ({encoding})")
+            elif not isinstance(obj, dict):
+                reject(raw_text, f.name, row, start_line, f"expected a JSON object, found {type(obj).__name__}")
+            else:
+                batch.add(obj, row, start_line)
+            row += 1
+            if len(batch) >= BATCH_SIZE:
+                yield batch
+                batch = RawBatch(f.name)
+    if len(batch):
+        yield batch
+
+
+def _read_document(f: SourceFile, encoding: str, records_path: str | None, reject: Reject) -> Iterator[RawBatch]:
+    with open_text(f.path, encoding) as fh:
+        text = fh.read()
+    if _UNDECODABLE.search(text):
+        reject(show_raw(text[:2000]), f.name, 0, 1, f"undecodable bytes ({encoding})")
+        return
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        reject(text[:2000], f.name, 0, e.lineno, f"invalid JSON at line {e.lineno}: {e.msg}")
+        return
+    if records_path:
+        records = doc.get(records_path) if isinstance(doc, dict) else None
+        if not isinstance(records, list):
+            reject(text[:2000], f.name, 0, 1, f"expected a list under key {records_path!r}")
+            return
+    else:
+        records = [doc]
+    batch = RawBatch(f.name)
+    for row, rec in enumerate(records):
+        if isinstance(rec, dict):
+            # documents are not line-addressable; line 0 says "see raw_row"
+            batch.add(rec, row, 0)
+        else:
+            reject(json.dumps(rec, ensure_ascii=False)[:2000], f.name, row, 0,
+                   f"expected a JSON object, found {type(rec).__name__}")
+    if len(batch):
+        yield batch
+
+
+def is_nan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)

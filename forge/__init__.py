@@ -1,0 +1,3 @@
+"""forge: the instruction-data engine (schema, catalog, build, tags, mixtures, CLI)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,182 @@
+"""catalog.yaml: the registry of sources, validated on load.
+
+The built-in catalog ships with the package; a user's ``catalog.yaml`` in the current
+directory (or given with --catalog) adds sources and may override built-in ones by name.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from connectors import CONNECTORS
+from forge.errors import CatalogError
+from forge.paths import builtin_dir
+from forge.vocab import CATEGORIES, DATASET_LANGS, GENS, TASKS
+from formatters import FORMATTERS
+
+REQUIRED = ("connector", "formatter", "lang", "task", "gen", "description")
+KNOWN = set(REQUIRED) | {
+    "connector_options", "options", "hub", "local", "sample", "url", "license", "homepage",
+    "rows", "category", "priority",
+}
+HUB_KEYS = {"repo", "files", "revision", "repo_type"}
+
+
+@dataclass
+class HubLocation:
+    repo: str
+    files: list[str]
+    revision: str = "main"
+    repo_type: str = "dataset"
+
+
+@dataclass
+class Source:
+    name: str
+    connector: str
+    formatter: str
+    lang: str
+    task: str
+    gen: str
+    description: str
+    category: str = "general"
+    connector_options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    hub: HubLocation | None = None
+    local: str | None = None  # path or glob, relative to the catalog file's folder
+    sample: str | None = None  # small self-written sample shipped with forge
+    url: str | list[str] | None = None  # plain HTTP(S) download when the corpus is not on the Hub
+    license: str | None = None
+    homepage: str | None = None
+    rows: int | None = None
+    priority: int = 100  # dedup: lower survives
+    catalog_file: Path = Path("catalog.yaml")
+
+    @property
+    def base_dir(self) -> Path:
+        return self.catalog_file.parent
+
+
+class Catalog:
+    def __init__(self, sources: dict[str, Source], files: list[Path]):
+        self.sources = sources
+        self.files = files
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.sources
+
+    def get(self, name: str) -> Source:
+        if name not in self.sources:
+            raise CatalogError(unknown_message("source", name, list(self.sources)))
+        return self.sources[name]
+
+    def names(self) -> list[str]:
+        return sorted(self.sources)
+
+
+def unknown_message(kind: str, name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"unknown {kind} {name!r}{hint}"
+
+
+def _fail(path: Path, entry: str, fld: str, message: str) -> CatalogError:
+    return CatalogError(f"{path}: source {entry!r}, field {fld!r}: {message}")
+
+
+def _check_choice(path: Path, entry: str, fld: str, value, choices) -> None:
+    if value not in choices:
+        raise _fail(path, entry, fld, f"{value!r} is not one of {', '.join(sorted(choices))}")
+
+
+def parse_source(path: Path, name: str, spec) -> Source:
+    if not isinstance(spec, dict):
+        raise CatalogError(f"{path}: source {name!r}: expected a mapping, found {type(spec).__name__}")
+    for key in spec:
+        if key not in KNOWN:
+            close = difflib.get_close_matches(key, sorted(KNOWN), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise _fail(path, name, key, f"unknown field{hint}")
+    for key in REQUIRED:
+        if key not in spec:
+            raise _fail(path, name, key, "required field is missing")
+    _check_choice(path, name, "connector", spec["connector"], CONNECTORS)
+    _check_choice(path, name, "formatter", spec["formatter"], FORMATTERS)
+    _check_choice(path, name, "lang", spec["lang"], DATASET_LANGS)
+    _check_choice(path, name, "task", spec["task"], TASKS)
+    _check_choice(path, name, "gen", spec["gen"], GENS)
+    category = spec.get("category", "general")
+    _check_choice(path, name, "category", category, CATEGORIES)
+    for key in ("connector_options", "options"):
+        if key in spec and not isinstance(spec[key], dict):
+            raise _fail(path, name, key, "expected a mapping")
+    rows = spec.get("rows")
+    if rows is not None and (not isinstance(rows, int) or rows < 0):
+        raise _fail(path, name, "rows", f"expected a non-negative integer, found {rows!r}")
+    hub = None
+    if "hub" in spec:
+        h = spec["hub"]
+        if not isinstance(h, dict) or "repo" not in h:
+            raise _fail(path, name, "hub", "expected a mapping with at least 'repo'")
+        extra = set(h) - HUB_KEYS
+        if extra:
+            raise _fail(path, name, f"hub.{sorted(extra)[0]}", "unknown field")
+        files = h.get("files", [])
+        if isinstance(files, str):
+            files = [files]
+        hub = HubLocation(h["repo"], list(files), str(h.get("revision", "main")), h.get("repo_type", "dataset"))
+    if not (hub or spec.get("local") or spec.get("sample") or spec.get("url")):
+        raise _fail(path, name, "hub", "a source needs at least one location: hub, local or sample")
+    return Source(
+        name=name,
+        connector=spec["connector"],
+        formatter=spec["formatter"],
+        lang=spec["lang"],
+        task=spec["task"],
+        gen=spec["gen"],
+        description=spec["description"],
+        category=category,
+        connector_options=dict(spec.get("connector_options", {})),
+        options=dict(spec.get("options", {})),
+        hub=hub,
+        local=spec.get("local"),
+        sample=spec.get("sample"),
+        url=spec.get("url"),
+        license=spec.get("license"),
+        homepage=spec.get("homepage"),
+        rows=rows,
+        priority=int(spec.get("priority", 100)),
+        catalog_file=path,
+    )
+
+
+def load_file(path: Path) -> dict[str, Source]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise CatalogError(f"{path}: invalid YAML: {e}") from e
+    except OSError as e:
+        raise CatalogError(f"{path}: cannot read: {e.strerror}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("sources"), dict):
+        raise CatalogError(f"{path}: expected a top-level 'sources:' mapping")
+    return {name: parse_source(path, str(name), spec) for name, spec in data["sources"].items()}
+
+
+def load_catalog(user_catalog: Path | None = None) -> Catalog:
+    files = [builtin_dir() / "catalog.yaml"]
+    if user_catalog is not None:
+        if not user_catalog.exists():
+            raise CatalogError(f"{user_catalog}: catalog file not found")
+        files.append(user_catalog)
+    else:
+        here = Path.cwd() / "catalog.yaml"
+        if here.exists() and here.resolve() != files[0].resolve():
+            files.append(here)
+    sources: dict[str, Source] = {}
+    for f in files:
+        sources.update(load_file(f))
+    return Catalog(sources, files)

@@ -1,0 +1,118 @@
+"""Find the raw files of a source: an explicit path, the shipped sample, a local path,
+the Hub (through huggingface_hub, revision pinned, cached in the data home) or a URL."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import urllib.request
+from pathlib import Path
+
+from connectors import SourceFile
+from forge.catalog import Source
+from forge.errors import BuildError
+from forge.paths import builtin_dir, hub_cache_dir
+
+
+def _expand(pattern: Path) -> list[Path]:
+    if pattern.is_dir():
+        return sorted(p for p in pattern.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if any(ch in str(pattern) for ch in "*?["):
+        return sorted(Path(p) for p in glob.glob(str(pattern), recursive=True) if Path(p).is_file())
+    return [pattern] if pattern.is_file() else []
+
+
+def _named(paths: list[Path], root: Path | None = None) -> list[SourceFile]:
+    """Give each file a stable name: its path relative to the files' common folder."""
+    if not paths:
+        return []
+    if root is None:
+        root = Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
+    return [SourceFile(p.resolve(), str(p.resolve().relative_to(root.resolve()))) for p in paths]
+
+
+def resolve(src: Source, *, from_path: Path | None = None, sample: bool = False,
+            home: Path | None = None, offline: bool | None = None) -> tuple[list[SourceFile], dict]:
+    """Files to read and a description of where they came from (for provenance)."""
+    if from_path is not None:
+        files = _expand(Path(from_path))
+        if not files:
+            raise BuildError(f"{src.name}: no files at {from_path}")
+        return _named(files, Path(from_path) if Path(from_path).is_dir() else None), {"kind": "path", "path": str(from_path)}
+    if sample:
+        if not src.sample:
+            raise BuildError(f"{src.name}: the catalog has no shipped sample for this source")
+        files = _expand(builtin_dir() / src.sample)
+        if not files:
+            raise BuildError(f"{src.name}: sample {src.sample} not found under {builtin_dir()}")
+        return _named(files), {"kind": "sample", "path": src.sample}
+    if src.local:
+        pattern = Path(os.path.expandvars(os.path.expanduser(src.local)))
+        if not pattern.is_absolute():
+            pattern = src.base_dir / pattern
+        files = _expand(pattern)
+        if files:
+            return _named(files), {"kind": "local", "path": str(pattern)}
+    if src.hub:
+        return _from_hub(src, home, offline), {
+            "kind": "hub", "repo": src.hub.repo, "revision": src.hub.revision, "files": src.hub.files,
+        }
+    if src.url:
+        return _from_urls(src, home), {"kind": "url", "urls": src.url}
+    where = f" (local path {src.local} has no files)" if src.local else ""
+    raise BuildError(f"{src.name}: no location to read from{where}; pass --from PATH or --sample")
+
+
+def _from_hub(src: Source, home: Path | None, offline: bool | None) -> list[SourceFile]:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    hub = src.hub
+    target = hub_cache_dir(home) / hub.repo_type / hub.repo.replace("/", "--") / hub.revision
+    try:
+        root = snapshot_download(
+            repo_id=hub.repo,
+            repo_type=hub.repo_type,
+            revision=hub.revision,
+            allow_patterns=hub.files or None,
+            local_dir=str(target),  # resumable: finished files are skipped, partial ones resumed
+        )
+    except LocalEntryNotFoundError as e:
+        raise BuildError(
+            f"{src.name}: cannot reach the Hub for {hub.repo}@{hub.revision} and nothing is cached "
+            f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}); pass --from PATH"
+        ) from e
+    except Exception as e:  # network, auth, missing revision: one clear line
+        raise BuildError(f"{src.name}: download from {hub.repo}@{hub.revision} failed: {type(e).__name__}: {e}") from e
+    root = Path(root)
+    paths = []
+    for pattern in hub.files or ["**/*"]:
+        paths.extend(p for p in _expand(root / pattern) if ".cache" not in p.parts)
+    if not paths:
+        raise BuildError(f"{src.name}: {hub.repo}@{hub.revision} has no files matching {hub.files}")
+    return _named(sorted(set(paths)), root)
+
+
+def _from_urls(src: Source, home: Path | None) -> list[SourceFile]:
+    urls = [src.url] if isinstance(src.url, str) else list(src.url)
+    out = []
+    for url in urls:
+        folder = hub_cache_dir(home) / "url" / hashlib.sha256(url.encode()).hexdigest()[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / url.rstrip("/").rsplit("/", 1)[-1]
+        if not path.exists():
+            partial = path.with_suffix(path.suffix + ".part")
+            start = partial.stat().st_size if partial.exists() else 0
+            req = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
+            try:
+                with urllib.request.urlopen(req, timeout=60) as resp, open(partial, "ab" if start else "wb") as fh:
+                    if start and resp.status != 206:  # server ignored the range: start over
+                        fh.truncate(0)
+                    shutil.copyfileobj(resp, fh, 1 << 20)
+            except OSError as e:
+                raise BuildError(f"{src.name}: download of {url} failed: {e}") from e
+            os.replace(partial, path)
+        out.append(SourceFile(path, path.name))
+    return out

@@ -1,0 +1,21 @@
+"""Formatters: raw records -> unified records.
+
+A formatter module exposes
+
+    VERSION: str
+    make(options: dict, source: str) -> FormatFn
+    FormatFn(batch: RawBatch, reject: Reject) -> dict[str, list | pyarrow.Array]
+
+The returned dict holds forge.schema.FORMATTED_COLUMNS plus ``variant`` (what makes two
+records from the same raw row distinct: a template id, a mode). Anything that cannot be
+formatted goes to ``reject`` with the field that failed. Formatters do not import forge.
+"""
+
+from formatters import columns, cot
+
+FORMATTERS = {
+    "columns": columns,  # plain column mapping, configured in YAML (alpaca, BELLE, GPTeacher, ...)
+    "cot": cot,  # FLAN CoT TSV rows through Jinja templates
+}
+
+__all__ = ["FORMATTERS"]

@@ -1,0 +1,62 @@
+"""Column mapping: the formatter for every source whose records already hold an
+instruction, an optional input and an output, under whatever key names.
+
+Options (all plain YAML, so a new JSON-family source needs no Python):
+  instruction: raw key (default "instruction")
+  input:       raw key, or null for none (default "input")
+  output:      raw key, or a list of alternatives (default ["output", "response"])
+  category:    fixed category for every record (default: the catalog's)
+  category_key: raw key whose value becomes the category (e.g. dolly "category")
+  allow_empty_output: keep records whose output is empty (default false)
+  meta_keys:   raw keys copied into the record's meta JSON (provenance)
+"""
+
+from __future__ import annotations
+
+import json
+
+from formatters.fields import FieldError, first_key, text_field
+
+VERSION = "1"
+
+
+def make(options: dict, source: str):
+    instruction_key = options.get("instruction", "instruction")
+    input_key = options.get("input", "input")
+    output_keys = options.get("output", ["output", "response"])
+    if isinstance(output_keys, str):
+        output_keys = [output_keys]
+    category = options.get("category", "general")
+    category_key = options.get("category_key")
+    allow_empty = bool(options.get("allow_empty_output", False))
+    meta_keys = list(options.get("meta_keys", []))
+
+    def format_batch(batch, reject) -> dict[str, list]:
+        out = {k: [] for k in ("instruction", "input", "output", "category", "raw_row", "raw_line", "meta")}
+        for record, row, line in zip(batch.records, batch.rows, batch.lines, strict=True):
+            try:
+                instruction = text_field(record, instruction_key, required=True, allow_empty=False)
+                inp = text_field(record, input_key, required=False) if input_key else ""
+                output = text_field(record, first_key(record, output_keys), required=True,
+                                    allow_empty=allow_empty)
+                cat = text_field(record, category_key, required=False) if category_key else ""
+            except FieldError as e:
+                reject(json.dumps(record, ensure_ascii=False, default=str), batch.file, row, line, str(e))
+                continue
+            out["instruction"].append(instruction)
+            out["input"].append(inp)
+            out["output"].append(output)
+            out["category"].append(cat or category)
+            out["raw_row"].append(row)
+            out["raw_line"].append(line)
+            out["meta"].append(
+                json.dumps({k: record.get(k) for k in meta_keys}, ensure_ascii=False) if meta_keys else None
+            )
+        n = len(out["instruction"])
+        out["history"] = [[] for _ in range(n)]
+        out["raw_file"] = [batch.file] * n
+        out["template"] = [None] * n
+        out["variant"] = [""] * n
+        return out
+
+    return format_batch

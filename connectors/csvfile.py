@@ -33,8 +33,13 @@ def read(files: list[SourceFile], options: dict, reject: Reject) -> Iterator[Raw
                 if _UNDECODABLE.search(raw):
                     reject(show_raw(raw), f.name, row, line_start, f"undecodable bytes ({encoding})")
                 elif len(values) != len(header):
-                    reject(raw, f.name, row, line_start,
-                           f"expected {len(header)} fields ({', '.join(header)}), found {len(values)}")
+                    reject(
+                        raw,
+                        f.name,
+                        row,
+                        line_start,
+                        f"expected {len(header)} fields ({', '.join(header)}), found {len(values)}",
+                    )
                 else:
                     batch.add(dict(zip(header, values, strict=True)), row, line_start)
                 row += 1

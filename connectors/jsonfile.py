@@ -83,8 +83,13 @@ def _read_jsonl(f: SourceFile, encoding: str, reject: Reject) -> Iterator[RawBat
             try:
                 text = raw.decode(encoding)
             except UnicodeDecodeError as e:
-                reject(show_raw(raw.decode(encoding, "surrogateescape")), f.name, row, line_no,
-                       f"undecodable bytes ({encoding}) at byte {e.start}")
+                reject(
+                    show_raw(raw.decode(encoding, "surrogateescape")),
+                    f.name,
+                    row,
+                    line_no,
+                    f"undecodable bytes ({encoding}) at byte {e.start}",
+                )
                 row += 1
                 continue
             try:
@@ -94,8 +99,13 @@ def _read_jsonl(f: SourceFile, encoding: str, reject: Reject) -> Iterator[RawBat
                 row += 1
                 continue
             if not isinstance(obj, dict):
-                reject(text.rstrip("\r\n"), f.name, row, line_no,
-                       f"expected a JSON object, found {type(obj).__name__}")
+                reject(
+                    text.rstrip("\r\n"),
+                    f.name,
+                    row,
+                    line_no,
+                    f"expected a JSON object, found {type(obj).__name__}",
+                )
             else:
                 batch.add(obj, row, line_no)
             row += 1
@@ -168,9 +178,14 @@ def _read_array(f: SourceFile, encoding: str, reject: Reject) -> Iterator[RawBat
                     break
             if err is not None:
                 tail = buf[pos:]
-                reject(show_raw(tail[:2000]), f.name, row, start_line,
-                       f"invalid JSON at line {start_line}: {err.msg}; the rest of the file "
-                       f"({len(tail)} chars) cannot be split into records")
+                reject(
+                    show_raw(tail[:2000]),
+                    f.name,
+                    row,
+                    start_line,
+                    f"invalid JSON at line {start_line}: {err.msg}; the rest of the file "
+                    f"({len(tail)} chars) cannot be split into records",
+                )
                 break
             raw_text = buf[pos:end]
             pos = end
@@ -178,7 +193,9 @@ def _read_array(f: SourceFile, encoding: str, reject: Reject) -> Iterator[RawBat
             if _UNDECODABLE.search(raw_text):
                 reject(show_raw(raw_text), f.name, row, start_line, f"undecodable bytes ({encoding})")
             elif not isinstance(obj, dict):
-                reject(raw_text, f.name, row, start_line, f"expected a JSON object, found {type(obj).__name__}")
+                reject(
+                    raw_text, f.name, row, start_line, f"expected a JSON object, found {type(obj).__name__}"
+                )
             else:
                 batch.add(obj, row, start_line)
             row += 1
@@ -189,7 +206,9 @@ def _read_array(f: SourceFile, encoding: str, reject: Reject) -> Iterator[RawBat
         yield batch
 
 
-def _read_document(f: SourceFile, encoding: str, records_path: str | None, reject: Reject) -> Iterator[RawBatch]:
+def _read_document(
+    f: SourceFile, encoding: str, records_path: str | None, reject: Reject
+) -> Iterator[RawBatch]:
     with open_text(f.path, encoding) as fh:
         text = fh.read()
     if _UNDECODABLE.search(text):
@@ -213,8 +232,13 @@ def _read_document(f: SourceFile, encoding: str, records_path: str | None, rejec
             # documents are not line-addressable; line 0 says "see raw_row"
             batch.add(rec, row, 0)
         else:
-            reject(json.dumps(rec, ensure_ascii=False)[:2000], f.name, row, 0,
-                   f"expected a JSON object, found {type(rec).__name__}")
+            reject(
+                json.dumps(rec, ensure_ascii=False)[:2000],
+                f.name,
+                row,
+                0,
+                f"expected a JSON object, found {type(rec).__name__}",
+            )
     if len(batch):
         yield batch
 

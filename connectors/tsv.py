@@ -31,14 +31,24 @@ def read(files: list[SourceFile], options: dict, reject: Reject) -> Iterator[Raw
                 try:
                     text = raw.decode(encoding)
                 except UnicodeDecodeError as e:
-                    reject(show_raw(raw.decode(encoding, "surrogateescape")), f.name, row, line_no,
-                           f"undecodable bytes ({encoding}) at byte {e.start}")
+                    reject(
+                        show_raw(raw.decode(encoding, "surrogateescape")),
+                        f.name,
+                        row,
+                        line_no,
+                        f"undecodable bytes ({encoding}) at byte {e.start}",
+                    )
                     row += 1
                     continue
                 fields = text.split("\t")
                 if len(fields) != len(columns):
-                    reject(text, f.name, row, line_no,
-                           f"expected {len(columns)} tab-separated fields ({', '.join(columns)}), found {len(fields)}")
+                    reject(
+                        text,
+                        f.name,
+                        row,
+                        line_no,
+                        f"expected {len(columns)} tab-separated fields ({', '.join(columns)}), found {len(fields)}",
+                    )
                 else:
                     batch.add(dict(zip(columns, fields, strict=True)), row, line_no)
                 row += 1

@@ -101,8 +101,15 @@ class Quarantine:
             if self._fh is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._fh = open(self.path, "w", encoding="utf-8")
-            entry = {"source": self.source, "stage": stage, "file": file, "row": row, "line": line,
-                     "reason": reason, "raw": raw}
+            entry = {
+                "source": self.source,
+                "stage": stage,
+                "file": file,
+                "row": row,
+                "line": line,
+                "reason": reason,
+                "raw": raw,
+            }
             self._fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
             self.count += 1
             self.by_stage[stage] += 1
@@ -129,7 +136,9 @@ class ShardWriter:
     def write(self, table: pa.Table) -> None:
         while table.num_rows:
             if self._writer is None:
-                self._writer = pq.ParquetWriter(self._path(len(self.shards)), RECORD_SCHEMA, compression="zstd")
+                self._writer = pq.ParquetWriter(
+                    self._path(len(self.shards)), RECORD_SCHEMA, compression="zstd"
+                )
                 self._rows = 0
             take = min(self.shard_rows - self._rows, table.num_rows)
             self._writer.write_table(table.slice(0, take), row_group_size=ROW_GROUP_ROWS)
@@ -145,8 +154,9 @@ class ShardWriter:
         path = self._path(len(self.shards))
         from connectors.base import sha256_file
 
-        self.shards.append({"file": path.name, "rows": self._rows, "bytes": path.stat().st_size,
-                            "sha256": sha256_file(path)})
+        self.shards.append(
+            {"file": path.name, "rows": self._rows, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        )
         self._writer = None
 
     def close(self) -> list[dict]:
@@ -158,8 +168,18 @@ def assemble(cols: dict, src: Source, detector: str) -> pa.Table:
     """Formatter columns -> a RECORD_SCHEMA table: ids, catalog tags, detected language."""
     n = len(cols["instruction"])
     arrays = {}
-    for name in ("instruction", "input", "output", "history", "category", "raw_file", "raw_row",
-                 "raw_line", "template", "meta"):
+    for name in (
+        "instruction",
+        "input",
+        "output",
+        "history",
+        "category",
+        "raw_file",
+        "raw_row",
+        "raw_line",
+        "template",
+        "meta",
+    ):
         value = cols[name]
         ftype = RECORD_SCHEMA.field(name).type
         arrays[name] = value if isinstance(value, pa.Array) else pa.array(value, type=ftype)
@@ -224,8 +244,19 @@ def build_source(
     out = source_dir(src.name, home)
     old = read_manifest(src.name, home)
     if old and old.get("build_hash") == bhash and not force and _shards_intact(out, old):
-        return BuildResult(src.name, "up-to-date", old["rows"], old["quarantined"], old["input_records"],
-                           old["shards"], bhash, time.perf_counter() - t0, out, None, old["tag_counts"])
+        return BuildResult(
+            src.name,
+            "up-to-date",
+            old["rows"],
+            old["quarantined"],
+            old["input_records"],
+            old["shards"],
+            bhash,
+            time.perf_counter() - t0,
+            out,
+            None,
+            old["tag_counts"],
+        )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{src.name}.tmp-{os.getpid()}")
@@ -308,10 +339,23 @@ def build_source(
     }
     write_json_atomic(tmp / "manifest.json", manifest)
     _swap_dir(tmp, out)
-    return BuildResult(src.name, "built", rows, quarantine.count, input_records, shards, bhash,
-                       time.perf_counter() - t0, out, qfile, tag_counts)
+    return BuildResult(
+        src.name,
+        "built",
+        rows,
+        quarantine.count,
+        input_records,
+        shards,
+        bhash,
+        time.perf_counter() - t0,
+        out,
+        qfile,
+        tag_counts,
+    )
 
 
 def _shards_intact(folder: Path, manifest: dict) -> bool:
-    return all((folder / s["file"]).exists() and (folder / s["file"]).stat().st_size == s["bytes"]
-               for s in manifest["shards"])
+    return all(
+        (folder / s["file"]).exists() and (folder / s["file"]).stat().st_size == s["bytes"]
+        for s in manifest["shards"]
+    )

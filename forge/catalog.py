@@ -20,8 +20,17 @@ from formatters import FORMATTERS
 
 REQUIRED = ("connector", "formatter", "lang", "task", "gen", "description")
 KNOWN = set(REQUIRED) | {
-    "connector_options", "options", "hub", "local", "sample", "url", "license", "homepage",
-    "rows", "category", "priority",
+    "connector_options",
+    "options",
+    "hub",
+    "local",
+    "sample",
+    "url",
+    "license",
+    "homepage",
+    "rows",
+    "category",
+    "priority",
 }
 HUB_KEYS = {"repo", "files", "revision", "repo_type"}
 
@@ -128,7 +137,9 @@ def parse_source(path: Path, name: str, spec) -> Source:
         files = h.get("files", [])
         if isinstance(files, str):
             files = [files]
-        hub = HubLocation(h["repo"], list(files), str(h.get("revision", "main")), h.get("repo_type", "dataset"))
+        hub = HubLocation(
+            h["repo"], list(files), str(h.get("revision", "main")), h.get("repo_type", "dataset")
+        )
     if not (hub or spec.get("local") or spec.get("sample") or spec.get("url")):
         raise _fail(path, name, "hub", "a source needs at least one location: hub, local or sample")
     return Source(

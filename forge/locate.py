@@ -33,14 +33,23 @@ def _named(paths: list[Path], root: Path | None = None) -> list[SourceFile]:
     return [SourceFile(p.resolve(), str(p.resolve().relative_to(root.resolve()))) for p in paths]
 
 
-def resolve(src: Source, *, from_path: Path | None = None, sample: bool = False,
-            home: Path | None = None, offline: bool | None = None) -> tuple[list[SourceFile], dict]:
+def resolve(
+    src: Source,
+    *,
+    from_path: Path | None = None,
+    sample: bool = False,
+    home: Path | None = None,
+    offline: bool | None = None,
+) -> tuple[list[SourceFile], dict]:
     """Files to read and a description of where they came from (for provenance)."""
     if from_path is not None:
         files = _expand(Path(from_path))
         if not files:
             raise BuildError(f"{src.name}: no files at {from_path}")
-        return _named(files, Path(from_path) if Path(from_path).is_dir() else None), {"kind": "path", "path": str(from_path)}
+        return _named(files, Path(from_path) if Path(from_path).is_dir() else None), {
+            "kind": "path",
+            "path": str(from_path),
+        }
     if sample:
         if not src.sample:
             raise BuildError(f"{src.name}: the catalog has no shipped sample for this source")
@@ -57,7 +66,10 @@ def resolve(src: Source, *, from_path: Path | None = None, sample: bool = False,
             return _named(files), {"kind": "local", "path": str(pattern)}
     if src.hub:
         return _from_hub(src, home, offline), {
-            "kind": "hub", "repo": src.hub.repo, "revision": src.hub.revision, "files": src.hub.files,
+            "kind": "hub",
+            "repo": src.hub.repo,
+            "revision": src.hub.revision,
+            "files": src.hub.files,
         }
     if src.url:
         return _from_urls(src, home), {"kind": "url", "urls": src.url}
@@ -85,7 +97,9 @@ def _from_hub(src: Source, home: Path | None, offline: bool | None) -> list[Sour
             f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}); pass --from PATH"
         ) from e
     except Exception as e:  # network, auth, missing revision: one clear line
-        raise BuildError(f"{src.name}: download from {hub.repo}@{hub.revision} failed: {type(e).__name__}: {e}") from e
+        raise BuildError(
+            f"{src.name}: download from {hub.repo}@{hub.revision} failed: {type(e).__name__}: {e}"
+        ) from e
     root = Path(root)
     paths = []
     for pattern in hub.files or ["**/*"]:
@@ -107,7 +121,10 @@ def _from_urls(src: Source, home: Path | None) -> list[SourceFile]:
             start = partial.stat().st_size if partial.exists() else 0
             req = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
             try:
-                with urllib.request.urlopen(req, timeout=60) as resp, open(partial, "ab" if start else "wb") as fh:
+                with (
+                    urllib.request.urlopen(req, timeout=60) as resp,
+                    open(partial, "ab" if start else "wb") as fh,
+                ):
                     if start and resp.status != 206:  # server ignored the range: start over
                         fh.truncate(0)
                     shutil.copyfileobj(resp, fh, 1 << 20)

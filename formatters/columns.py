@@ -37,8 +37,9 @@ def make(options: dict, source: str):
             try:
                 instruction = text_field(record, instruction_key, required=True, allow_empty=False)
                 inp = text_field(record, input_key, required=False) if input_key else ""
-                output = text_field(record, first_key(record, output_keys), required=True,
-                                    allow_empty=allow_empty)
+                output = text_field(
+                    record, first_key(record, output_keys), required=True, allow_empty=allow_empty
+                )
                 cat = text_field(record, category_key, required=False) if category_key else ""
             except FieldError as e:
                 reject(json.dumps(record, ensure_ascii=False, default=str), batch.file, row, line, str(e))

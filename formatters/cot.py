@@ -148,8 +148,12 @@ def make(options: dict, source: str):
             out["meta"].extend(metas)
             out["category"].extend([_CATEGORY[mode]] * n)
         m = len(pieces)
-        out["instruction"] = pa.concat_arrays([a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a for a in out["instruction"]])
-        out["output"] = pa.concat_arrays([a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a for a in out["output"]])
+        out["instruction"] = pa.concat_arrays(
+            [a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a for a in out["instruction"]]
+        )
+        out["output"] = pa.concat_arrays(
+            [a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a for a in out["output"]]
+        )
         out["input"] = [""] * (n * m)
         out["history"] = [[] for _ in range(n * m)]
         out["raw_file"] = [batch.file] * (n * m)

@@ -42,7 +42,10 @@ class Template:
 
     def render_columns(self, columns: dict[str, pa.Array], length: int) -> pa.Array:
         if self.parts is None:
-            rows = [dict(zip(columns, vals, strict=True)) for vals in zip(*(c.to_pylist() for c in columns.values()), strict=True)]
+            rows = [
+                dict(zip(columns, vals, strict=True))
+                for vals in zip(*(c.to_pylist() for c in columns.values()), strict=True)
+            ]
             return pa.array([self.render(r) for r in rows], type=pa.string())
         pieces = []
         for kind, value in self.parts:

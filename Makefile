@@ -1,0 +1,30 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# torch is pinned to the CPU wheel that this machine has on disk; a looser pin pulls a
+# multi-GB CUDA build. On a GPU machine, install torch your usual way first.
+PY ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+export FORGE_HOME ?= $(CURDIR)/forge_data
+export HF_HUB_OFFLINE ?= 1
+
+$(VENV)/.installed: pyproject.toml scripts/install.sh
+	VENV=$(VENV) TORCH="$(TORCH)" PY=$(PY) scripts/install.sh
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/forge build alpaca belle_0.5m flan_cot cot_zh --sample
+	$(VENV)/bin/forge mix alpaca-belle-cot
+	$(VENV)/bin/forge tiny-model $(FORGE_HOME)/tiny-llama
+	$(VENV)/bin/forge train --mixture alpaca-belle-cot --model $(FORGE_HOME)/tiny-llama --max-steps 30 --learning-rate 0.01
+	@echo
+	@echo "Everything went under $(FORGE_HOME):"
+	@echo "  sources/   built Parquet shards + manifests    quarantine/  rejected raw records"
+	@echo "  mixtures/  alpaca-belle-cot shards + lineage     runs/        adapter + run_manifest.json"
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest -q tests
+
+.PHONY: install demo test

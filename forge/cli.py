@@ -1,0 +1,286 @@
+"""The `forge` command line. Heavy libraries (torch, transformers, peft) are imported
+inside the verbs that need them, so `forge --help` and the data verbs start fast."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from forge.errors import ForgeError
+
+app = typer.Typer(
+    help="forge: raw instruction corpora -> tagged Parquet catalog -> weighted mixtures -> PEFT fine-tunes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+CatalogOpt = Annotated[
+    Path | None, typer.Option("--catalog", help="A user catalog.yaml that adds to the built-in one.")
+]
+HomeOpt = Annotated[
+    Path | None, typer.Option("--home", help="Data home (default $FORGE_HOME or ./forge_data).")
+]
+
+
+def _home(home: Path | None) -> Path:
+    from forge.paths import data_home
+
+    return (home or data_home()).resolve()
+
+
+def _fail(message: str, code: int = 1):
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+
+
+def _location(s) -> str:
+    if s.hub:
+        return f"hub:{s.hub.repo}"
+    if s.local:
+        return f"local:{s.local}"
+    if s.url:
+        urls = [s.url] if isinstance(s.url, str) else s.url
+        more = f" (+{len(urls) - 1})" if len(urls) > 1 else ""
+        return f"url:{urls[0].rsplit('/', 1)[-1]}{more}"
+    return f"sample:{s.sample}"
+
+
+@app.command()
+def sources(catalog: CatalogOpt = None, home: HomeOpt = None):
+    """List the catalog: tags, license, location and build state of every source."""
+    from forge.build import read_manifest
+    from forge.catalog import load_catalog
+
+    cat = load_catalog(catalog)
+    h = _home(home)
+    t = Table(title=f"{len(cat.sources)} sources ({', '.join(str(f) for f in cat.files)})")
+    for col in ("source", "lang", "task", "gen", "category", "license", "location", "rows", "built"):
+        t.add_column(col, overflow="fold")
+    for name in cat.names():
+        s = cat.get(name)
+        m = read_manifest(name, h)
+        loc = _location(s)
+        built = f"{m['rows']:,} rows" if m else "-"
+        t.add_row(
+            name,
+            s.lang,
+            s.task,
+            s.gen,
+            s.category,
+            s.license or "?",
+            str(loc),
+            f"{s.rows:,}" if s.rows else "?",
+            built,
+        )
+    console.print(t)
+
+
+@app.command()
+def build(
+    names: Annotated[list[str], typer.Argument(help="Source names from the catalog.")],
+    from_path: Annotated[
+        Path | None, typer.Option("--from", help="Read raw files from this path/dir/glob.")
+    ] = None,
+    sample: Annotated[
+        bool, typer.Option("--sample", help="Use the small sample shipped with forge.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even when up to date.")] = False,
+    max_quarantine: Annotated[
+        float, typer.Option(help="Fail when more than this share of raw records is quarantined.")
+    ] = 0.01,
+    detector: Annotated[str, typer.Option(help="Language detector: fast | langdetect.")] = "fast",
+    catalog: CatalogOpt = None,
+    home: HomeOpt = None,
+):
+    """Build sources: raw files -> unified, tagged Parquet shards + manifest."""
+    from forge.build import build_source
+    from forge.catalog import load_catalog
+
+    cat = load_catalog(catalog)
+    h = _home(home)
+    results, failed = [], []
+    for name in names:
+        src = cat.get(name)
+        with _progress() as prog:
+            task = prog.add_task(f"build {name}", total=src.rows if not (sample or from_path) else None)
+            try:
+                r = build_source(
+                    src,
+                    home=h,
+                    from_path=from_path,
+                    sample=sample,
+                    force=force,
+                    max_quarantine=max_quarantine,
+                    detector=detector,
+                    progress=lambda n, t=task: prog.advance(t, n),
+                )
+            except ForgeError as e:
+                failed.append(name)
+                err.print(f"[bold red]error:[/] {e}", highlight=False)
+                continue
+        results.append(r)
+        if r.status == "up-to-date":
+            console.print(
+                f"[green]{name}[/]: up to date ({r.rows:,} rows, build {r.build_hash[:12]}); nothing rewritten"
+            )
+    t = Table(title=f"build summary (data home {h})")
+    for col in ("source", "status", "input", "rows", "quarantined", "shards", "langs", "seconds"):
+        t.add_column(col)
+    for r in results:
+        langs = ", ".join(
+            f"{k}:{v}" for k, v in sorted(r.tag_counts.get("lang", {}).items(), key=lambda kv: -kv[1])[:4]
+        )
+        t.add_row(
+            r.source,
+            r.status,
+            f"{r.input_records:,}",
+            f"{r.rows:,}",
+            str(r.quarantined),
+            str(len(r.shards)),
+            langs,
+            f"{r.seconds:.2f}",
+        )
+    console.print(t)
+    for r in results:
+        if r.quarantine_file:
+            console.print(f"quarantine: {r.quarantine_file}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def mix(
+    name: Annotated[str, typer.Argument(help="Mixture name (mixtures/NAME.yaml).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print realised counts; write nothing.")] = False,
+    seed: Annotated[int | None, typer.Option(help="Override the mixture's seed.")] = None,
+    catalog: CatalogOpt = None,
+    home: HomeOpt = None,
+):
+    """Sample a mixture and write it as Parquet shards + a lineage manifest."""
+    from forge.catalog import load_catalog
+    from forge.mixture import materialize, resolve
+    from forge.paths import mixture_dir
+
+    h = _home(home)
+    m = resolve(name, load_catalog(catalog), home=h, seed=seed)
+    t = Table(
+        title=f"mixture {name} ({m.spec.get('strategy', 'rates')}, seed {m.seed}, {m.total:,} examples)"
+    )
+    for col in ("component", "records", "draws", "share"):
+        t.add_column(col)
+    for leaf in m.leaves:
+        t.add_row(leaf.label, f"{leaf.size:,}", f"{leaf.count:,}", f"{leaf.count / max(m.total, 1):.1%}")
+    console.print(t)
+    if dry_run:
+        console.print(f"fingerprint {m.fingerprint()[:16]} (dry run: nothing written)")
+        return
+    with _progress() as prog:
+        prog.add_task(f"mix {name}", total=None)
+        manifest = materialize(m, h)
+    console.print(
+        f"wrote {manifest['rows']:,} records to {mixture_dir(name, h)} "
+        f"(fingerprint {manifest['fingerprint'][:16]}, lineage ids.parquet)"
+    )
+
+
+@app.command("tiny-model")
+def tiny_model(
+    out: Annotated[Path, typer.Argument(help="Folder to write the model and tokenizer to.")],
+    vocab_size: int = 2000,
+    hidden: int = 64,
+    layers: int = 2,
+):
+    """Build a tiny random Llama + locally trained BPE tokenizer (offline, for demos and tests)."""
+    from train.tiny import make_tiny_model
+
+    with _progress() as prog:
+        prog.add_task("train tokenizer + build model", total=None)
+        make_tiny_model(out, vocab_size=vocab_size, hidden=hidden, layers=layers)
+    console.print(f"tiny model saved to {out.resolve()} (load it with --model {out})")
+
+
+@app.command()
+def train(
+    mixture: Annotated[str, typer.Option("--mixture", help="Mixture name to train on.")],
+    model: Annotated[str, typer.Option("--model", help="Local folder or Hub id of a causal LM.")],
+    output_dir: Annotated[
+        Path | None, typer.Option("--output-dir", help="Where the adapter and run manifest go.")
+    ] = None,
+    peft: Annotated[str, typer.Option("--peft", help="PEFT method.")] = "lora",
+    max_steps: int = 30,
+    batch_size: int = 8,
+    learning_rate: float = 3e-3,
+    cutoff_len: int = 512,
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    seed: int = 0,
+    catalog: CatalogOpt = None,
+    home: HomeOpt = None,
+):
+    """Fine-tune a model with PEFT on a named mixture, streaming and tokenizing on the fly."""
+    from forge.catalog import load_catalog
+    from forge.mixture import resolve
+
+    h = _home(home)
+    m = resolve(mixture, load_catalog(catalog), home=h)
+    out = output_dir or (h / "runs" / f"{mixture}-{peft}")
+    console.print(
+        f"training {model} with {peft} on mixture {mixture} ({m.total:,} examples, "
+        f"fingerprint {m.fingerprint()[:12]}) for {max_steps} steps"
+    )
+    from train.recipe import TrainArgs, run
+
+    args = TrainArgs(
+        mixture=mixture,
+        model=model,
+        output_dir=str(out),
+        peft=peft,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        cutoff_len=cutoff_len,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        seed=seed,
+    )
+    manifest = run(args, m, h, on_log=lambda step, loss: console.print(f"step {step:>4}  loss {loss:.4f}"))
+    losses = manifest["losses"]
+    console.print(
+        f"[bold]done[/]: loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} logged steps, "
+        f"{manifest['examples_seen']:,} examples, {manifest['seconds']}s\n"
+        f"adapter: {out / 'adapter'}\nrun manifest: {out / 'run_manifest.json'}"
+    )
+
+
+def main() -> None:
+    try:
+        app()
+    except ForgeError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

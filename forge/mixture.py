@@ -1,0 +1,501 @@
+"""Named weighted mixtures: mixtures/NAME.yaml -> a deterministic, rank-aware record stream.
+
+A mixture file:
+
+    name: alpaca-belle-cot
+    strategy: concat          # concat | rates | proportional
+    seed: 0
+    size: null                # total examples (rates / proportional); or use `stop`
+    stop: all_exhausted       # first_exhausted | all_exhausted (when size is not given)
+    temperature: 1.0          # proportional only: rate ~ min(n, cap) ** (1 / T)
+    cap: null                 # proportional only: default per-component cap
+    components:
+      - source: alpaca        # a built source ...
+        weight: 1.0
+        max_examples: null    # cap on draws from this component
+        epochs: 1             # concat only: passes over the component
+      - where: "lang == zh and category == cot"   # ... a tag query over all built sources
+      - mixture: belle-cot    # ... or another mixture (nesting; weights multiply)
+
+How strategies set the draw counts c_i (the sampling itself is in forge.sampling):
+  concat        c_i = min(n_i * epochs_i, max_examples_i): every record once (Alpaca-CoT's
+                meaning of a mixture name), interleaved evenly, in a seeded order.
+  rates         rate_i = weight_i / sum(weight). N = size, or for first_exhausted the
+                largest N at which no component repeats, for all_exhausted the smallest N
+                at which every component is used whole (smaller ones cycle). c_i is the
+                largest-remainder split of N by rate, then capped by max_examples_i.
+  proportional  rate_i ~ weight_i * min(n_i, cap_i) ** (1 / temperature), then as rates.
+Nested mixtures are flattened to leaf components: a sub-mixture's share is split among its
+leaves in proportion to its own counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from forge.build import read_manifest
+from forge.catalog import Catalog, unknown_message
+from forge.errors import MixtureError, QueryError
+from forge.paths import builtin_dir, source_dir
+from forge.sampling import Schedule, largest_remainder
+
+STRATEGIES = ("concat", "rates", "proportional")
+STOPS = ("first_exhausted", "all_exhausted")
+TOP_KEYS = {"name", "description", "strategy", "seed", "size", "stop", "temperature", "cap", "components"}
+COMPONENT_KEYS = {"source", "where", "mixture", "weight", "max_examples", "epochs"}
+
+
+def mixture_dirs(user_dir: Path | None = None) -> list[Path]:
+    dirs = [builtin_dir() / "mixtures"]
+    extra = user_dir if user_dir is not None else Path.cwd() / "mixtures"
+    if extra.is_dir() and extra.resolve() != dirs[0].resolve():
+        dirs.append(extra)
+    return dirs
+
+
+def available(user_dir: Path | None = None) -> dict[str, Path]:
+    found = {}
+    for d in mixture_dirs(user_dir):
+        for p in sorted(d.glob("*.yaml")):
+            found[p.stem] = p
+    return found
+
+
+@dataclass
+class Leaf:
+    """One leaf component after flattening: a source, optionally filtered by a query."""
+
+    label: str
+    source: str | None
+    where: str | None
+    count: int = 0
+    size: int = 0
+
+
+@dataclass
+class Mixture:
+    name: str
+    path: Path
+    spec: dict
+    leaves: list[Leaf]
+    seed: int
+    build_hashes: dict[str, str] = field(default_factory=dict)
+    rowsets: list = field(default_factory=list)  # per leaf: matching row positions, or None for all rows
+
+    @property
+    def total(self) -> int:
+        return sum(leaf.count for leaf in self.leaves)
+
+    def fingerprint(self) -> str:
+        """Hash of everything the stream depends on: spec, build hashes, seed."""
+        payload = {
+            "spec": self.spec,
+            "builds": self.build_hashes,
+            "seed": self.seed,
+            "leaves": [[leaf.label, leaf.count, leaf.size] for leaf in self.leaves],
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def schedule(self) -> Schedule:
+        return Schedule([leaf.count for leaf in self.leaves], [leaf.size for leaf in self.leaves], self.seed)
+
+
+def _err(path: Path, key: str, msg: str) -> MixtureError:
+    return MixtureError(f"{path}: {key}: {msg}")
+
+
+def load_spec(path: Path) -> dict:
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise MixtureError(f"{path}: invalid YAML: {e}") from e
+    if not isinstance(spec, dict):
+        raise MixtureError(f"{path}: expected a mapping at the top level")
+    for key in spec:
+        if key not in TOP_KEYS:
+            raise _err(path, key, f"unknown key; expected one of {', '.join(sorted(TOP_KEYS))}")
+    strategy = spec.get("strategy", "rates")
+    if strategy not in STRATEGIES:
+        raise _err(path, "strategy", f"{strategy!r} is not one of {', '.join(STRATEGIES)}")
+    if spec.get("stop", "all_exhausted") not in STOPS:
+        raise _err(path, "stop", f"{spec['stop']!r} is not one of {', '.join(STOPS)}")
+    for key in ("size", "cap"):
+        v = spec.get(key)
+        if v is not None and (not isinstance(v, int) or v <= 0):
+            raise _err(path, key, f"expected a positive integer, found {v!r}")
+    t = spec.get("temperature", 1.0)
+    if not isinstance(t, int | float) or t <= 0:
+        raise _err(path, "temperature", f"expected a positive number, found {t!r}")
+    if not isinstance(spec.get("seed", 0), int):
+        raise _err(path, "seed", f"expected an integer, found {spec.get('seed')!r}")
+    comps = spec.get("components")
+    if not isinstance(comps, list) or not comps:
+        raise _err(path, "components", "expected a non-empty list")
+    for i, c in enumerate(comps):
+        where = f"components[{i}]"
+        if not isinstance(c, dict):
+            raise _err(path, where, "expected a mapping")
+        for key in c:
+            if key not in COMPONENT_KEYS:
+                raise _err(
+                    path,
+                    f"{where}.{key}",
+                    f"unknown key; expected one of {', '.join(sorted(COMPONENT_KEYS))}",
+                )
+        kinds = [k for k in ("source", "mixture") if k in c]
+        if len(kinds) > 1 or (not kinds and "where" not in c):
+            raise _err(
+                path, where, "give exactly one of source / mixture (optionally with where), or where alone"
+            )
+        w = c.get("weight", 1.0)
+        if not isinstance(w, int | float) or w < 0:
+            raise _err(path, f"{where}.weight", f"expected a non-negative number, found {w!r}")
+        for key in ("max_examples", "epochs"):
+            v = c.get(key)
+            if v is not None and (not isinstance(v, int) or v <= 0):
+                raise _err(path, f"{where}.{key}", f"expected a positive integer, found {v!r}")
+    return spec
+
+
+def component_rows(source: str, where: str | None, home: Path | None) -> np.ndarray | int:
+    """Row count of a built source, or the matching row positions when filtered."""
+    manifest = read_manifest(source, home)
+    if manifest is None:
+        raise MixtureError(f"source {source!r} is not built; run: forge build {source}")
+    if where is None:
+        return int(manifest["rows"])
+    import polars as pl
+
+    from forge.query import parse
+
+    files = [str(source_dir(source, home) / s["file"]) for s in manifest["shards"]]
+    if not files:
+        return np.zeros(0, dtype=np.int64)
+    lf = pl.scan_parquet(files).with_row_index("_row")
+    rows = lf.filter(parse(where)).select("_row").collect()["_row"].to_numpy()
+    return rows.astype(np.int64)
+
+
+def resolve(
+    name: str,
+    catalog: Catalog,
+    *,
+    home: Path | None = None,
+    user_dir: Path | None = None,
+    seed: int | None = None,
+    _stack: tuple[str, ...] = (),
+) -> Mixture:
+    """Load, validate and flatten a mixture against the built catalog."""
+    known = available(user_dir)
+    if name not in known:
+        raise MixtureError(unknown_message("mixture", name, list(known)))
+    if name in _stack:
+        raise MixtureError(
+            f"{known[name]}: components: cycle in nested mixtures: {' -> '.join(_stack + (name,))}"
+        )
+    path = known[name]
+    spec = load_spec(path)
+    strategy = spec.get("strategy", "rates")
+    mix_seed = int(spec.get("seed", 0) if seed is None else seed)
+    groups: list[tuple[dict, list[Leaf], list]] = []  # (component spec, leaves, filtered rows)
+    builds: dict[str, str] = {}
+    for i, comp in enumerate(spec["components"]):
+        key = f"components[{i}]"
+        if "mixture" in comp:
+            sub = resolve(
+                comp["mixture"], catalog, home=home, user_dir=user_dir, seed=mix_seed, _stack=_stack + (name,)
+            )
+            builds.update(sub.build_hashes)
+            groups.append((comp, sub.leaves, sub.rowsets))
+            continue
+        sources = [comp["source"]] if "source" in comp else _built_sources(catalog, home)
+        leaves, rowsets = [], []
+        for s in sources:
+            if s not in catalog:
+                raise _err(path, f"{key}.source", unknown_message("source", s, catalog.names()))
+            try:
+                rows = component_rows(s, comp.get("where"), home)
+            except QueryError as e:
+                raise _err(path, f"{key}.where", str(e)) from e
+            except MixtureError as e:
+                raise _err(path, f"{key}.source", str(e)) from e
+            n = int(rows) if isinstance(rows, int) else len(rows)
+            manifest = read_manifest(s, home)
+            builds[s] = manifest["build_hash"]
+            if n == 0 and "where" not in comp:
+                raise _err(path, f"{key}.source", f"source {s!r} is built but has no records")
+            if n:
+                label = s if comp.get("where") is None else f"{s}[{comp['where']}]"
+                leaves.append(Leaf(label, s, comp.get("where"), size=n))
+                rowsets.append(None if isinstance(rows, int) else rows)
+        if not leaves:
+            raise _err(path, f"{key}.where", f"no records match {comp.get('where')!r}")
+        groups.append((comp, leaves, rowsets))
+
+    counts = _group_counts(path, spec, strategy, groups)
+    leaves_out: list[Leaf] = []
+    rowsets_out: list = []
+    for (_comp, leaves, rowsets), total in zip(groups, counts, strict=True):
+        base = np.array([leaf.count or leaf.size for leaf in leaves], dtype=np.float64)
+        split = largest_remainder(int(total), base) if base.sum() > 0 else np.zeros(len(leaves), np.int64)
+        for leaf, c, rows in zip(leaves, split, rowsets, strict=True):
+            leaves_out.append(Leaf(leaf.label, leaf.source, leaf.where, count=int(c), size=leaf.size))
+            rowsets_out.append(rows)
+    return Mixture(name, path, spec, leaves_out, mix_seed, builds, rowsets_out)
+
+
+def _built_sources(catalog: Catalog, home: Path | None) -> list[str]:
+    return [s for s in catalog.names() if read_manifest(s, home) is not None]
+
+
+def _group_counts(path: Path, spec: dict, strategy: str, groups) -> list[int]:
+    sizes = np.array(
+        [sum(leaf.count or leaf.size for leaf in leaves) for _, leaves, _ in groups], dtype=np.float64
+    )
+    caps = np.array([c.get("max_examples") or np.inf for c, _, _ in groups], dtype=np.float64)
+    if strategy == "concat":
+        epochs = np.array([c.get("epochs", 1) for c, _, _ in groups], dtype=np.float64)
+        return [int(x) for x in np.minimum(sizes * epochs, caps)]
+    weights = np.array([float(c.get("weight", 1.0)) for c, _, _ in groups])
+    if strategy == "proportional":
+        cap = spec.get("cap")
+        eff = np.minimum(sizes, caps if cap is None else np.minimum(caps, cap))
+        weights = weights * eff ** (1.0 / float(spec.get("temperature", 1.0)))
+    if weights.sum() <= 0:
+        raise _err(path, "components", "all weights are zero")
+    rates = weights / weights.sum()
+    available_ = np.minimum(sizes, caps)
+    if spec.get("size"):
+        total = int(spec["size"])
+    else:
+        live = rates > 0
+        ratio = available_[live] / rates[live]
+        total = int(
+            np.floor(
+                ratio.min()
+                if spec.get("stop", "all_exhausted") == "first_exhausted"
+                else np.ceil(ratio.max())
+            )
+        )
+    counts = largest_remainder(total, rates)
+    return [int(x) for x in np.minimum(counts, caps)]
+
+
+class RecordReader:
+    """Random access to records of built sources, by (leaf, record index), with a small
+    LRU cache of decoded row groups so memory stays bounded."""
+
+    def __init__(
+        self,
+        mix: Mixture,
+        home: Path | None = None,
+        columns: list[str] | None = None,
+        cache_row_groups: int = 64,
+    ):
+        self.mix = mix
+        self.columns = columns
+        self.cache: OrderedDict = OrderedDict()
+        self.cache_size = cache_row_groups
+        self.layout = {}
+        for leaf in mix.leaves:
+            if leaf.source in self.layout:
+                continue
+            manifest = read_manifest(leaf.source, home)
+            folder = source_dir(leaf.source, home)
+            groups = []  # (file, row group, first row, rows)
+            start = 0
+            for s in manifest["shards"]:
+                meta = pq.ParquetFile(folder / s["file"]).metadata
+                for g in range(meta.num_row_groups):
+                    n = meta.row_group(g).num_rows
+                    groups.append((folder / s["file"], g, start, n))
+                    start += n
+            self.layout[leaf.source] = (groups, np.array([g[2] for g in groups], dtype=np.int64))
+
+    def _group(self, source: str, gi: int) -> pa.Table:
+        key = (source, gi)
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            return self.cache[key]
+        path, g, _, _ = self.layout[source][0][gi]
+        table = pq.ParquetFile(path).read_row_group(g, columns=self.columns)
+        self.cache[key] = table
+        if len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        return table
+
+    def take(self, leaves: np.ndarray, records: np.ndarray) -> pa.Table:
+        """Rows for (leaf, record index) pairs, in the given order."""
+        rows = np.empty(len(records), dtype=np.int64)
+        for li in np.unique(leaves):
+            sel = leaves == li
+            rowset = self.mix.rowsets[li]
+            rows[sel] = records[sel] if rowset is None else rowset[records[sel]]
+        parts, order = [], []
+        for li in np.unique(leaves):
+            source = self.mix.leaves[li].source
+            groups, starts = self.layout[source]
+            idx = np.flatnonzero(leaves == li)
+            gidx = np.searchsorted(starts, rows[idx], side="right") - 1
+            for g in np.unique(gidx):
+                sel = idx[gidx == g]
+                table = self._group(source, int(g))
+                parts.append(table.take(pa.array(rows[sel] - starts[g])))
+                order.append(sel)
+        if not parts:
+            return pa.table({})
+        table = pa.concat_tables(parts)
+        inverse = np.empty(len(records), dtype=np.int64)
+        inverse[np.concatenate(order)] = np.arange(len(records))
+        return table.take(pa.array(inverse))
+
+
+class MixtureStream:
+    """Iterate a mixture's records as Arrow tables, for one reader of many.
+
+    reader = rank * num_workers + worker; readers = world_size * num_workers. Each reader
+    sees the global positions k with k % readers == reader. state_dict() records the next
+    global position, so a resumed stream continues exactly where it stopped.
+    """
+
+    def __init__(
+        self,
+        mix: Mixture,
+        home: Path | None = None,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        worker: int = 0,
+        num_workers: int = 1,
+        columns: list[str] | None = None,
+    ):
+        if not (0 <= rank < world_size and 0 <= worker < num_workers):
+            raise ValueError(f"bad reader: rank {rank}/{world_size}, worker {worker}/{num_workers}")
+        self.mix = mix
+        self.home = home
+        self.reader = rank * num_workers + worker
+        self.readers = world_size * num_workers
+        self.columns = columns
+        self.position = 0  # next global stream position this reader has not yet yielded past
+
+    def state_dict(self) -> dict:
+        return {"position": self.position, "fingerprint": self.mix.fingerprint()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("fingerprint") not in (None, self.mix.fingerprint()):
+            raise MixtureError("state was saved for a different mixture build; refusing to resume")
+        self.position = int(state["position"])
+
+    def ids(self):
+        """(positions, leaf indices, record indices) blocks, no record data read."""
+        yield from self.mix.schedule().iter_blocks(self.position, self.reader, self.readers)
+
+    def __iter__(self):
+        reader = RecordReader(self.mix, self.home, self.columns)
+        for block in self.ids():
+            table = reader.take(block.components, block.records)
+            table = table.append_column("_position", pa.array(block.positions))
+            table = table.append_column(
+                "_component", pa.array([self.mix.leaves[i].label for i in block.components])
+            )
+            self.position = int(block.positions[-1]) + 1
+            yield table
+
+
+def realised_counts(mix: Mixture) -> dict[str, int]:
+    return {leaf.label: leaf.count for leaf in mix.leaves}
+
+
+def materialize(mix: Mixture, home: Path | None = None, shard_rows: int = 250_000) -> dict:
+    """Write the mixture as Parquet shards in stream order, plus its lineage manifest:
+    ``ids.parquet`` holds (position, id, component, source, raw_file, raw_row) for every
+    example, so any training example traces back to its raw file and row."""
+    import os
+    import shutil
+
+    from forge.build import ShardWriter, write_json_atomic
+    from forge.paths import mixture_dir
+
+    out = mixture_dir(mix.name, home)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{mix.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    writer = ShardWriter(tmp, shard_rows)
+    lineage_schema = pa.schema(
+        [
+            ("position", pa.int64()),
+            ("id", pa.string()),
+            ("component", pa.string()),
+            ("source", pa.string()),
+            ("raw_file", pa.string()),
+            ("raw_row", pa.int64()),
+        ]
+    )
+    lineage = pq.ParquetWriter(tmp / "ids.parquet", lineage_schema, compression="zstd")
+    counts: dict[str, dict] = {"source": {}, "lang": {}, "category": {}}
+    n = 0
+    for table in MixtureStream(mix, home):
+        lineage.write_table(
+            pa.table(
+                {
+                    "position": table["_position"],
+                    "id": table["id"],
+                    "component": table["_component"],
+                    "source": table["source"],
+                    "raw_file": table["raw_file"],
+                    "raw_row": table["raw_row"],
+                },
+                schema=lineage_schema,
+            )
+        )
+        records = table.drop_columns(["_position", "_component"])
+        writer.write(records)
+        n += records.num_rows
+        for key in counts:
+            for value, c in zip(
+                *np.unique(np.asarray(records[key].to_pylist(), dtype=object), return_counts=True),
+                strict=True,
+            ):
+                counts[key][value] = counts[key].get(value, 0) + int(c)
+    lineage.close()
+    shards = writer.close()
+    from connectors.base import sha256_file
+
+    manifest = {
+        "mixture": mix.name,
+        "fingerprint": mix.fingerprint(),
+        "ids_sha256": sha256_file(tmp / "ids.parquet"),
+        "seed": mix.seed,
+        "spec": mix.spec,
+        "rows": n,
+        "components": [
+            {
+                "label": leaf.label,
+                "source": leaf.source,
+                "where": leaf.where,
+                "size": leaf.size,
+                "count": leaf.count,
+            }
+            for leaf in mix.leaves
+        ],
+        "build_hashes": mix.build_hashes,
+        "tag_counts": {k: dict(sorted(v.items())) for k, v in counts.items()},
+        "shards": shards,
+    }
+    write_json_atomic(tmp / "manifest.json", manifest)
+    old = out.with_name(f".{mix.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return manifest

@@ -1,0 +1,166 @@
+"""Mixture sampling semantics — the one place they are defined.
+
+Given leaf components i = 1..K with n_i records and target counts c_i (how many draws the
+mixture takes from each, see forge.mixture for how strategies set c_i):
+
+1. Order of components (low-discrepancy, not i.i.d.). Draw j of component i gets the key
+   (j + u_i) / c_i, where u_i in [0, 1) comes from the seed. The stream is all draws
+   sorted by key (ties: lower component first). So every component is spread evenly
+   over the stream, and in any prefix of length L, component i holds within +-1 of
+   L * c_i / N draws (N = sum c_i): exact in expectation, bounded in deviation.
+
+2. Records within a component: without replacement. Draw j is record
+   perm_{i,e}(j mod n_i) with epoch e = j div n_i, where perm_{i,e} is a seeded
+   pseudo-random permutation of [0, n_i) (a 4-round Feistel network with cycle walking).
+   A record repeats only after all n_i have been used, and then in a fresh order.
+
+3. Ranks and workers: global position k belongs to reader (k mod R) where R =
+   world_size * num_workers and reader = rank * num_workers + worker. Readers get
+   disjoint slices of the same global stream, whose union is the whole stream.
+
+4. The stream is a pure function of (c, n, seed). It is produced in windows of the key
+   space, each a few thousand draws, with vectorized numpy: memory is O(K + window)
+   whatever n_i, and seeking to any position needs only integer arithmetic per window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLD = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finalizer, vectorized (uint64 arithmetic wraps, as intended)."""
+    x = x + _GOLD
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def _key(*parts: int) -> np.uint64:
+    h = np.uint64(0x243F6A8885A308D3)
+    with np.errstate(over="ignore"):
+        for p in parts:
+            h = _mix64(np.asarray([h ^ np.uint64(p & 0xFFFFFFFFFFFFFFFF)], dtype=np.uint64))[0]
+    return h
+
+
+def permute(idx: np.ndarray, n: int, key: int) -> np.ndarray:
+    """A seeded bijection of [0, n), applied to idx (vectorized Feistel + cycle walking)."""
+    if n <= 1:
+        return np.zeros_like(np.asarray(idx, dtype=np.int64))
+    bits = max(2, int(n - 1).bit_length())
+    bits += bits % 2
+    half = np.uint64(bits // 2)
+    mask = np.uint64((1 << (bits // 2)) - 1)
+    round_keys = [_key(key, r) for r in range(4)]
+    x = np.asarray(idx, dtype=np.uint64).copy()
+    todo = np.ones(len(x), dtype=bool)
+    with np.errstate(over="ignore"):
+        while todo.any():
+            v = x[todo]
+            left, right = v >> half, v & mask
+            for rk in round_keys:
+                left, right = right, left ^ (_mix64(right ^ rk) & mask)
+            v = (left << half) | right
+            x[todo] = v
+            todo[todo] = v >= np.uint64(n)
+    return x.astype(np.int64)
+
+
+def largest_remainder(total: int, rates: np.ndarray) -> np.ndarray:
+    """Integer counts summing to total, each within 1 of total * rate."""
+    rates = np.asarray(rates, dtype=np.float64)
+    rates = rates / rates.sum()
+    exact = total * rates
+    counts = np.floor(exact).astype(np.int64)
+    short = total - counts.sum()
+    if short > 0:
+        order = np.lexsort((np.arange(len(rates)), -(exact - counts)))
+        counts[order[:short]] += 1
+    return counts
+
+
+@dataclass
+class Block:
+    positions: np.ndarray  # global stream positions
+    components: np.ndarray  # leaf component index per position
+    records: np.ndarray  # record index within the component
+
+
+class Schedule:
+    """The global stream for counts c_i over components of sizes n_i."""
+
+    def __init__(self, counts: list[int], sizes: list[int], seed: int, window: int = 8192):
+        self.counts = np.asarray(counts, dtype=np.int64)
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        if (self.counts > 0).any() and (self.sizes[self.counts > 0] <= 0).any():
+            raise ValueError("a component with draws has no records")
+        self.seed = int(seed)
+        self.total = int(self.counts.sum())
+        self.windows = max(1, -(-self.total // window))
+        k = len(self.counts)
+        self.offsets = np.array([(int(_key(self.seed, 1, i)) >> 11) / float(1 << 53) for i in range(k)])
+        self._window_sizes: np.ndarray | None = None
+
+    def _bounds(self, w: int) -> np.ndarray:
+        """First draw index of window w, per component (same formula for every boundary)."""
+        if w >= self.windows:
+            return self.counts.copy()
+        lo = np.ceil(w * self.counts / self.windows - self.offsets).astype(np.int64)
+        return np.clip(lo, 0, self.counts)
+
+    def window_sizes(self) -> np.ndarray:
+        if self._window_sizes is None:
+            sizes = np.empty(self.windows, dtype=np.int64)
+            prev = self._bounds(0)
+            for w in range(self.windows):
+                nxt = self._bounds(w + 1)
+                sizes[w] = int((nxt - prev).sum())
+                prev = nxt
+            self._window_sizes = sizes
+        return self._window_sizes
+
+    def window(self, w: int) -> Block:
+        lo, hi = self._bounds(w), self._bounds(w + 1)
+        comp = np.repeat(np.arange(len(self.counts)), hi - lo)
+        draw = (
+            np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)])
+            if len(comp)
+            else np.zeros(0, np.int64)
+        )
+        keys = (draw + self.offsets[comp]) / np.maximum(self.counts[comp], 1)
+        order = np.lexsort((comp, keys))
+        comp, draw = comp[order], draw[order]
+        start = int(self.window_sizes()[:w].sum())
+        return Block(np.arange(start, start + len(comp)), comp, self._records(comp, draw))
+
+    def _records(self, comp: np.ndarray, draw: np.ndarray) -> np.ndarray:
+        out = np.empty(len(draw), dtype=np.int64)
+        for i in np.unique(comp):
+            sel = comp == i
+            n = int(self.sizes[i])
+            d = draw[sel]
+            epoch, pos = d // n, d % n
+            res = np.empty(len(d), dtype=np.int64)
+            for e in np.unique(epoch):
+                es = epoch == e
+                res[es] = permute(pos[es], n, int(_key(self.seed, 2, int(i), int(e))))
+            out[sel] = res
+        return out
+
+    def iter_blocks(self, start: int = 0, rank: int = 0, world: int = 1):
+        """Blocks of the stream from global position `start`, keeping positions k with k % world == rank."""
+        sizes = self.window_sizes()
+        ends = np.cumsum(sizes)
+        w = int(np.searchsorted(ends, start, side="right"))
+        for wi in range(w, self.windows):
+            block = self.window(wi)
+            keep = (block.positions >= start) & (block.positions % world == rank)
+            if keep.any():
+                yield Block(block.positions[keep], block.components[keep], block.records[keep])

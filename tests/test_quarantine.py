@@ -1,0 +1,70 @@
+import json
+
+import pytest
+
+from forge.build import build_source
+from forge.errors import BuildError
+
+
+def quarantined(home, source):
+    path = home / "quarantine" / source / "quarantine.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_jsonl_bad_lines_are_quarantined_with_file_line_reason(home, catalog, tmp_path):
+    raw = tmp_path / "mixed.json"
+    good = '{"instruction": "hi", "input": "", "output": "hello"}\n'
+    raw.write_bytes(
+        (good * 3).encode()
+        + b'{"instruction": "broken", "output": \n'  # line 4: invalid JSON
+        + b'{"instruction": "x", "input": "", "output": 5}\n'  # line 5: wrong type
+        + b'{"instruction": "no output"}\n'  # line 6: missing field
+        + b'{"instruction": "bad \xff bytes", "output": "y"}\n'  # line 7: invalid UTF-8
+        + b'{"instruction": "nan", "output": NaN}\n'  # line 8: NaN
+        + b'{"instruction": "empty", "output": "  "}\n'  # line 9: empty output
+        + b'["not", "an", "object"]\n'  # line 10
+        + (good * 2).encode()
+    )
+    r = build_source(catalog.get("belle_0.5m"), home=home, from_path=raw, max_quarantine=1.0)
+    assert (r.rows, r.quarantined, r.input_records) == (5, 7, 12)
+    assert r.rows + r.quarantined == r.input_records
+    q = quarantined(home, "belle_0.5m")
+    by_line = {e["line"]: e for e in q}
+    assert sorted(by_line) == [4, 5, 6, 7, 8, 9, 10]
+    assert by_line[4]["reason"].startswith("invalid JSON")
+    assert by_line[5]["reason"] == "field 'output' is int, expected string"
+    assert by_line[6]["reason"] == "missing field 'output'"
+    assert by_line[7]["reason"].startswith("undecodable bytes (utf-8)") and "\\xff" in by_line[7]["raw"]
+    assert by_line[8]["reason"] == "field 'output' is NaN"
+    assert by_line[9]["reason"] == "field 'output' is empty"
+    assert by_line[10]["reason"] == "expected a JSON object, found list"
+    assert all(e["file"] == "mixed.json" and e["source"] == "belle_0.5m" for e in q)
+
+
+def test_threshold_fails_the_build_and_keeps_old_shards(home, catalog, tmp_path):
+    raw = tmp_path / "d.jsonl"
+    raw.write_text('{"instruction": "a", "output": "b"}\n' * 10)
+    ok = build_source(catalog.get("belle_0.5m"), home=home, from_path=raw)
+    raw.write_text('{"instruction": "a", "output": "b"}\n' * 10 + "{oops\n")
+    with pytest.raises(BuildError, match=r"1 of 11 raw records quarantined \(9.1% > --max-quarantine 1.0%\)"):
+        build_source(catalog.get("belle_0.5m"), home=home, from_path=raw)
+    assert (ok.out_dir / ok.shards[0]["file"]).exists()
+    assert quarantined(home, "belle_0.5m")[0]["line"] == 11
+
+
+def test_truncated_json_array(home, catalog, tmp_path):
+    raw = tmp_path / "a.json"
+    raw.write_text('[\n {"instruction": "a", "input": "", "output": "b"},\n {"instruction": "c", "inp')
+    r = build_source(catalog.get("alpaca"), home=home, from_path=raw, max_quarantine=1.0)
+    assert (r.rows, r.quarantined) == (1, 1)
+    entry = quarantined(home, "alpaca")[0]
+    assert entry["line"] == 3 and "invalid JSON at line 3" in entry["reason"]
+
+
+def test_tsv_wrong_field_count(home, catalog, tmp_path):
+    raw = tmp_path / "gsm8k_train.tsv"
+    raw.write_text("q1\t1\tr1\nonly two\tfields\nq3\t3\tr3\n")
+    r = build_source(catalog.get("flan_cot"), home=home, from_path=raw, max_quarantine=1.0)
+    assert r.input_records == 3 and r.quarantined == 1 and r.rows == 4
+    entry = quarantined(home, "flan_cot")[0]
+    assert entry["line"] == 2 and entry["reason"].startswith("expected 3 tab-separated fields")

@@ -1,0 +1,87 @@
+import json
+
+import pytest
+
+from forge.mixture import resolve
+from train.data import IGNORE, StreamStats, TokenizeConfig, tokenize_records
+from train.prompts import alpaca_segments
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+def response_ids(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def test_labels_are_exactly_the_response_tokens(tokenizer):
+    rec = {"id": "x", "instruction": "Add 2 and 3.", "input": "", "output": "2 + 3 = 5.", "history": []}
+    [ex] = tokenize_records([rec], tokenizer, TokenizeConfig(), StreamStats())
+    trained = [t for t in ex["labels"] if t != IGNORE]
+    assert trained == response_ids(tokenizer, "2 + 3 = 5.")
+    assert ex["input_ids"][-len(trained) :] == trained
+
+
+def test_with_input_and_multi_turn_masking(tokenizer):
+    rec = {
+        "id": "y",
+        "instruction": "Translate.",
+        "input": "你好",
+        "output": "Hello",
+        "history": [{"user": "Hi", "assistant": "Hi there"}, {"user": "Count", "assistant": "1 2 3"}],
+    }
+    segs = alpaca_segments(rec)
+    assert "### Input:\n你好" in "".join(t for t, _ in segs)
+    [ex] = tokenize_records([rec], tokenizer, TokenizeConfig(), StreamStats())
+    trained = [t for t in ex["labels"] if t != IGNORE]
+    expected = sum((response_ids(tokenizer, a) for a in ("Hi there", "1 2 3", "Hello")), [])
+    assert trained == expected
+    [only_last] = tokenize_records([rec], tokenizer, TokenizeConfig(mask_history=True), StreamStats())
+    assert [t for t in only_last["labels"] if t != IGNORE] == response_ids(tokenizer, "Hello")
+
+
+def test_cutoff_truncates_or_drops_and_counts(tokenizer):
+    rec = {"id": "z", "instruction": "Say a lot.", "input": "", "output": "word " * 200, "history": []}
+    prompt = len(tokenizer(alpaca_segments(rec)[0][0], add_special_tokens=False)["input_ids"]) + 1  # + BOS
+    stats = StreamStats()
+    [ex] = tokenize_records([rec], tokenizer, TokenizeConfig(cutoff_len=prompt + 10), stats)
+    assert len(ex["input_ids"]) == prompt + 10 and stats.truncated == 1
+    assert sum(1 for t in ex["labels"] if t != IGNORE) == 10  # the response tail was cut
+    stats = StreamStats()
+    assert (
+        tokenize_records([rec], tokenizer, TokenizeConfig(cutoff_len=prompt + 10, overlong="drop"), stats)
+        == []
+    )
+    assert stats.dropped_overlong == 1
+    stats = StreamStats()  # a prompt that fills the cutoff leaves nothing to learn: dropped, counted
+    assert tokenize_records([rec], tokenizer, TokenizeConfig(cutoff_len=prompt), stats) == []
+    assert stats.dropped_overlong == 1
+
+
+def test_lora_training_steps_lower_the_loss(built_samples, catalog, tiny_model, tmp_path):
+    from train.recipe import TrainArgs, run
+
+    mix = resolve("alpaca-belle-cot", catalog, home=built_samples)
+    out = tmp_path / "run"
+    args = TrainArgs(
+        mixture=mix.name,
+        model=str(tiny_model),
+        output_dir=str(out),
+        max_steps=12,
+        batch_size=4,
+        learning_rate=1e-2,
+        logging_steps=1,
+    )
+    manifest = run(args, mix, built_samples)
+    losses = manifest["losses"]
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05
+    assert (out / "adapter" / "adapter_config.json").exists()
+    saved = json.loads((out / "run_manifest.json").read_text())
+    assert saved["mixture"] == "alpaca-belle-cot" and saved["mixture_fingerprint"] == mix.fingerprint()
+    assert saved["examples_seen"] == 48 and saved["versions"]["torch"]
+    assert saved["args"]["peft"] == "lora" and len(saved["data_fingerprint"]) == 16

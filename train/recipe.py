@@ -89,7 +89,7 @@ def peft_config(args: TrainArgs):
         r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
-        target_modules=args.target_modules,
+        target_modules=args.target_modules or "all-linear",
     )
 
 
@@ -160,6 +160,10 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None) ->
         remove_unused_columns=False,
     )
     trainer = StreamTrainer(model=model, args=targs, train_dataset=dataset, callbacks=[LossLog()])
+    if on_log is not None:  # the caller prints the losses; the Trainer's raw dict printer would repeat them
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0

@@ -25,18 +25,35 @@ class SourceFile:
 
 @dataclass
 class RawBatch:
+    """Raw records of one file. Record-shaped formats fill `records` (one dict each);
+    column-shaped formats (TSV) fill `columns` (one list per field) and skip the dicts."""
+
     file: str
     records: list[dict] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)  # 0-based record index within the file
     lines: list[int] = field(default_factory=list)  # 1-based line where each record starts
+    columns: dict[str, list] | None = None
 
     def add(self, record: dict, row: int, line: int) -> None:
         self.records.append(record)
         self.rows.append(row)
         self.lines.append(line)
 
+    def column(self, name: str) -> list:
+        if self.columns is not None:
+            return self.columns[name]
+        return [r.get(name) for r in self.records]
+
+    def as_records(self) -> list[dict]:
+        if self.columns is not None and not self.records:
+            names = list(self.columns)
+            self.records = [
+                dict(zip(names, vals, strict=True)) for vals in zip(*self.columns.values(), strict=True)
+            ]
+        return self.records
+
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.rows)
 
 
 def open_binary(path: Path) -> BinaryIO:

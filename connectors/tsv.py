@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 from connectors.base import BATCH_SIZE, RawBatch, Reject, SourceFile, open_binary, show_raw
 
+CHUNK = 4 << 20
+
 VERSION = "1"
 DEFAULT_COLUMNS = ["question", "answer", "rationale"]
 
@@ -21,39 +23,96 @@ def read(files: list[SourceFile], options: dict, reject: Reject) -> Iterator[Raw
     columns = list(options.get("columns", DEFAULT_COLUMNS))
     encoding = options.get("encoding", "utf-8")
     for f in files:
-        batch = RawBatch(f.name)
-        row = 0
-        with open_binary(f.path) as fh:
-            for line_no, raw in enumerate(fh, start=1):
-                raw = raw.rstrip(b"\n").rstrip(b"\r")
-                if not raw:
-                    continue
-                try:
-                    text = raw.decode(encoding)
-                except UnicodeDecodeError as e:
-                    reject(
-                        show_raw(raw.decode(encoding, "surrogateescape")),
-                        f.name,
-                        row,
-                        line_no,
-                        f"undecodable bytes ({encoding}) at byte {e.start}",
-                    )
-                    row += 1
+        yield from _read_file(f, columns, encoding, reject)
+
+
+def _regular(texts: list[str], width: int) -> bool:
+    tabs = width - 1
+    return all(t.count("\t") == tabs and t and not t.endswith("\r") for t in texts)
+
+
+def _new_batch(f: SourceFile, columns: list[str]) -> RawBatch:
+    return RawBatch(f.name, columns={c: [] for c in columns})
+
+
+def _read_file(f: SourceFile, columns: list[str], encoding: str, reject: Reject) -> Iterator[RawBatch]:
+    width = len(columns)
+    batch = _new_batch(f, columns)
+    cols = list(batch.columns.values())
+    row = 0
+    line_no = 0
+    tail = b""
+    with open_binary(f.path) as fh:
+        while True:
+            chunk = fh.read(CHUNK)
+            data = tail + chunk
+            if not chunk:
+                lines, tail = ([data] if data else []), b""
+            else:
+                lines = data.split(b"\n")
+                tail = lines.pop()
+            try:  # decode the whole chunk at once; only a failing chunk is decoded line by line
+                texts = b"\n".join(lines).decode(encoding).split("\n") if lines else []
+            except UnicodeDecodeError:
+                texts = [None] * len(lines)
+            if texts and texts[0] is not None and _regular(texts, width):
+                # fast path: every line holds exactly `width` fields, so the fields of the whole
+                # chunk can be split at once and taken with a stride
+                fields = "\t".join(texts).split("\t")
+                start = 0
+                while start < len(texts):
+                    take = min(BATCH_SIZE - len(batch.rows), len(texts) - start)
+                    for c, col in enumerate(cols):
+                        col.extend(fields[start * width + c : (start + take) * width : width])
+                    batch.rows.extend(range(row, row + take))
+                    batch.lines.extend(range(line_no + 1, line_no + take + 1))
+                    row, line_no, start = row + take, line_no + take, start + take
+                    if len(batch.rows) >= BATCH_SIZE:
+                        yield batch
+                        batch = _new_batch(f, columns)
+                        cols = list(batch.columns.values())
+                if not chunk:
+                    break
+                continue
+            for raw, text in zip(lines, texts, strict=True):
+                line_no += 1
+                if text is None:
+                    try:
+                        text = raw.decode(encoding)
+                    except UnicodeDecodeError as e:
+                        reject(
+                            show_raw(raw.decode(encoding, "surrogateescape")),
+                            f.name,
+                            row,
+                            line_no,
+                            f"undecodable bytes ({encoding}) at byte {e.start}",
+                        )
+                        row += 1
+                        continue
+                if text.endswith("\r"):
+                    text = text[:-1]
+                if not text:
                     continue
                 fields = text.split("\t")
-                if len(fields) != len(columns):
+                if len(fields) != width:
                     reject(
                         text,
                         f.name,
                         row,
                         line_no,
-                        f"expected {len(columns)} tab-separated fields ({', '.join(columns)}), found {len(fields)}",
+                        f"expected {width} tab-separated fields ({', '.join(columns)}), found {len(fields)}",
                     )
                 else:
-                    batch.add(dict(zip(columns, fields, strict=True)), row, line_no)
+                    for col, value in zip(cols, fields, strict=True):
+                        col.append(value)
+                    batch.rows.append(row)
+                    batch.lines.append(line_no)
                 row += 1
-                if len(batch) >= BATCH_SIZE:
+                if len(batch.rows) >= BATCH_SIZE:
                     yield batch
-                    batch = RawBatch(f.name)
-        if len(batch):
-            yield batch
+                    batch = _new_batch(f, columns)
+                    cols = list(batch.columns.values())
+            if not chunk:
+                break
+    if len(batch):
+        yield batch

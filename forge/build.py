@@ -39,6 +39,8 @@ from forge.schema import RECORD_SCHEMA, SCHEMA_VERSION
 from formatters import FORMATTERS
 
 DEFAULT_SHARD_ROWS = 250_000
+PART_BYTES = 64 << 20  # raw bytes per independently built part
+PARALLEL_MIN_BYTES = 32 << 20  # below this, worker start-up costs more than it saves
 ROW_GROUP_ROWS = 32_768
 
 
@@ -123,15 +125,31 @@ class Quarantine:
 
 
 class ShardWriter:
-    def __init__(self, folder: Path, shard_rows: int):
+    """Writes RECORD_SCHEMA tables into part-NNNNN.parquet shards of `shard_rows` rows.
+
+    Parquet encoding and zstd compression release the GIL, so writes run on a background
+    thread while the next batch is parsed and tagged; at most two writes are in flight.
+    """
+
+    def __init__(self, folder: Path, shard_rows: int, prefix: str = "part"):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.prefix = prefix
         self.folder = folder
         self.shard_rows = shard_rows
         self.shards: list[dict] = []
         self._writer: pq.ParquetWriter | None = None
         self._rows = 0
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._pending: list = []
+
+    def submit(self, table: pa.Table) -> None:
+        while len(self._pending) >= 2:
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(self.write, table))
 
     def _path(self, i: int) -> Path:
-        return self.folder / f"part-{i:05d}.parquet"
+        return self.folder / f"{self.prefix}-{i:05d}.parquet"
 
     def write(self, table: pa.Table) -> None:
         while table.num_rows:
@@ -160,6 +178,9 @@ class ShardWriter:
         self._writer = None
 
     def close(self) -> list[dict]:
+        for f in self._pending:
+            f.result()  # re-raises a failed write here
+        self._pool.shutdown()
         self._finish()
         return self.shards
 
@@ -182,6 +203,9 @@ def assemble(cols: dict, src: Source, detector: str) -> pa.Table:
     ):
         value = cols[name]
         ftype = RECORD_SCHEMA.field(name).type
+        if name == "history" and value is None:  # single-turn records: n empty lists, built directly
+            empty = pa.array([], ftype.value_type)
+            value = pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), empty)
         arrays[name] = value if isinstance(value, pa.Array) else pa.array(value, type=ftype)
     files, rows, variants = cols["raw_file"], cols["raw_row"], cols["variant"]
     ids = [record_id(src.name, f, r, v) for f, r, v in zip(files, rows, variants, strict=True)]
@@ -228,6 +252,7 @@ def build_source(
     detector: str = "fast",
     shard_rows: int = DEFAULT_SHARD_ROWS,
     progress: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> BuildResult:
     home = Path(home or data_home())
     t0 = time.perf_counter()
@@ -265,57 +290,60 @@ def build_source(
     qdir = quarantine_dir(src.name, home)
     qtmp = qdir.with_name(f".{src.name}.tmp-{os.getpid()}")
     shutil.rmtree(qtmp, ignore_errors=True)
-    quarantine = Quarantine(src.name, qtmp / "quarantine.jsonl")
-    writer = ShardWriter(tmp, shard_rows)
-    options = dict(src.options)
-    if src.formatter == "cot":
-        options.setdefault("templates_dir", str(templates_dir()))
-    fmt = FORMATTERS[src.formatter].make(options, src.name)
-    counts = {k: Counter() for k in ("lang", "task", "gen", "category")}
-    rows = 0
-    formatted_from = 0  # raw records that reached the formatter
-    try:
-        reject_raw, reject_fields = quarantine.stage("connector"), quarantine.stage("formatter")
-        for batch in CONNECTORS[src.connector].read(files, src.connector_options, reject_raw):
-            formatted_from += len(batch)
-            cols = fmt(batch, reject_fields)
-            if not len(cols["instruction"]):
-                continue
-            table = assemble(cols, src, detector)
-            writer.write(table)
-            rows += table.num_rows
-            for key in counts:
-                counts[key].update(table.column(key).to_pylist())
-            if progress:
-                progress(len(batch))
-        shards = writer.close()
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        quarantine.close()
-        raise BuildError(f"{src.name}: cannot read input: {e}") from e
-    except ValueError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        quarantine.close()
-        raise BuildError(f"{src.name}: {e}") from e
-    finally:
-        quarantine.close()
 
+    parts = plan_parts(files)
+    jobs = [(src, part_files, i, tmp, qtmp, detector, shard_rows) for i, part_files in enumerate(parts)]
+    n_workers = min(workers or os.cpu_count() or 1, len(parts))
+    try:
+        if n_workers > 1 and sum(r["bytes"] for r in raw) >= PARALLEL_MIN_BYTES:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: polars and Arrow keep thread pools that do not survive a fork
+            with ProcessPoolExecutor(n_workers, mp_context=mp.get_context("spawn")) as pool:
+                results = []
+                for r in pool.map(_build_part, jobs):
+                    results.append(r)
+                    if progress:
+                        progress(r.formatted_from + r.connector_rejects)
+        else:
+            results = [_build_part(job, progress) for job in jobs]
+    except BuildError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(qtmp, ignore_errors=True)
+        raise
+
+    shards = [sh for r in results for sh in r.shards]
+    rows = sum(r.rows for r in results)
+    counts = {k: Counter() for k in ("lang", "task", "gen", "category")}
+    reasons: Counter = Counter()
+    for r in results:
+        for key in counts:
+            counts[key].update(r.counts[key])
+        reasons.update(r.reasons)
+    quarantined = sum(r.quarantined for r in results)
     # every raw record either reached the formatter or was rejected by the connector
-    input_records = formatted_from + quarantine.by_stage["connector"]
+    input_records = sum(r.formatted_from + r.connector_rejects for r in results)
     qfile = None
-    if quarantine.count:
+    if quarantined:
+        with open(qtmp / "quarantine.jsonl", "wb") as fh:
+            for i in range(len(parts)):
+                part = qtmp / f"part-{i:03d}.jsonl"
+                if part.exists():
+                    fh.write(part.read_bytes())
+                    part.unlink()
         qdir.parent.mkdir(parents=True, exist_ok=True)
         _swap_dir(qtmp, qdir)
         qfile = qdir / "quarantine.jsonl"
     else:
         shutil.rmtree(qtmp, ignore_errors=True)
         shutil.rmtree(qdir, ignore_errors=True)
-    fraction = quarantine.count / max(input_records, 1)
+    fraction = quarantined / max(input_records, 1)
     if fraction > max_quarantine:
         shutil.rmtree(tmp, ignore_errors=True)
         raise BuildError(
-            f"{src.name}: {quarantine.count} of {input_records} raw records quarantined ({fraction:.1%} > "
-            f"--max-quarantine {max_quarantine:.1%}); see {qfile}. Reasons: {dict(quarantine.reasons.most_common(5))}"
+            f"{src.name}: {quarantined} of {input_records} raw records quarantined ({fraction:.1%} > "
+            f"--max-quarantine {max_quarantine:.1%}); see {qfile}. Reasons: {dict(reasons.most_common(5))}"
         )
     tag_counts = {k: dict(sorted(v.items())) for k, v in counts.items()}
     manifest = {
@@ -324,8 +352,8 @@ def build_source(
         "build_hash": bhash,
         "rows": rows,
         "input_records": input_records,
-        "quarantined": quarantine.count,
-        "quarantine_reasons": dict(quarantine.reasons),
+        "quarantined": quarantined,
+        "quarantine_reasons": dict(reasons),
         "shards": shards,
         "raw": raw,
         "origin": origin,
@@ -343,7 +371,7 @@ def build_source(
         src.name,
         "built",
         rows,
-        quarantine.count,
+        quarantined,
         input_records,
         shards,
         bhash,
@@ -351,6 +379,75 @@ def build_source(
         out,
         qfile,
         tag_counts,
+    )
+
+
+@dataclass
+class PartResult:
+    shards: list[dict]
+    rows: int
+    counts: dict
+    formatted_from: int
+    connector_rejects: int
+    quarantined: int
+    reasons: dict
+
+
+def plan_parts(files: list, target_bytes: int = PART_BYTES) -> list[list]:
+    """Group files, in order, into parts of about target_bytes. Parts are built
+    independently (in parallel when there are several) and the grouping depends only on
+    the input, so the output is the same whatever the number of workers."""
+    parts: list[list] = [[]]
+    size = 0
+    for f in files:
+        n = f.path.stat().st_size
+        if parts[-1] and size + n > target_bytes:
+            parts.append([])
+            size = 0
+        parts[-1].append(f)
+        size += n
+    return parts
+
+
+def _build_part(job: tuple, progress: Callable[[int], None] | None = None) -> PartResult:
+    """connector -> formatter -> assemble -> shards, for one part's files."""
+    src, files, index, out_dir, qdir, detector, shard_rows = job
+    quarantine = Quarantine(src.name, qdir / f"part-{index:03d}.jsonl")
+    writer = ShardWriter(out_dir, shard_rows, prefix=f"part-{index:03d}")
+    options = dict(src.options)
+    if src.formatter == "cot":
+        options.setdefault("templates_dir", str(templates_dir()))
+    counts = {k: Counter() for k in ("lang", "task", "gen", "category")}
+    rows = formatted_from = 0  # formatted_from: raw records that reached the formatter
+    try:
+        fmt = FORMATTERS[src.formatter].make(options, src.name)
+        reject_raw, reject_fields = quarantine.stage("connector"), quarantine.stage("formatter")
+        for batch in CONNECTORS[src.connector].read(files, src.connector_options, reject_raw):
+            formatted_from += len(batch)
+            cols = fmt(batch, reject_fields)
+            if len(cols["instruction"]):
+                table = assemble(cols, src, detector)
+                writer.submit(table)
+                rows += table.num_rows
+                for key in counts:
+                    counts[key].update(table.column(key).to_pylist())
+            if progress:
+                progress(len(batch))
+        shards = writer.close()
+    except OSError as e:
+        raise BuildError(f"{src.name}: cannot read input: {e}") from e
+    except ValueError as e:
+        raise BuildError(f"{src.name}: {e}") from e
+    finally:
+        quarantine.close()
+    return PartResult(
+        shards,
+        rows,
+        counts,
+        formatted_from,
+        quarantine.by_stage["connector"],
+        quarantine.count,
+        dict(quarantine.reasons),
     )
 
 

@@ -20,7 +20,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=False)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # errors stay one line, whatever the width
 
 CatalogOpt = Annotated[
     Path | None, typer.Option("--catalog", help="A user catalog.yaml that adds to the built-in one.")

@@ -33,7 +33,7 @@ def make(options: dict, source: str):
 
     def format_batch(batch, reject) -> dict[str, list]:
         out = {k: [] for k in ("instruction", "input", "output", "category", "raw_row", "raw_line", "meta")}
-        for record, row, line in zip(batch.records, batch.rows, batch.lines, strict=True):
+        for record, row, line in zip(batch.as_records(), batch.rows, batch.lines, strict=True):
             try:
                 instruction = text_field(record, instruction_key, required=True, allow_empty=False)
                 inp = text_field(record, input_key, required=False) if input_key else ""
@@ -54,7 +54,7 @@ def make(options: dict, source: str):
                 json.dumps({k: record.get(k) for k in meta_keys}, ensure_ascii=False) if meta_keys else None
             )
         n = len(out["instruction"])
-        out["history"] = [[] for _ in range(n)]
+        out["history"] = None  # no earlier turns
         out["raw_file"] = [batch.file] * n
         out["template"] = [None] * n
         out["variant"] = [""] * n

@@ -117,9 +117,9 @@ def make(options: dict, source: str):
         tset = load_set(tdir, lang, fixed_set or set_name_from_file(batch.file))
         n = len(batch)
         cols = {
-            "question": unescape(pa.array([r["question"] for r in batch.records], pa.string())),
-            "chain_of_thought": unescape(pa.array([r["rationale"] for r in batch.records], pa.string())),
-            "answer": unescape(pa.array([r["answer"] for r in batch.records], pa.string())),
+            "question": unescape(pa.array(batch.column("question"), pa.string())),
+            "chain_of_thought": unescape(pa.array(batch.column("rationale"), pa.string())),
+            "answer": unescape(pa.array(batch.column("answer"), pa.string())),
         }
         rows = np.asarray(batch.rows, dtype=np.int64)
         pieces = []
@@ -137,7 +137,8 @@ def make(options: dict, source: str):
                 metas = [json.dumps({"set": tset.name, "mode": mode})] * n
             if trigger:
                 instr = pc.binary_join_element_wise(instr, pa.scalar(trigger), " ")
-            tids = [templates[c]["id"] if mode == "few_shot" else templates[c][0].id for c in choice]
+            names = np.array([t["id"] if mode == "few_shot" else t[0].id for t in templates], dtype=object)
+            tids = names[choice].tolist()
             pieces.append((mode, instr, outp, tids, metas))
 
         out = {"instruction": [], "output": [], "template": [], "meta": [], "category": []}
@@ -155,7 +156,7 @@ def make(options: dict, source: str):
             [a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a for a in out["output"]]
         )
         out["input"] = [""] * (n * m)
-        out["history"] = [[] for _ in range(n * m)]
+        out["history"] = None  # no earlier turns
         out["raw_file"] = [batch.file] * (n * m)
         out["raw_row"] = list(batch.rows) * m
         out["raw_line"] = list(batch.lines) * m

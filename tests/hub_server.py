@@ -1,0 +1,250 @@
+"""A small HTTP server on 127.0.0.1 that speaks the parts of the Hugging Face Hub API that
+huggingface_hub's HfApi and download functions call: repo info, file resolve (HEAD/GET),
+repo create, preupload and commit. Repos are folders under `root`; commits received are
+recorded so tests can assert what was uploaded. Tests only; bounded and local.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+
+class HubState:
+    def __init__(self, root: Path):
+        self.root = root
+        self.commits: list[dict] = []  # every commit call: repo, headers, operations
+        self.created: list[dict] = []
+        self.requests: list[tuple[str, str, dict]] = []  # (method, path, headers)
+        self.fail_next: dict[str, list[int]] = {}  # path regex -> status codes to answer first
+
+    def repo_dir(self, repo_type: str, repo_id: str) -> Path:
+        return self.root / f"{repo_type}s" / repo_id
+
+
+def _sha(repo: Path) -> str:
+    h = hashlib.sha1()
+    for p in sorted(repo.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(repo)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def make_handler(state: HubState):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):  # keep test output clean
+            pass
+
+        def _send(
+            self, status: int, body: bytes = b"", headers: dict | None = None, content_type="application/json"
+        ):
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def _json(self, status: int, obj) -> None:
+            self._send(status, json.dumps(obj).encode())
+
+        def _read_body(self) -> bytes:
+            n = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(n) if n else b""
+
+        def _injected_failure(self) -> bool:
+            for pattern, codes in state.fail_next.items():
+                if codes and re.search(pattern, self.path):
+                    code = codes.pop(0)
+                    self._json(code, {"error": "injected failure"})
+                    return True
+            return False
+
+        def _record(self) -> None:
+            state.requests.append((self.command, self.path, dict(self.headers)))
+
+        def do_HEAD(self):
+            self._record()
+            self._resolve()
+
+        def do_GET(self):
+            self._record()
+            if self._injected_failure():
+                return
+            path = urlparse(self.path).path
+            m = re.match(r"^/api/(datasets|models|spaces)/(.+?)/revision/([^/]+)$", path)
+            if m:
+                return self._info(m.group(1)[:-1], m.group(2), unquote(m.group(3)))
+            m = re.match(r"^/api/(datasets|models|spaces)/(.+?)/tree/([^/]+)(?:/(.*))?$", path)
+            if m:
+                return self._tree(m.group(1)[:-1], m.group(2), unquote(m.group(4) or ""))
+            m = re.match(r"^/api/(datasets|models|spaces)/([^/]+/[^/]+)$", path)
+            if m:
+                return self._info(m.group(1)[:-1], m.group(2), "main")
+            return self._resolve()
+
+        def _info(self, repo_type: str, repo_id: str, revision: str):
+            repo = state.repo_dir(repo_type, repo_id)
+            if not repo.is_dir():
+                return self._send(404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"})
+            files = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
+            self._json(
+                200,
+                {
+                    "id": repo_id,
+                    "sha": _sha(repo),
+                    "private": False,
+                    "siblings": [{"rfilename": f} for f in files],
+                },
+            )
+
+        def _tree(self, repo_type: str, repo_id: str, prefix: str):
+            repo = state.repo_dir(repo_type, repo_id)
+            base = repo / prefix
+            if not base.is_dir():
+                return self._send(404, b'{"error": "not found"}', {"X-Error-Code": "EntryNotFound"})
+            entries = []
+            for p in sorted(base.rglob("*")):
+                rel = str(p.relative_to(repo))
+                if p.is_dir():
+                    entries.append({"type": "directory", "path": rel, "oid": "0" * 40})
+                else:
+                    data = p.read_bytes()
+                    entries.append(
+                        {
+                            "type": "file",
+                            "path": rel,
+                            "size": len(data),
+                            "oid": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest(),
+                        }
+                    )
+            self._json(200, entries)
+
+        def _resolve(self):
+            path = urlparse(self.path).path
+            m = re.match(r"^/(?:(datasets|spaces)/)?(.+?)/resolve/([^/]+)/(.+)$", path)
+            if not m:
+                return self._send(404, b'{"error": "not found"}')
+            repo_type = (m.group(1) or "models")[:-1]
+            repo = state.repo_dir(repo_type, m.group(2))
+            file = repo / unquote(m.group(4))
+            if not file.is_file():
+                return self._send(404, b'{"error": "Entry not found"}', {"X-Error-Code": "EntryNotFound"})
+            data = file.read_bytes()
+            etag = hashlib.sha1(data).hexdigest()
+            self._send(
+                200, data, {"X-Repo-Commit": _sha(repo), "ETag": f'"{etag}"'}, "application/octet-stream"
+            )
+
+        def do_POST(self):
+            self._record()
+            body = self._read_body()
+            if self._injected_failure():
+                return
+            path = urlparse(self.path).path
+            if path == "/api/repos/create":
+                req = json.loads(body or b"{}")
+                repo_type = req.get("type") or "model"
+                repo_id = (
+                    f"{req.get('organization') or 'me'}/{req['name']}"
+                    if "/" not in req["name"]
+                    else req["name"]
+                )
+                state.created.append(req)
+                state.repo_dir(repo_type, repo_id).mkdir(parents=True, exist_ok=True)
+                return self._json(200, {"url": f"http://hub/{repo_type}s/{repo_id}", "name": repo_id})
+            m = re.match(r"^/api/(datasets|models|spaces)/(.+?)/preupload/([^/]+)$", path)
+            if m:
+                req = json.loads(body or b"{}")
+                # every file goes as a regular (base64) file: no LFS, no xet
+                return self._json(
+                    200,
+                    {
+                        "files": [
+                            {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                            for f in req.get("files", [])
+                        ],
+                        "commitOid": None,
+                    },
+                )
+            m = re.match(r"^/api/(datasets|models|spaces)/(.+?)/commit/([^/]+)$", path)
+            if m:
+                return self._commit(m.group(1)[:-1], m.group(2), unquote(m.group(3)), body)
+            self._send(404, b'{"error": "not found"}')
+
+        def _commit(self, repo_type: str, repo_id: str, revision: str, body: bytes):
+            repo = state.repo_dir(repo_type, repo_id)
+            if not repo.is_dir():
+                return self._send(404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"})
+            lines = [json.loads(x) for x in body.decode().splitlines() if x.strip()]
+            header = next((x["value"] for x in lines if x.get("key") == "header"), {})
+            ops = []
+            for item in lines:
+                if item.get("key") == "file":
+                    v = item["value"]
+                    target = repo / v["path"]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(base64.b64decode(v["content"]))
+                    ops.append(("add", v["path"]))
+                elif item.get("key") == "deletedFile":
+                    (repo / item["value"]["path"]).unlink(missing_ok=True)
+                    ops.append(("delete", item["value"]["path"]))
+            state.commits.append(
+                {
+                    "repo": repo_id,
+                    "type": repo_type,
+                    "revision": revision,
+                    "header": header,
+                    "operations": ops,
+                    "create_pr": "create_pr=1" in self.path,
+                    "authorization": self.headers.get("Authorization"),
+                }
+            )
+            oid = _sha(repo)
+            self._json(
+                200,
+                {
+                    "commitUrl": f"http://hub/{repo_id}/commit/{oid}",
+                    "commitOid": oid,
+                    "pullRequestUrl": f"http://hub/{repo_id}/discussions/1"
+                    if "create_pr=1" in self.path
+                    else None,
+                },
+            )
+
+    return Handler
+
+
+class LocalHub:
+    """Context manager: start the server on a free loopback port; .endpoint is its URL."""
+
+    def __init__(self, root: Path):
+        self.state = HubState(root)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(self.state))
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def __enter__(self) -> LocalHub:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def encode(s: str) -> str:
+    return base64.b64encode(s.encode()).decode()

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from forge.errors import ForgeError
@@ -191,9 +192,17 @@ def mix(
     for col in ("component", "records", "draws", "share"):
         t.add_column(col)
     for leaf in m.leaves:
-        t.add_row(leaf.label, f"{leaf.size:,}", f"{leaf.count:,}", f"{leaf.count / max(m.total, 1):.1%}")
+        t.add_row(
+            escape(leaf.label), f"{leaf.size:,}", f"{leaf.count:,}", f"{leaf.count / max(m.total, 1):.1%}"
+        )
     console.print(t)
     if dry_run:
+        from forge.mixture import stream_tag_counts
+
+        realised, _target = stream_tag_counts(m, h)
+        for key in ("lang", "task", "gen", "category"):
+            counts = sorted(realised[key].items(), key=lambda kv: -kv[1])
+            console.print(f"  {key:<9} " + ", ".join(f"{k} {v:,}" for k, v in counts))
         console.print(f"fingerprint {m.fingerprint()[:16]} (dry run: nothing written)")
         return
     with _progress() as prog:
@@ -203,6 +212,30 @@ def mix(
         f"wrote {manifest['rows']:,} records to {mixture_dir(name, h)} "
         f"(fingerprint {manifest['fingerprint'][:16]}, lineage ids.parquet)"
     )
+
+
+@app.command()
+def report(
+    name: Annotated[str, typer.Argument(help="Mixture name.")],
+    out: Annotated[Path | None, typer.Option("--out", help="HTML file to write.")] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="Tokenizer (folder or Hub id) for token-length histograms.")
+    ] = None,
+    catalog: CatalogOpt = None,
+    home: HomeOpt = None,
+):
+    """Write a self-contained HTML report of a mixture: composition, lengths, samples."""
+    from forge.catalog import load_catalog
+    from forge.mixture import resolve
+    from forge.report import build_report
+
+    h = _home(home)
+    m = resolve(name, load_catalog(catalog), home=h)
+    target = out or (h / "reports" / f"{name}.html")
+    with _progress() as prog:
+        prog.add_task(f"report {name}", total=None)
+        build_report(m, h, target, tokenizer)
+    console.print(f"report: {target} ({m.total:,} examples, {len(m.leaves)} components)")
 
 
 @app.command("tiny-model")

@@ -499,3 +499,32 @@ def materialize(mix: Mixture, home: Path | None = None, shard_rows: int = 250_00
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
     return manifest
+
+
+TAG_KEYS = ("source", "lang", "task", "gen", "category")
+
+
+def stream_tag_counts(mix: Mixture, home: Path | None = None) -> tuple[dict, dict]:
+    """Realised tag counts of the whole stream, and the target counts the component shares
+    imply (share of component i times the tag distribution of its records)."""
+    from collections import Counter
+
+    realised = {k: Counter() for k in TAG_KEYS}
+    for table in MixtureStream(mix, home, columns=list(TAG_KEYS)):
+        for key in TAG_KEYS:
+            realised[key].update(table[key].to_pylist())
+    target = {k: Counter() for k in TAG_KEYS}
+    for leaf, rows in zip(mix.leaves, mix.rowsets, strict=True):
+        if leaf.count == 0:
+            continue
+        manifest = read_manifest(leaf.source, home)
+        files = [str(source_dir(leaf.source, home) / s["file"]) for s in manifest["shards"]]
+        import polars as pl
+
+        df = pl.scan_parquet(files).select(list(TAG_KEYS)).collect()
+        if rows is not None:
+            df = df[rows]
+        for key in TAG_KEYS:
+            for value, n in df[key].value_counts().iter_rows():
+                target[key][value] += leaf.count * n / df.height
+    return ({k: dict(v) for k, v in realised.items()}, {k: dict(v) for k, v in target.items()})

@@ -11,7 +11,8 @@ mixture takes from each, see forge.mixture for how strategies set c_i):
 
 2. Records within a component: without replacement. Draw j is record
    perm_{i,e}(j mod n_i) with epoch e = j div n_i, where perm_{i,e} is a seeded
-   pseudo-random permutation of [0, n_i) (a 4-round Feistel network with cycle walking).
+   pseudo-random permutation of [0, n_i) (keyed multiply/xor-shift rounds on a power-of-two
+   domain, with cycle walking; see permute()).
    A record repeats only after all n_i have been used, and then in a fresh order.
 
 3. Ranks and workers: global position k belongs to reader (k mod R) where R =
@@ -51,23 +52,27 @@ def _key(*parts: int) -> np.uint64:
 
 
 def permute(idx: np.ndarray, n: int, key: int) -> np.ndarray:
-    """A seeded bijection of [0, n), applied to idx (vectorized Feistel + cycle walking)."""
+    """A seeded bijection of [0, n), applied to idx (vectorized, with cycle walking).
+
+    On the smallest power-of-two domain 2^b >= n, each round is bijective: xor with a
+    round key, multiply by an odd constant mod 2^b, xor-shift right. Values that land
+    outside [0, n) are mapped again until they fall inside (cycle walking), which keeps
+    it a bijection of [0, n). Since 2^b < 2n, more than half land inside each time.
+    """
     if n <= 1:
         return np.zeros_like(np.asarray(idx, dtype=np.int64))
-    bits = max(2, int(n - 1).bit_length())
-    bits += bits % 2
-    half = np.uint64(bits // 2)
-    mask = np.uint64((1 << (bits // 2)) - 1)
-    round_keys = [_key(key, r) for r in range(4)]
+    bits = int(n - 1).bit_length()
+    mask = np.uint64((1 << bits) - 1)
+    shift = np.uint64(max(1, bits // 2))
+    rounds = [(_key(key, r) & mask, (_key(key, r, 1) | np.uint64(1)) & mask) for r in range(3)]
     x = np.asarray(idx, dtype=np.uint64).copy()
     todo = np.ones(len(x), dtype=bool)
     with np.errstate(over="ignore"):
         while todo.any():
             v = x[todo]
-            left, right = v >> half, v & mask
-            for rk in round_keys:
-                left, right = right, left ^ (_mix64(right ^ rk) & mask)
-            v = (left << half) | right
+            for rk, mult in rounds:
+                v = ((v ^ rk) * (mult | np.uint64(1))) & mask
+                v ^= v >> shift
             x[todo] = v
             todo[todo] = v >= np.uint64(n)
     return x.astype(np.int64)
@@ -96,7 +101,7 @@ class Block:
 class Schedule:
     """The global stream for counts c_i over components of sizes n_i."""
 
-    def __init__(self, counts: list[int], sizes: list[int], seed: int, window: int = 8192):
+    def __init__(self, counts: list[int], sizes: list[int], seed: int, window: int = 65536):
         self.counts = np.asarray(counts, dtype=np.int64)
         self.sizes = np.asarray(sizes, dtype=np.int64)
         if (self.counts > 0).any() and (self.sizes[self.counts > 0] <= 0).any():
@@ -128,30 +133,35 @@ class Schedule:
 
     def window(self, w: int) -> Block:
         lo, hi = self._bounds(w), self._bounds(w + 1)
-        comp = np.repeat(np.arange(len(self.counts)), hi - lo)
-        draw = (
-            np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)])
-            if len(comp)
-            else np.zeros(0, np.int64)
-        )
+        k = len(self.counts)
+        comp = np.repeat(np.arange(k), hi - lo)
+        draw = np.empty(len(comp), dtype=np.int64)
+        records = np.empty(len(comp), dtype=np.int64)
+        at = 0
+        for i in range(k):  # per component, on contiguous slices: no masks, no unique()
+            m = int(hi[i] - lo[i])
+            if m:
+                draw[at : at + m] = np.arange(lo[i], hi[i])
+                records[at : at + m] = self._records(i, int(lo[i]), int(hi[i]))
+                at += m
         keys = (draw + self.offsets[comp]) / np.maximum(self.counts[comp], 1)
-        order = np.lexsort((comp, keys))
-        comp, draw = comp[order], draw[order]
+        # stable sort on the key keeps component order among equal keys (ties -> lower component)
+        order = np.argsort(keys, kind="stable")
         start = int(self.window_sizes()[:w].sum())
-        return Block(np.arange(start, start + len(comp)), comp, self._records(comp, draw))
+        return Block(np.arange(start, start + len(comp)), comp[order], records[order])
 
-    def _records(self, comp: np.ndarray, draw: np.ndarray) -> np.ndarray:
-        out = np.empty(len(draw), dtype=np.int64)
-        for i in np.unique(comp):
-            sel = comp == i
-            n = int(self.sizes[i])
-            d = draw[sel]
-            epoch, pos = d // n, d % n
-            res = np.empty(len(d), dtype=np.int64)
-            for e in np.unique(epoch):
-                es = epoch == e
-                res[es] = permute(pos[es], n, int(_key(self.seed, 2, int(i), int(e))))
-            out[sel] = res
+    def _records(self, i: int, lo: int, hi: int) -> np.ndarray:
+        """Record indices for draws lo..hi-1 of component i (epoch by epoch)."""
+        n = int(self.sizes[i])
+        out = np.empty(hi - lo, dtype=np.int64)
+        d = lo
+        while d < hi:
+            epoch, pos = divmod(d, n)
+            end = min(hi, (epoch + 1) * n)
+            out[d - lo : end - lo] = permute(
+                np.arange(pos, pos + end - d), n, int(_key(self.seed, 2, i, epoch))
+            )
+            d = end
         return out
 
     def iter_blocks(self, start: int = 0, rank: int = 0, world: int = 1):

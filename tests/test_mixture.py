@@ -126,3 +126,79 @@ def test_malformed_mixture_errors_name_file_and_key(built_samples, catalog, tmp_
 def test_unbuilt_source_is_a_clear_error(home, catalog):
     with pytest.raises(MixtureError, match=r"source 'alpaca' is not built; run: forge build alpaca"):
         resolve("alpaca-belle-cot", catalog, home=home)
+
+
+def test_proportional_caps_and_temperature(built_samples, catalog, tmp_path):
+    d = tmp_path / "mixtures"
+    # sizes: alpaca 32, belle 27, flan_cot 72; cap 30 -> effective 30, 27, 30; T=2 -> sqrt
+    write_mix(
+        d,
+        "prop",
+        """
+        strategy: proportional
+        cap: 30
+        temperature: 2.0
+        size: 1000
+        components:
+          - {source: alpaca}
+          - {source: belle_0.5m}
+          - {source: flan_cot}
+    """,
+    )
+    m = resolve("prop", catalog, home=built_samples, user_dir=d)
+    import numpy as np
+
+    rates = np.sqrt([30, 27, 30]) / np.sqrt([30, 27, 30]).sum()
+    counts = [leaf.count for leaf in m.leaves]
+    assert sum(counts) == 1000
+    assert np.all(np.abs(np.array(counts) - 1000 * rates) < 1)
+    ids = ids_of(m, built_samples)
+    # belle (27 records) is drawn ~325 times: every record used before any repeats
+    belle_ids = [
+        i
+        for i in ids
+        if i in set(pl.read_parquet(built_samples / "sources" / "belle_0.5m" / "*.parquet")["id"])
+    ]
+    assert len(set(belle_ids[:27])) == 27
+
+
+def test_max_examples_and_epochs_in_concat(built_samples, catalog, tmp_path):
+    d = tmp_path / "mixtures"
+    write_mix(
+        d,
+        "cc",
+        """
+        strategy: concat
+        components:
+          - {source: alpaca, epochs: 2}
+          - {source: flan_cot, max_examples: 10}
+    """,
+    )
+    m = resolve("cc", catalog, home=built_samples, user_dir=d)
+    assert [leaf.count for leaf in m.leaves] == [64, 10]
+    ids = ids_of(m, built_samples)
+    alpaca = [
+        i for i in ids if i in set(pl.read_parquet(built_samples / "sources" / "alpaca" / "*.parquet")["id"])
+    ]
+    assert len(alpaca) == 64 and len(set(alpaca)) == 32 and len(set(alpaca[:32])) == 32
+
+
+def test_first_exhausted_and_all_exhausted(built_samples, catalog, tmp_path):
+    d = tmp_path / "mixtures"
+    body = "strategy: rates\nstop: {stop}\ncomponents:\n  - {{source: alpaca, weight: 1}}\n  - {{source: flan_cot, weight: 1}}\n"
+    write_mix(d, "fe", body.format(stop="first_exhausted"))
+    write_mix(d, "ae", body.format(stop="all_exhausted"))
+    assert [leaf.count for leaf in resolve("fe", catalog, home=built_samples, user_dir=d).leaves] == [32, 32]
+    assert [leaf.count for leaf in resolve("ae", catalog, home=built_samples, user_dir=d).leaves] == [72, 72]
+
+
+def test_report_is_self_contained_html(built_samples, catalog, tmp_path):
+    from forge.report import build_report
+
+    m = resolve("alpaca-belle-cot", catalog, home=built_samples)
+    out = build_report(m, built_samples, tmp_path / "r.html")
+    page = out.read_text()
+    assert page.count("data:image/png;base64,") == 6  # components, lang, task, gen, category, lengths
+    for text in ("alpaca-belle-cot", "By lang", "Samples", "belle_0.5m", m.fingerprint()[:16]):
+        assert text in page
+    assert "http://" not in page and "https://" not in page

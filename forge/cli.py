@@ -238,6 +238,46 @@ def report(
     console.print(f"report: {target} ({m.total:,} examples, {len(m.leaves)} components)")
 
 
+@app.command()
+def templates(
+    render: Annotated[
+        str | None, typer.Option("--render", help="Template id to render, e.g. en.gsm8k.zs03.")
+    ] = None,
+    question: Annotated[str | None, typer.Option(help="Question for the sample record.")] = None,
+    rationale: Annotated[str | None, typer.Option(help="Chain of thought for the sample record.")] = None,
+    answer: Annotated[str | None, typer.Option(help="Answer for the sample record.")] = None,
+):
+    """List the template sets, or render a sample record with one template."""
+    from forge.paths import templates_dir
+    from formatters.cot import list_sets, render_sample
+
+    tdir = templates_dir()
+    if render is None:
+        t = Table(title=f"template sets in {tdir}")
+        for col in ("lang", "set", "zero_shot", "inversion", "few_shot", "file"):
+            t.add_column(col)
+        for ts in list_sets(tdir):
+            t.add_row(
+                ts.lang,
+                ts.name,
+                str(len(ts.zero_shot)),
+                str(len(ts.inversion)),
+                str(len(ts.few_shot)),
+                str(ts.path.relative_to(tdir)),
+            )
+        console.print(t)
+        console.print(
+            "render one: forge templates --render en.gsm8k.zs03 [--question ... --rationale ... --answer ...]"
+        )
+        return
+    record = {"question": question, "chain_of_thought": rationale, "answer": answer}
+    instruction, output = render_sample(tdir, render, record)
+    console.print(f"[bold]{escape(render)}[/] — instruction:", highlight=False)
+    console.print(escape(instruction), highlight=False)
+    console.print("[bold]output:[/]", highlight=False)
+    console.print(escape(output), highlight=False)
+
+
 @app.command("tiny-model")
 def tiny_model(
     out: Annotated[Path, typer.Argument(help="Folder to write the model and tokenizer to.")],

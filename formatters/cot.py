@@ -90,6 +90,40 @@ def load_set(templates_dir: Path, lang: str, name: str) -> TemplateSet:
     return _CACHE[path]
 
 
+SAMPLE = {
+    "en": {
+        "question": "A shop sells pens in packs of 4. Mia buys 3 packs and gives away 5 pens. How many pens does she have left?",
+        "chain_of_thought": "3 packs hold 3 * 4 = 12 pens.\nAfter giving away 5, she has 12 - 5 = 7 pens.",
+        "answer": "7",
+    },
+    "zh": {
+        "question": "商店的笔每包 4 支。小米买了 3 包，送出 5 支。她还剩几支？",
+        "chain_of_thought": "3 包共有 3 * 4 = 12 支。\n送出 5 支后剩 12 - 5 = 7 支。",
+        "answer": "7",
+    },
+}
+
+
+def list_sets(templates_dir: Path) -> list[TemplateSet]:
+    return [load_set(templates_dir, p.parent.name, p.stem) for p in sorted(templates_dir.glob("*/*.yaml"))]
+
+
+def render_sample(templates_dir: Path, template_id: str, record: dict) -> tuple[str, str]:
+    """Render one template (any mode) on a sample record; missing fields use SAMPLE."""
+    lang = template_id.split(".")[0]
+    ctx = {k: (v if v is not None else SAMPLE.get(lang, SAMPLE["en"])[k]) for k, v in record.items()}
+    for ts in list_sets(templates_dir):
+        for mode in MODES:
+            for t in ts.templates(mode):
+                if mode == "few_shot" and t["id"] == template_id:
+                    query = t["input"].render(ctx)
+                    shot = t["input"].render(ctx) + t["io_separator"] + t["target"].render(ctx)
+                    return t["prefix"] + shot + t["example_separator"] + query, t["target"].render(ctx)
+                if mode != "few_shot" and t[0].id == template_id:
+                    return t[0].render(ctx), t[1].render(ctx)
+    raise ValueError(f"unknown template id {template_id!r}")
+
+
 def set_name_from_file(file: str) -> str:
     stem = Path(file).name.split(".")[0]
     return stem.removesuffix("_train").removesuffix("_dev").removesuffix("_test")

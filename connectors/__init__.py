@@ -10,13 +10,14 @@ reason; a connector never drops anything silently. Connectors import nothing fro
 later stages (formatters, forge, train).
 """
 
-from connectors import csvfile, jsonfile, tsv
+from connectors import csvfile, jsonfile, parquetfile, tsv
 from connectors.base import RawBatch, Reject, SourceFile
 
 CONNECTORS = {
     "json": jsonfile,  # JSON array, JSON object holding a list, or JSONL (sniffed)
     "tsv": tsv,  # headerless TSV, no quoting (FLAN CoT)
     "csv": csvfile,  # CSV with header, declared encoding
+    "parquet": parquetfile,  # Parquet (e.g. datasets published by forge)
 }
 
 __all__ = ["CONNECTORS", "RawBatch", "Reject", "SourceFile"]

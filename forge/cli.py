@@ -278,6 +278,105 @@ def templates(
     console.print(escape(output), highlight=False)
 
 
+@app.command()
+def publish(
+    targets: Annotated[
+        list[str], typer.Argument(help="Built sources, mixtures, or `forge filter` output folders.")
+    ],
+    repo: Annotated[str, typer.Option("--repo", help="Hub dataset repo, OWNER/NAME.")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Stage the folder and list what would be uploaded.")
+    ] = False,
+    private: Annotated[bool, typer.Option("--private", help="Create the repo as private.")] = False,
+    revision: Annotated[str | None, typer.Option(help="Branch to commit to.")] = None,
+    create_pr: Annotated[
+        bool, typer.Option("--create-pr", help="Open a pull request instead of committing.")
+    ] = False,
+    max_shard_size: Annotated[str, typer.Option(help="Largest Parquet shard, e.g. 500MB, 2GB.")] = "500MB",
+    allow_missing_license: Annotated[
+        bool, typer.Option(help="Publish sources that have no license in the catalog.")
+    ] = False,
+    files_per_commit: Annotated[
+        int, typer.Option(help="Files per Hub commit (the Hub limits commit size).")
+    ] = 50,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Staging folder (default: data home/publish/OWNER--NAME).")
+    ] = None,
+    catalog: CatalogOpt = None,
+    home: HomeOpt = None,
+):
+    """Stage a Hub-ready dataset folder (configs per source and mixture, dataset card) and upload it."""
+    from forge.catalog import load_catalog
+    from forge.publish import collect_targets, stage, upload
+
+    h = _home(home)
+    if repo.count("/") != 1:
+        _fail(f"--repo must be OWNER/NAME, got {repo!r}")
+    configs = collect_targets(targets, load_catalog(catalog), h, allow_missing_license)
+    folder = out or (h / "publish" / repo.replace("/", "--"))
+    with _progress() as prog:
+        prog.add_task(f"stage {repo}", total=None)
+        stage(configs, repo, folder, _parse_size(max_shard_size), h)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    t = Table(title=f"staged {folder}")
+    for col in ("config", "kind", "rows", "shards"):
+        t.add_column(col)
+    for c in configs:
+        t.add_row(c.name, c.kind, f"{c.rows:,}", str(len(list((folder / "data" / c.name).glob("*.parquet")))))
+    console.print(t)
+    size = sum(p.stat().st_size for p in files)
+    if dry_run:
+        console.print(f"dry run: would upload {len(files)} files ({size / 1e6:.1f} MB) to datasets/{repo}")
+        for p in files:
+            console.print(f"  {p.relative_to(folder)}", highlight=False)
+        return
+    urls = upload(
+        folder,
+        repo,
+        private=private,
+        revision=revision,
+        create_pr=create_pr,
+        files_per_commit=files_per_commit,
+    )
+    console.print(f"uploaded {len(files)} files ({size / 1e6:.1f} MB) in {len(urls)} commit(s): {urls[-1]}")
+
+
+def _parse_size(text: str) -> int:
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?B?)\s*", text.upper())
+    if not m:
+        _fail(f"--max-shard-size: cannot read {text!r}; use e.g. 500MB or 2GB")
+    unit = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9}[m.group(2)]
+    return int(float(m.group(1)) * unit)
+
+
+@app.command()
+def pull(
+    spec: Annotated[str, typer.Argument(help="OWNER/NAME[:config] of a published dataset.")],
+    revision: str = "main",
+    build_now: Annotated[
+        bool, typer.Option("--build/--no-build", help="Build the new source right away.")
+    ] = True,
+    catalog: Annotated[
+        Path, typer.Option("--catalog", help="User catalog file to add the source to.")
+    ] = Path("catalog.yaml"),
+    home: HomeOpt = None,
+):
+    """Register a published dataset as a catalog source (in ./catalog.yaml) and build it."""
+    from forge.build import build_source
+    from forge.catalog import load_catalog
+    from forge.publish import pull as pull_source
+
+    name, entry = pull_source(spec, catalog, revision=revision)
+    console.print(
+        f"added source [bold]{escape(name)}[/] to {catalog} (hub {entry['hub']['repo']}, files {entry['hub']['files']})"
+    )
+    if build_now:
+        r = build_source(load_catalog(catalog).get(name), home=_home(home))
+        console.print(f"built {name}: {r.rows:,} rows ({r.status})")
+
+
 @app.command("tiny-model")
 def tiny_model(
     out: Annotated[Path, typer.Argument(help="Folder to write the model and tokenizer to.")],

@@ -9,6 +9,7 @@ Options (all plain YAML, so a new JSON-family source needs no Python):
   category_key: raw key whose value becomes the category (e.g. dolly "category")
   allow_empty_output: keep records whose output is empty (default false)
   meta_keys:   raw keys copied into the record's meta JSON (provenance)
+  history:     raw key holding earlier turns as [{user, assistant}] (forge's own schema)
 """
 
 from __future__ import annotations
@@ -30,9 +31,13 @@ def make(options: dict, source: str):
     category_key = options.get("category_key")
     allow_empty = bool(options.get("allow_empty_output", False))
     meta_keys = list(options.get("meta_keys", []))
+    history_key = options.get("history")
 
     def format_batch(batch, reject) -> dict[str, list]:
-        out = {k: [] for k in ("instruction", "input", "output", "category", "raw_row", "raw_line", "meta")}
+        out = {
+            k: []
+            for k in ("instruction", "input", "output", "category", "raw_row", "raw_line", "meta", "history")
+        }
         for record, row, line in zip(batch.as_records(), batch.rows, batch.lines, strict=True):
             try:
                 instruction = text_field(record, instruction_key, required=True, allow_empty=False)
@@ -41,6 +46,7 @@ def make(options: dict, source: str):
                     record, first_key(record, output_keys), required=True, allow_empty=allow_empty
                 )
                 cat = text_field(record, category_key, required=False) if category_key else ""
+                history = _history(record, history_key) if history_key else []
             except FieldError as e:
                 reject(json.dumps(record, ensure_ascii=False, default=str), batch.file, row, line, str(e))
                 continue
@@ -48,16 +54,34 @@ def make(options: dict, source: str):
             out["input"].append(inp)
             out["output"].append(output)
             out["category"].append(cat or category)
+            out["history"].append(history)
             out["raw_row"].append(row)
             out["raw_line"].append(line)
             out["meta"].append(
                 json.dumps({k: record.get(k) for k in meta_keys}, ensure_ascii=False) if meta_keys else None
             )
         n = len(out["instruction"])
-        out["history"] = None  # no earlier turns
+        if not history_key:
+            out["history"] = None  # no earlier turns
         out["raw_file"] = [batch.file] * n
         out["template"] = [None] * n
         out["variant"] = [""] * n
         return out
 
     return format_batch
+
+
+def _history(record: dict, key: str) -> list[dict]:
+    turns = record.get(key) or []
+    if not isinstance(turns, list):
+        raise FieldError(f"field {key!r} is {type(turns).__name__}, expected a list of turns")
+    out = []
+    for i, t in enumerate(turns):
+        if (
+            not isinstance(t, dict)
+            or not isinstance(t.get("user"), str)
+            or not isinstance(t.get("assistant"), str)
+        ):
+            raise FieldError(f"field {key!r}[{i}] must be {{user: str, assistant: str}}")
+        out.append({"user": t["user"], "assistant": t["assistant"]})
+    return out

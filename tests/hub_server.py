@@ -28,6 +28,59 @@ class HubState:
         return self.root / f"{repo_type}s" / repo_id
 
 
+SIZE_CATEGORIES = {
+    "n<1K",
+    "1K<n<10K",
+    "10K<n<100K",
+    "100K<n<1M",
+    "1M<n<10M",
+    "10M<n<100M",
+    "100M<n<1B",
+    "1B<n<10B",
+}
+
+
+def validate_card_metadata(content: str, repo_type: str = "dataset") -> list[str]:
+    """The checks the Hub applies to a dataset card's YAML header (the subset forge uses)."""
+    import yaml
+
+    if not content.startswith("---"):
+        return ["README.md has no YAML metadata header"]
+    try:
+        meta = yaml.safe_load(content.split("---", 2)[1])
+    except yaml.YAMLError as e:
+        return [f"YAML header does not parse: {e}"]
+    if not isinstance(meta, dict):
+        return ["YAML header must be a mapping"]
+    errors = []
+    names = set()
+    for i, cfg in enumerate(meta.get("configs", []) or []):
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("config_name"), str):
+            errors.append(f"configs[{i}]: config_name is required")
+            continue
+        if cfg["config_name"] in names:
+            errors.append(f"configs[{i}]: duplicate config_name {cfg['config_name']!r}")
+        names.add(cfg["config_name"])
+        files = cfg.get("data_files")
+        if not isinstance(files, list) or not files:
+            errors.append(f"configs[{i}]: data_files must be a non-empty list")
+            continue
+        for j, df in enumerate(files):
+            if not isinstance(df, dict) or "split" not in df or not isinstance(df.get("path"), str | list):
+                errors.append(f"configs[{i}].data_files[{j}]: needs split and path")
+    for key in ("language", "task_categories", "size_categories", "tags"):
+        value = meta.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(x, str) for x in value)):
+            errors.append(f"{key}: must be a list of strings")
+    lic = meta.get("license")
+    if lic is not None and not isinstance(lic, str | list):
+        errors.append("license: must be a string or a list of strings")
+    for size in meta.get("size_categories") or []:
+        if size not in SIZE_CATEGORIES:
+            errors.append(f"size_categories: unknown value {size!r}")
+    return errors
+
+
 def _sha(repo: Path) -> str:
     h = hashlib.sha1()
     for p in sorted(repo.rglob("*")):
@@ -58,6 +111,9 @@ def make_handler(state: HubState):
 
         def _json(self, status: int, obj) -> None:
             self._send(status, json.dumps(obj).encode())
+
+        def _base(self) -> str:
+            return f"http://{self.headers.get('Host')}"
 
         def _read_body(self) -> bytes:
             n = int(self.headers.get("Content-Length") or 0)
@@ -153,6 +209,12 @@ def make_handler(state: HubState):
             if self._injected_failure():
                 return
             path = urlparse(self.path).path
+            if path == "/api/validate-yaml":
+                req = json.loads(body or b"{}")
+                errors = validate_card_metadata(req.get("content", ""), req.get("repoType", "model"))
+                if errors:
+                    return self._json(400, {"errors": [{"message": e} for e in errors], "warnings": []})
+                return self._json(200, {"errors": [], "warnings": []})
             if path == "/api/repos/create":
                 req = json.loads(body or b"{}")
                 repo_type = req.get("type") or "model"
@@ -163,7 +225,8 @@ def make_handler(state: HubState):
                 )
                 state.created.append(req)
                 state.repo_dir(repo_type, repo_id).mkdir(parents=True, exist_ok=True)
-                return self._json(200, {"url": f"http://hub/{repo_type}s/{repo_id}", "name": repo_id})
+                prefix = "" if repo_type == "model" else f"{repo_type}s/"
+                return self._json(200, {"url": f"{self._base()}/{prefix}{repo_id}", "name": repo_id})
             m = re.match(r"^/api/(datasets|models|spaces)/(.+?)/preupload/([^/]+)$", path)
             if m:
                 req = json.loads(body or b"{}")
@@ -212,16 +275,9 @@ def make_handler(state: HubState):
                 }
             )
             oid = _sha(repo)
-            self._json(
-                200,
-                {
-                    "commitUrl": f"http://hub/{repo_id}/commit/{oid}",
-                    "commitOid": oid,
-                    "pullRequestUrl": f"http://hub/{repo_id}/discussions/1"
-                    if "create_pr=1" in self.path
-                    else None,
-                },
-            )
+            base = f"{self._base()}/{'' if repo_type == 'model' else repo_type + 's/'}{repo_id}"
+            pr = f"{base}/discussions/1" if "create_pr=1" in self.path else None
+            self._json(200, {"commitUrl": f"{base}/commit/{oid}", "commitOid": oid, "pullRequestUrl": pr})
 
     return Handler
 

@@ -1,0 +1,175 @@
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import datasets
+import polars as pl
+import pytest
+from huggingface_hub import DatasetCard
+
+from forge.build import build_source
+from forge.publish import PublishError, collect_targets, stage
+from tests.conftest import REPO, shared
+from tests.hub_server import LocalHub, validate_card_metadata
+
+FORGE = str(Path(sys.executable).parent / "forge")
+TOKEN = "hf_forgeTestToken1234567890"
+
+
+def cli(args, env, cwd=REPO):
+    return subprocess.run([FORGE, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+def source_rows(home, name):
+    return pl.read_parquet(home / "sources" / name / "*.parquet")
+
+
+@pytest.fixture
+def staged(built_samples, catalog, tmp_path):
+    configs = collect_targets(["alpaca-belle-cot"], catalog, built_samples)
+    return stage(
+        configs, "me/abc", tmp_path / "staged", max_shard_bytes=20_000, home=built_samples
+    ), built_samples
+
+
+def test_staged_folder_loads_every_config_offline(staged):
+    folder, home = staged
+    for name in ("alpaca", "belle_0.5m", "flan_cot"):
+        ds = datasets.load_dataset(str(folder), name, split="train")
+        expected = source_rows(home, name)
+        assert (
+            ds.num_rows == expected.height == (pl.read_parquet(home / "sources" / name / "*.parquet").height)
+        )
+        assert ds.column_names == expected.columns
+        assert ds["id"] == expected["id"].to_list() and ds["output"] == expected["output"].to_list()
+    mix = datasets.load_dataset(str(folder), "alpaca-belle-cot", split="train")
+    lineage = pl.read_parquet(home / "mixtures" / "alpaca-belle-cot" / "ids.parquet")
+    assert mix["id"] == lineage["id"].to_list()
+    assert datasets.load_dataset(str(folder), "default", split="train").num_rows == 32 + 27 + 72
+
+
+def test_dataset_card_parses_and_declares_everything(staged):
+    folder, _ = staged
+    card = DatasetCard.load(folder / "README.md")
+    assert validate_card_metadata((folder / "README.md").read_text()) == []
+    data = card.data.to_dict()
+    assert [c["config_name"] for c in data["configs"]] == [
+        "default",
+        "alpaca",
+        "belle_0.5m",
+        "flan_cot",
+        "alpaca-belle-cot",
+    ]
+    assert data["language"] == ["en", "zh"]
+    assert data["license"] == ["apache-2.0", "cc-by-nc-4.0", "gpl-3.0"]
+    assert data["task_categories"] == ["text-generation"] and data["size_categories"] == ["n<1K"]
+    body = card.text
+    assert "## Tag statistics" in body and "| `belle_0.5m` | zh 27 | MT 27 | SI 27 | general 27 |" in body
+    assert "mixture fingerprint" in body and "lineage ids sha256" in body
+    assert "`belle_sample.json`" in body  # raw checksums per source
+
+
+def test_shards_respect_max_size(home, catalog, tmp_path):
+    build_source(catalog.get("flan_cot"), home=home, from_path=shared("flan_cot/gsm8k_train.tsv"))
+    configs = collect_targets(["flan_cot"], catalog, home)
+    folder = stage(configs, "me/cot", tmp_path / "s", max_shard_bytes=1_000_000, home=home)
+    shards = sorted((folder / "data" / "flan_cot").glob("*.parquet"))
+    assert len(shards) >= 3
+    assert all(p.stat().st_size <= 1_000_000 for p in shards)
+    assert shards[0].name == f"train-00000-of-{len(shards):05d}.parquet"
+    assert sum(pl.read_parquet(p).height for p in shards) == 7473 * 2
+
+
+def test_missing_license_refused_unless_allowed(home, tmp_path, monkeypatch):
+    (tmp_path / "catalog.yaml").write_text(
+        textwrap.dedent(f"""
+        sources:
+          nolicense:
+            description: x
+            connector: json
+            formatter: columns
+            local: {shared("belle/dev1K.json")}
+            lang: CN
+            task: MT
+            gen: SI
+    """)
+    )
+    from forge.catalog import load_catalog
+
+    cat = load_catalog(tmp_path / "catalog.yaml")
+    build_source(cat.get("nolicense"), home=home)
+    with pytest.raises(
+        PublishError, match=r"no license in the catalog for nolicense; .*--allow-missing-license"
+    ):
+        collect_targets(["nolicense"], cat, home)
+    assert collect_targets(["nolicense"], cat, home, allow_missing_license=True)[0].rows == 1000
+
+
+def hub_env(hub, home, tmp_path):
+    return {
+        **os.environ,
+        "HF_ENDPOINT": hub.endpoint,
+        "HF_HUB_OFFLINE": "0",
+        "HF_TOKEN": TOKEN,
+        "FORGE_HOME": str(home),
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "COLUMNS": "200",
+    }
+
+
+def test_upload_batches_retry_and_pull_round_trip(built_samples, tmp_path):
+    with LocalHub(tmp_path / "hub") as hub:
+        env = hub_env(hub, built_samples, tmp_path)
+        hub.state.fail_next = {r"/commit/": [429]}  # first commit is rate-limited, then succeeds
+        r = cli(
+            [
+                "publish",
+                "alpaca-belle-cot",
+                "--repo",
+                "me/abc",
+                "--max-shard-size",
+                "20KB",
+                "--files-per-commit",
+                "2",
+            ],
+            env,
+        )
+        assert r.returncode == 0, r.stderr
+        assert hub.state.created[0]["name"] == "abc" and hub.state.created[0]["type"] == "dataset"
+        commits = hub.state.commits
+        assert len(commits) == 3  # 6 files, 2 per commit (the 429 was retried, not counted)
+        uploaded = [path for c in commits for _, path in c["operations"]]
+        staged = sorted(
+            str(p.relative_to(built_samples / "publish" / "me--abc"))
+            for p in (built_samples / "publish" / "me--abc").rglob("*")
+            if p.is_file()
+        )
+        assert sorted(uploaded) == staged and uploaded[-1] == "README.md"
+        assert all(c["authorization"] == f"Bearer {TOKEN}" for c in commits)
+        assert TOKEN not in r.stdout + r.stderr
+        repo = tmp_path / "hub" / "datasets" / "me" / "abc"
+        assert datasets.load_dataset(str(repo), "belle_0.5m", split="train").num_rows == 27
+
+        # pull it back as a catalog source and build it through the Hub download path
+        work = tmp_path / "work"
+        work.mkdir()
+        p = cli(["pull", "me/abc:belle_0.5m", "--catalog", str(work / "catalog.yaml")], env, cwd=work)
+        assert p.returncode == 0, p.stderr
+        assert "me__abc__belle_0.5m" in (work / "catalog.yaml").read_text()
+        pulled = source_rows(built_samples, "me__abc__belle_0.5m")
+        original = source_rows(built_samples, "belle_0.5m")
+        assert pulled["instruction"].to_list() == original["instruction"].to_list()
+        assert pulled["lang"].to_list() == original["lang"].to_list()
+
+
+def test_failed_upload_never_shows_the_token(built_samples, tmp_path):
+    with LocalHub(tmp_path / "hub") as hub:
+        env = hub_env(hub, built_samples, tmp_path)
+        hub.state.fail_next = {r"/commit/": [500] * 10}
+        r = cli(["publish", "alpaca", "--repo", "me/broken"], env)
+        assert r.returncode == 1
+        assert "commit 1/1 to me/broken failed (HTTP 500)" in r.stderr
+        assert TOKEN not in r.stdout + r.stderr and "Traceback" not in r.stderr
+        assert len([x for x in hub.state.requests if "/commit/" in x[1]]) == 5  # retried with backoff

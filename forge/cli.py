@@ -377,6 +377,121 @@ def pull(
         console.print(f"built {name}: {r.rows:,} rows ({r.status})")
 
 
+@app.command()
+def stats(
+    sources: Annotated[list[str] | None, typer.Argument(help="Built sources (default: all built).")] = None,
+    where: Annotated[
+        str | None, typer.Option("--where", help='Tag query, e.g. "lang == zh and category == cot".')
+    ] = None,
+    home: HomeOpt = None,
+):
+    """Counts by tag and length histograms of built sources (optionally filtered)."""
+    from forge.select import stats as compute
+
+    s = compute(where, sources or None, _home(home))
+    console.print(f"[bold]{s['rows']:,}[/] records" + (f" matching {escape(where)}" if where else ""))
+    for key in ("source", "lang", "task", "gen", "category"):
+        t = Table(title=key, title_justify="left")
+        t.add_column(key)
+        t.add_column("records", justify="right")
+        t.add_column("share", justify="right")
+        for k, v in s[key].items():
+            t.add_row(escape(str(k)), f"{v:,}", f"{v / max(s['rows'], 1):.1%}")
+        console.print(t)
+    for col in ("prompt_chars", "output_chars"):
+        q = s["lengths"][col]
+        console.print(f"[bold]{col}[/] " + "  ".join(f"{k} {v:,}" for k, v in q.items()))
+        hist = s["lengths"][col + "_hist"]
+        peak = max((n for _, _, n in hist), default=1)
+        for lo, hi, n in hist:
+            console.print(
+                f"  {lo:>6}-{hi:<6} {'█' * max(1, round(30 * n / peak)):<30} {n:,}", highlight=False
+            )
+
+
+@app.command("filter")
+def filter_cmd(
+    query: Annotated[str, typer.Argument(help='Tag query, e.g. "lang == zh and category == cot".')],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the filtered dataset.")],
+    source: Annotated[
+        list[str] | None, typer.Option("--source", help="Limit to these built sources (repeatable).")
+    ] = None,
+    quality: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--quality", help="Quality step, e.g. min_output_chars=5, no_echo, ngram_repeat=0.3 (repeatable)."
+        ),
+    ] = None,
+    home: HomeOpt = None,
+):
+    """Write the records matching a tag query (and passing quality steps) as a dataset folder."""
+    from forge import quality as q
+    from forge.select import built_sources, filter_to_folder
+
+    h = _home(home)
+    try:
+        steps = [q.parse_step(x) for x in quality or []]
+    except ValueError as e:
+        _fail(str(e))
+    sources = source or built_sources(h)
+    manifest = filter_to_folder(query, sources, out, steps, h, {"kind": "filter", "quality": quality or []})
+    console.print(
+        f"wrote {manifest['rows']:,} records matching {escape(query)} to {out}"
+        + (
+            f"; dropped {manifest['dropped']:,} {manifest['dropped_reasons']} -> {out / 'dropped.parquet'}"
+            if steps
+            else ""
+        )
+    )
+
+
+@app.command()
+def dedup(
+    sources: Annotated[list[str], typer.Argument(help="Built sources to deduplicate together.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the deduplicated dataset.")],
+    exact_only: Annotated[
+        bool, typer.Option("--exact-only", help="Only exact duplicates (no MinHash).")
+    ] = False,
+    threshold: Annotated[float, typer.Option(help="Estimated Jaccard similarity for near duplicates.")] = 0.7,
+    against: Annotated[
+        list[Path] | None,
+        typer.Option("--against", help="Eval file to check contamination against (repeatable)."),
+    ] = None,
+    drop_contaminated: Annotated[
+        bool, typer.Option(help="Also drop records that near-duplicate an eval item.")
+    ] = False,
+    catalog: CatalogOpt = None,
+    home: HomeOpt = None,
+):
+    """Remove exact and near duplicates within and across sources; report eval contamination."""
+    from forge.catalog import load_catalog
+    from forge.dedup import run
+
+    cat = load_catalog(catalog)
+    prio = {s: cat.get(s).priority for s in sources}
+    with _progress() as prog:
+        prog.add_task("dedup", total=None)
+        m = run(
+            sources,
+            out,
+            home=_home(home),
+            near=not exact_only,
+            threshold=threshold,
+            priorities=prio,
+            against=against,
+            drop_contaminated=drop_contaminated,
+        )
+    console.print(
+        f"{m['input_rows']:,} records -> kept {m['rows']:,}, dropped {m['dropped']:,} {m['dropped_reasons']}"
+    )
+    console.print(f"dataset: {out}  dropped (with dup_of ids): {out / 'dropped.parquet'}")
+    if against:
+        console.print(
+            f"contamination: {m['contaminated']:,} training records near-duplicate an eval item -> "
+            f"{out / 'contamination.json'}"
+        )
+
+
 @app.command("tiny-model")
 def tiny_model(
     out: Annotated[Path, typer.Argument(help="Folder to write the model and tokenizer to.")],

@@ -1,0 +1,424 @@
+"""Exact and near-duplicate removal, within and across sources, plus eval decontamination.
+
+Text of a record = instruction + input + output, normalized: lower case, punctuation
+removed, runs of whitespace collapsed to one space.
+
+Exact duplicates: equal xxh3-64 of the normalized text.
+
+Near duplicates: MinHash with one-permutation hashing.
+  shingles     character 5-grams of the normalized text (works for CJK and Latin alike)
+  signature    K = 64 bins; each shingle hash goes to bin (h mod 64) and the bin keeps its
+               minimum; empty bins borrow from the next non-empty bin to the right
+               (densification), so short texts still get a full signature
+  LSH          16 bands x 4 rows: records sharing any band are candidates
+  threshold    a candidate pair is a duplicate when >= 70% of the 64 bins agree (estimated
+               Jaccard similarity of the shingle sets >= 0.7)
+Which copy survives (deterministic): the record whose source has the lowest catalog
+`priority` (default 100), then the lowest id. Every dropped record is kept in a side file
+with the id of the record it duplicates, its kind (exact/near) and the estimated similarity.
+
+Memory: signatures only (64 x 4 bytes per record), computed batch by batch; the text is
+streamed twice (once to sign, once to write kept and dropped records).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+K = 64
+BANDS = 16
+ROWS = K // BANDS
+SHINGLE = 5
+THRESHOLD = 0.7
+_EMPTY = np.uint32(0xFFFFFFFF)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * _M1
+        x = (x ^ (x >> np.uint64(27))) * _M2
+        return x ^ (x >> np.uint64(31))
+
+
+def normalize(texts: pa.Array) -> pa.Array:
+    import polars as pl
+
+    # polars' regex engine is multi-threaded; pyarrow's replace_substring_regex is not
+    s = pl.Series(texts).str.to_lowercase().str.replace_all(r"[\p{P}\p{S}\s]+", " ").str.strip_chars()
+    return s.to_arrow()
+
+
+def record_texts(table: pa.Table) -> pa.Array:
+    cols = [
+        pc.fill_null(table.column(c), "").cast(pa.large_string()) for c in ("instruction", "input", "output")
+    ]
+    return normalize(pc.binary_join_element_wise(*cols, pa.scalar(" ", pa.large_string())).combine_chunks())
+
+
+def exact_keys(norm: pa.Array) -> np.ndarray:
+    return np.array([xxhash.xxh3_64_intdigest(t.encode()) for t in norm.to_pylist()], dtype=np.uint64)
+
+
+def signatures(norm: pa.Array, chunk: int = 2048) -> np.ndarray:
+    """(n, K) uint32 MinHash signatures (one-permutation hashing + densification)."""
+    texts = norm.to_pylist()
+    sig = np.full((len(texts), K), _EMPTY, dtype=np.uint32)
+    # small chunks keep every temporary array in cache; large ones thrash memory
+    for start in range(0, len(texts), chunk):
+        _sign_chunk(texts[start : start + chunk], sig[start : start + chunk])
+    return _densify(sig)
+
+
+def _sign_chunk(texts: list[str], sig: np.ndarray) -> None:
+    n = len(texts)
+    lengths = np.array([len(t) for t in texts], dtype=np.int64)
+    # one UTF-32 buffer with a NUL after each record: all codepoints, vectorized
+    cp = np.frombuffer("\x00".join(texts).encode("utf-32-le") + b"\x00\x00\x00\x00", dtype=np.uint32).astype(
+        np.uint64
+    )
+    owner = np.repeat(np.arange(n, dtype=np.int64), lengths + 1)
+    owner[np.cumsum(lengths + 1) - 1] = -1  # separators belong to nobody
+    m = len(cp) - SHINGLE + 1
+    if m > 0:
+        with np.errstate(over="ignore"):
+            h = cp[:m].copy()
+            for j in range(1, SHINGLE):
+                h *= np.uint64(1_000_003)
+                h += cp[j : j + m]
+        valid = (owner[:m] >= 0) & (owner[:m] == owner[SHINGLE - 1 : SHINGLE - 1 + m])
+        h = _mix(h[valid])
+        slot = owner[:m][valid] * K + (h & np.uint64(K - 1)).astype(np.int64)
+        np.minimum.at(sig.reshape(-1), slot, (h >> np.uint64(32)).astype(np.uint32))
+    # texts with no shingle at all (shorter than SHINGLE): one pseudo-shingle, the whole text
+    for i in np.flatnonzero((sig == _EMPTY).all(axis=1)):
+        hv = xxhash.xxh3_64_intdigest(texts[i].encode())
+        sig[i, hv % K] = np.uint32(hv >> 32)
+
+
+def _densify(sig: np.ndarray) -> np.ndarray:
+    n = sig.shape[0]
+    empty = sig == _EMPTY
+    if not empty.any():
+        return sig
+    cols = np.arange(K)
+    idx = np.where(~empty, cols, 4 * K)
+    idx2 = np.concatenate([idx, np.where(idx < 4 * K, idx + K, 4 * K)], axis=1)
+    nxt = np.minimum.accumulate(idx2[:, ::-1], axis=1)[:, ::-1][
+        :, :K
+    ]  # next non-empty at or right of j (circular)
+    src = nxt % K
+    dist = (nxt - cols).astype(np.uint64)
+    borrowed = sig[np.arange(n)[:, None], src]
+    salt = (_mix(dist + np.uint64(0x9E37)) >> np.uint64(32)).astype(np.uint32)
+    return np.where(empty, borrowed ^ salt, sig)
+
+
+def band_keys(sig: np.ndarray) -> np.ndarray:
+    """(n, BANDS) uint64 bucket keys."""
+    s = sig.astype(np.uint64).reshape(len(sig), BANDS, ROWS)
+    key = np.zeros((len(sig), BANDS), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for r in range(ROWS):
+            key = _mix(key ^ s[:, :, r] ^ np.uint64(r + 1))
+        key = _mix(key ^ np.arange(BANDS, dtype=np.uint64))
+    return key
+
+
+def similarity(sig: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (sig[a] == sig[b]).mean(axis=1)
+
+
+def candidate_pairs(keys: np.ndarray) -> np.ndarray:
+    """Pairs (i, j), i < j, that share a bucket in some band: each member is paired with
+    the bucket's first member and with its predecessor in the bucket."""
+    pairs = []
+    for band in range(keys.shape[1]):
+        k = keys[:, band]
+        order = np.argsort(k, kind="stable")
+        ks = k[order]
+        same = ks[1:] == ks[:-1]
+        if not same.any():
+            continue
+        starts = np.r_[0, np.flatnonzero(~same) + 1]
+        group_first = order[np.repeat(starts, np.diff(np.r_[starts, len(ks)]))]
+        members = np.flatnonzero(np.r_[False, same])
+        pairs.append(np.stack([order[members - 1], order[members]], axis=1))
+        pairs.append(np.stack([group_first[members], order[members]], axis=1))
+    if not pairs:
+        return np.zeros((0, 2), dtype=np.int64)
+    p = np.concatenate(pairs)
+    p = np.sort(p, axis=1)
+    p = p[p[:, 0] != p[:, 1]]
+    return np.unique(p, axis=0)
+
+
+@dataclass
+class DedupResult:
+    dup_of: np.ndarray  # index of the surviving record, or -1 for survivors
+    kind: np.ndarray  # "", "exact" or "near"
+    sim: np.ndarray  # estimated similarity to the survivor (1.0 for exact)
+
+
+def _find(parent: np.ndarray, x: int) -> int:
+    root = x
+    while parent[root] != root:
+        root = parent[root]
+    while parent[x] != root:
+        parent[x], x = root, parent[x]
+    return root
+
+
+def decide(
+    rank: np.ndarray, exact: np.ndarray, sig: np.ndarray | None, threshold: float = THRESHOLD
+) -> DedupResult:
+    """rank: lower survives (priority, then id, already folded into one order)."""
+    n = len(rank)
+    dup_of = np.full(n, -1, dtype=np.int64)
+    kind = np.full(n, "", dtype=object)
+    sim = np.zeros(n, dtype=np.float32)
+    # exact: within each key group the lowest rank survives
+    order = np.lexsort((rank, exact))
+    ks = exact[order]
+    first = np.r_[True, ks[1:] != ks[:-1]]
+    head = order[np.maximum.accumulate(np.where(first, np.arange(n), 0))]
+    is_dup = ~first
+    dup_of[order[is_dup]] = head[is_dup]
+    kind[order[is_dup]] = "exact"
+    sim[order[is_dup]] = 1.0
+    if sig is None:
+        return DedupResult(dup_of, kind, sim)
+    alive = np.flatnonzero(dup_of < 0)
+    pairs = candidate_pairs(band_keys(sig[alive]))
+    if len(pairs):
+        a, b = alive[pairs[:, 0]], alive[pairs[:, 1]]
+        s = similarity(sig, a, b)
+        keep = s >= threshold
+        parent = np.arange(n)
+        for x, y in zip(a[keep], b[keep], strict=True):
+            rx, ry = _find(parent, int(x)), _find(parent, int(y))
+            if rx != ry:  # the root is always the lower-ranked member
+                if rank[rx] <= rank[ry]:
+                    parent[ry] = rx
+                else:
+                    parent[rx] = ry
+        roots = np.array([_find(parent, int(i)) for i in alive])
+        dups = alive[roots != alive]
+        dup_of[dups] = roots[roots != alive]
+        kind[dups] = "near"
+        sim[dups] = similarity(sig, dups, dup_of[dups])
+    return DedupResult(dup_of, kind, sim)
+
+
+def contaminated(
+    train_sig: np.ndarray, eval_sig: np.ndarray, threshold: float = THRESHOLD
+) -> list[tuple[int, int, float]]:
+    """(train index, eval index, similarity) for training records that near-duplicate an eval item."""
+    tk, ek = band_keys(train_sig), band_keys(eval_sig)
+    found: dict[tuple[int, int], float] = {}
+    for band in range(BANDS):
+        lookup: dict[int, list[int]] = {}
+        for j, key in enumerate(ek[:, band].tolist()):
+            lookup.setdefault(key, []).append(j)
+        hits = np.flatnonzero(np.isin(tk[:, band], ek[:, band]))
+        for i in hits.tolist():
+            for j in lookup[int(tk[i, band])]:
+                if (i, j) not in found:
+                    found[(i, j)] = float((train_sig[i] == eval_sig[j]).mean())
+    return sorted((i, j, s) for (i, j), s in found.items() if s >= threshold)
+
+
+def _scan(files: list[str], columns: list[str], batch_size: int = 32_768):
+    import pyarrow.dataset as ds
+
+    return ds.dataset(files, format="parquet").to_batches(columns=columns, batch_size=batch_size)
+
+
+def load_eval_texts(path) -> list[tuple[str, int, str]]:
+    """(file, row, question text) from an eval file: JSON/JSONL records with a question-like
+    field (question, instruction, prompt, input, 题目), or a {example: [...]} document (GAOKAO)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        doc = json.loads(text)
+        records = doc.get("example", doc.get("data", [doc])) if isinstance(doc, dict) else doc
+    except json.JSONDecodeError:
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    out = []
+    for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            continue
+        q = next(
+            (
+                r[k]
+                for k in ("question", "instruction", "prompt", "input", "题目")
+                if isinstance(r.get(k), str)
+            ),
+            None,
+        )
+        if q:
+            out.append((path.name, i, q))
+    return out
+
+
+def run(
+    sources: list[str],
+    out,
+    *,
+    home=None,
+    near: bool = True,
+    threshold: float = THRESHOLD,
+    priorities: dict[str, int] | None = None,
+    against: list | None = None,
+    drop_contaminated: bool = False,
+) -> dict:
+    """Deduplicate `sources` together into a derived dataset folder `out`:
+    part-00000.parquet (kept), dropped.parquet (every removed record + reason, dup_of,
+    kind, similarity), contamination.json (when `against` eval files are given), manifest.json."""
+    import json
+    import os
+    import shutil
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from forge.build import write_json_atomic
+    from forge.select import shard_files
+
+    priorities = priorities or {}
+    files = shard_files(sources, home)
+    ids, srcs, keys, sigs, prompt_sigs = [], [], [], [], []
+    for batch in _scan(files, ["id", "source", "instruction", "input", "output"]):
+        table = pa.Table.from_batches([batch])
+        norm = record_texts(table)
+        ids.extend(table["id"].to_pylist())
+        srcs.extend(table["source"].to_pylist())
+        keys.append(exact_keys(norm))
+        if near:
+            sigs.append(signatures(norm))
+        if against:
+            prompt = normalize(
+                pc.binary_join_element_wise(
+                    pc.fill_null(table["instruction"], ""), pc.fill_null(table["input"], ""), " "
+                ).combine_chunks()
+            )
+            prompt_sigs.append(signatures(prompt))
+    n = len(ids)
+    exact = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
+    sig = np.concatenate(sigs) if sigs else None
+    prio = np.array([priorities.get(s, 100) for s in srcs], dtype=np.int64)
+    order = np.lexsort((np.array(ids, dtype=object).astype(str), prio))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    result = decide(rank, exact, sig, threshold)
+
+    contamination, contaminated_idx = [], []
+    if against:
+        evals = [item for f in against for item in load_eval_texts(f)]
+        eval_sig = signatures(normalize(pa.array([q for _, _, q in evals], pa.string())))
+        for i, j, s in contaminated(np.concatenate(prompt_sigs), eval_sig, threshold):
+            contaminated_idx.append(i)
+            contamination.append(
+                {
+                    "id": ids[i],
+                    "source": srcs[i],
+                    "eval_file": evals[j][0],
+                    "eval_row": evals[j][1],
+                    "similarity": round(s, 3),
+                    "eval_text": evals[j][2][:200],
+                }
+            )
+    contaminated_rows = set(contaminated_idx) if drop_contaminated else set()
+
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    from forge.schema import RECORD_SCHEMA
+
+    dropped_schema = (
+        RECORD_SCHEMA.append(pa.field("reason", pa.string()))
+        .append(pa.field("dup_of", pa.string()))
+        .append(pa.field("similarity", pa.float32()))
+    )
+    kept_w = pq.ParquetWriter(tmp / "part-00000.parquet", RECORD_SCHEMA, compression="zstd")
+    drop_w = pq.ParquetWriter(tmp / "dropped.parquet", dropped_schema, compression="zstd")
+    at = 0
+    reasons: dict[str, int] = {}
+    for batch in _scan(files, RECORD_SCHEMA.names):
+        table = pa.Table.from_batches([batch]).cast(RECORD_SCHEMA)
+        idx = np.arange(at, at + table.num_rows)
+        at += table.num_rows
+        dup = result.dup_of[idx] >= 0
+        cont = np.array([i in contaminated_rows for i in idx], dtype=bool) & ~dup
+        drop = dup | cont
+        kept_w.write_table(table.filter(pa.array(~drop)))
+        if drop.any():
+            d_idx = idx[drop]
+            why = [
+                f"{result.kind[i]} duplicate"
+                if result.dup_of[i] >= 0
+                else "contaminated: near-duplicates an eval item"
+                for i in d_idx
+            ]
+            for w in why:
+                reasons[w] = reasons.get(w, 0) + 1
+            dropped = table.filter(pa.array(drop))
+            dropped = dropped.append_column("reason", pa.array(why, pa.string()))
+            dropped = dropped.append_column(
+                "dup_of",
+                pa.array(
+                    [ids[result.dup_of[i]] if result.dup_of[i] >= 0 else None for i in d_idx], pa.string()
+                ),
+            )
+            dropped = dropped.append_column("similarity", pa.array(result.sim[d_idx], pa.float32()))
+            drop_w.write_table(dropped)
+    kept_w.close()
+    drop_w.close()
+    kept = n - sum(reasons.values())
+    manifest = {
+        "name": out.name,
+        "kind": "dedup",
+        "sources": sources,
+        "input_rows": n,
+        "rows": kept,
+        "dropped": sum(reasons.values()),
+        "dropped_reasons": reasons,
+        "params": {
+            "near": near,
+            "threshold": threshold,
+            "shingle": SHINGLE,
+            "bins": K,
+            "bands": BANDS,
+            "rows_per_band": ROWS,
+        },
+        "contaminated": len(contamination),
+        "against": [str(a) for a in against or []],
+        "shards": [
+            {"file": "part-00000.parquet", "rows": kept, "bytes": (tmp / "part-00000.parquet").stat().st_size}
+        ],
+    }
+    if against:
+        (tmp / "contamination.json").write_text(json.dumps(contamination, ensure_ascii=False, indent=1))
+    import polars as pl
+
+    kept_lf = pl.scan_parquet(tmp / "part-00000.parquet")
+    manifest["tag_counts"] = {
+        k: dict(kept_lf.group_by(k).len().sort(k).collect().iter_rows())
+        for k in ("source", "lang", "task", "gen", "category")
+    }
+    write_json_atomic(tmp / "manifest.json", manifest)
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out)
+    return manifest

@@ -124,16 +124,25 @@ def _read_array(f: SourceFile, encoding: str, reject: Reject) -> Iterator[RawBat
         eof = len(buf) < CHUNK
         pos, line = 0, 1
         row = 0
+        counted = [0, 1]  # newlines are counted incrementally: (buffer position, line there)
+
+        def line_at(p: int) -> int:
+            if p < counted[0]:
+                counted[:] = [0, line]
+            counted[1] += buf.count("\n", counted[0], p)
+            counted[0] = p
+            return counted[1]
 
         def refill() -> bool:
             nonlocal buf, pos, eof, line
             if eof:
                 return False
-            line += buf.count("\n", 0, pos)
+            line = line_at(pos)
             more = fh.read(CHUNK)
             eof = len(more) < CHUNK
             buf = buf[pos:] + more
             pos = 0
+            counted[:] = [0, line]
             return bool(more)
 
         def skip_ws() -> None:
@@ -146,14 +155,14 @@ def _read_array(f: SourceFile, encoding: str, reject: Reject) -> Iterator[RawBat
         skip_ws()
         if pos >= len(buf) or buf[pos] != "[":
             got = buf[pos : pos + 40] if pos < len(buf) else "end of file"
-            reject(show_raw(got), f.name, 0, line + buf.count("\n", 0, pos), "expected a JSON array ('[')")
+            reject(show_raw(got), f.name, 0, line_at(pos), "expected a JSON array ('[')")
             return
         pos += 1
         expect_value = True
         while True:
             skip_ws()
             if pos >= len(buf):
-                start_line = line + buf.count("\n", 0, pos)
+                start_line = line_at(pos)
                 reject("", f.name, row, start_line, "truncated JSON array: missing closing ']'")
                 break
             ch = buf[pos]
@@ -163,7 +172,7 @@ def _read_array(f: SourceFile, encoding: str, reject: Reject) -> Iterator[RawBat
                 pos += 1
                 expect_value = True
                 continue
-            start_line = line + buf.count("\n", 0, pos)
+            start_line = line_at(pos)
             err = None
             while True:
                 try:

@@ -80,7 +80,7 @@ def build_hash(src: Source, raw: list[dict], detector: str) -> str:
         "tags": [src.lang, src.task, src.gen, src.category, detector],
         "raw": [[r["name"], r["sha256"]] for r in raw],
     }
-    if src.formatter == "cot":
+    if src.formatter in ("cot", "tasks"):
         parts["templates"] = _tree_hash(Path(src.options.get("templates_dir") or templates_dir()))
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -415,7 +415,7 @@ def _build_part(job: tuple, progress: Callable[[int], None] | None = None) -> Pa
     quarantine = Quarantine(src.name, qdir / f"part-{index:03d}.jsonl")
     writer = ShardWriter(out_dir, shard_rows, prefix=f"part-{index:03d}")
     options = dict(src.options)
-    if src.formatter == "cot":
+    if src.formatter in ("cot", "tasks"):
         options.setdefault("templates_dir", str(templates_dir()))
     counts = {k: Counter() for k in ("lang", "task", "gen", "category")}
     rows = formatted_from = 0  # formatted_from: raw records that reached the formatter

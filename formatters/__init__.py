@@ -11,11 +11,13 @@ records from the same raw row distinct: a template id, a mode). Anything that ca
 formatted goes to ``reject`` with the field that failed. Formatters do not import forge.
 """
 
-from formatters import columns, cot
+from formatters import columns, cot, dialogue, tasks
 
 FORMATTERS = {
     "columns": columns,  # plain column mapping, configured in YAML (alpaca, BELLE, GPTeacher, ...)
     "cot": cot,  # FLAN CoT TSV rows through Jinja templates
+    "dialogue": dialogue,  # multi-turn conversations in each corpus's own shape
+    "tasks": tasks,  # sources that need their own logic (SNI, GAOKAO, DuIE, HC3, WebGPT)
 }
 
 __all__ = ["FORMATTERS"]

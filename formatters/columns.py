@@ -42,8 +42,9 @@ def make(options: dict, source: str):
             try:
                 instruction = text_field(record, instruction_key, required=True, allow_empty=False)
                 inp = text_field(record, input_key, required=False) if input_key else ""
+                # prompt-only corpora (allow_empty_output) may have no output field at all
                 output = text_field(
-                    record, first_key(record, output_keys), required=True, allow_empty=allow_empty
+                    record, first_key(record, output_keys), required=not allow_empty, allow_empty=allow_empty
                 )
                 cat = text_field(record, category_key, required=False) if category_key else ""
                 history = _history(record, history_key) if history_key else []

@@ -105,7 +105,11 @@ SAMPLE = {
 
 
 def list_sets(templates_dir: Path) -> list[TemplateSet]:
-    return [load_set(templates_dir, p.parent.name, p.stem) for p in sorted(templates_dir.glob("*/*.yaml"))]
+    return [
+        load_set(templates_dir, p.parent.name, p.stem)
+        for p in sorted(templates_dir.glob("*/*.yaml"))
+        if p.parent.name != "tasks"
+    ]
 
 
 def render_sample(templates_dir: Path, template_id: str, record: dict) -> tuple[str, str]:

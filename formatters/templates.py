@@ -74,11 +74,14 @@ def _simple_parts(source: str) -> list[tuple[str, str]] | None:
     return parts
 
 
-def compile_template(source: str, template_id: str, file: str, variables: tuple[str, ...]) -> Template:
+def compile_template(source: str, template_id: str, file: str, variables: tuple[str, ...] | dict) -> Template:
+    """Compile once and test-render. `variables` names the fields (placeholder strings are
+    used), or maps each field to a sample value for templates that loop or index."""
+    sample = variables if isinstance(variables, dict) else {v: f"<{v}>" for v in variables}
     try:
         compiled = _ENV.from_string(source)
-        # a trial render with placeholder values surfaces sandbox violations and typos now
-        compiled.render({v: f"<{v}>" for v in variables})
+        # a trial render with sample values surfaces sandbox violations and typos now
+        compiled.render(sample)
     except TemplateError as e:
         raise TemplateFileError(f"{file}: template {template_id!r}: {type(e).__name__}: {e}") from e
     return Template(template_id, file, source, compiled, _simple_parts(source))

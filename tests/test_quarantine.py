@@ -68,3 +68,50 @@ def test_tsv_wrong_field_count(home, catalog, tmp_path):
     assert r.input_records == 3 and r.quarantined == 1 and r.rows == 4
     entry = quarantined(home, "flan_cot")[0]
     assert entry["line"] == 2 and entry["reason"].startswith("expected 3 tab-separated fields")
+
+
+def test_csv_bad_rows(home, tmp_path):
+    from forge.catalog import load_catalog
+
+    raw = tmp_path / "med.csv"
+    good = "心血管科,标题,问题一,回答一\n".encode("gb18030")
+    raw.write_bytes(
+        "department,title,ask,answer\n".encode("gb18030")
+        + good
+        + "内科,标题,只有三列\n".encode("gb18030")  # wrong field count
+        + b"\xff\xfe\xfd,t,a,b\n"  # not GB18030
+        + "内科,标题,问题二,\n".encode("gb18030")  # empty answer
+        + good
+    )
+    r = build_source(load_catalog().get("chinese_medical"), home=home, from_path=raw, max_quarantine=1.0)
+    assert (r.input_records, r.rows, r.quarantined) == (5, 2, 3)
+    reasons = [(e["line"], e["reason"]) for e in quarantined(home, "chinese_medical")]
+    assert reasons[0] == (3, "expected 4 fields (department, title, ask, answer), found 3")
+    assert reasons[1] == (4, "undecodable bytes (gb18030)")
+    assert reasons[2] == (5, "field 'answer' is empty")
+
+
+def test_document_and_dialogue_bad_input(home, catalog, tmp_path):
+    bad_doc = tmp_path / "task1.json"
+    bad_doc.write_text('{"Definition": ["x"], "Instances": [{"input": "a", "output": ["b"]}')  # truncated
+    r = build_source(catalog.get("natural_instructions"), home=home, from_path=bad_doc, max_quarantine=1.0)
+    assert (r.rows, r.quarantined) == (0, 1)
+    assert quarantined(home, "natural_instructions")[0]["reason"].startswith("invalid JSON at line 1")
+    conv = tmp_path / "share.json"
+    conv.write_text(
+        json.dumps(
+            [
+                {"conversations": "not a list"},
+                {"conversations": [{"from": "human", "value": 5}, {"from": "gpt", "value": "x"}]},
+                {"conversations": [{"from": "alien", "value": "hi"}]},
+                {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
+            ]
+        )
+    )
+    r = build_source(catalog.get("sharegpt"), home=home, from_path=conv, max_quarantine=1.0)
+    assert (r.input_records, r.rows, r.quarantined) == (4, 1, 3)
+    assert [e["reason"] for e in quarantined(home, "sharegpt")] == [
+        "field 'conversations' is str, expected a list",
+        "field 'conversations'[0].value is int, expected string",
+        "field 'conversations'[0].from: unknown speaker 'alien'",
+    ]

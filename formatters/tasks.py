@@ -1,0 +1,253 @@
+"""Task-specific formatters: sources whose raw records need more than a column mapping.
+
+Options: task (one of TASKS), seed (template rotation), templates_dir.
+
+  natural_instructions  a SNI v2 task file (one raw record) -> one record per instance;
+                        instruction from the task Definition (plus worked examples in some
+                        templates), input = instance input, output = first reference output
+  gaokao                GAOKAO-Bench {question, answer: list, analysis} -> exam question with
+                        the official analysis and answer
+  duie                  DuIE 2.0 {text, spo_list} -> relation-extraction instruction; objects
+                        are {"@value": ...} dicts
+  hc3                   HC3 {question, human_answers[], chatgpt_answers[]} -> one record per
+                        answer, the answer's origin in meta (gen MIX)
+  webgpt                WebGPT comparisons: the answer with the higher score; the pair and
+                        both scores stay in meta; ties are quarantined (no preferred answer)
+
+The template tasks render with the shared sandboxed renderer (formatters/templates.py) from
+cot_templates/tasks/<task>.yaml; template choice rotates as (row + seed) % n.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from formatters.fields import FieldError, text_field
+from formatters.templates import compile_template, load_yaml
+
+VERSION = "1"
+TASKS = ("natural_instructions", "gaokao", "duie", "hc3", "webgpt")
+SAMPLES = {
+    "natural_instructions": {
+        "definition": "d",
+        "examples": [{"input": "i", "output": "o", "explanation": "e"}],
+        "input": "x",
+        "output": "y",
+    },
+    "gaokao": {"question": "q", "answer": "A", "analysis": "a", "category": "c", "year": "2020"},
+    "duie": {
+        "text": "t",
+        "triples": [
+            {"subject": "s", "predicate": "p", "object": "o", "subject_type": "st", "object_type": "ot"}
+        ],
+        "relations": "p",
+    },
+}
+
+
+def _templates(tdir: Path, task: str) -> list[tuple]:
+    path = tdir / "tasks" / f"{task}.yaml"
+    data = load_yaml(path)
+    out = []
+    for spec in data.get("templates", []):
+        tid = spec["id"]
+        out.append(
+            tuple(
+                compile_template(spec.get(k, ""), tid, str(path), SAMPLES[task])
+                for k in ("instruction", "input", "output")
+            )
+        )
+    if not out:
+        raise ValueError(f"{path}: no templates")
+    return out
+
+
+def _ni(record: dict) -> list[tuple[str, dict, dict]]:
+    definition = record.get("Definition")
+    if isinstance(definition, list):
+        definition = "\n".join(x for x in definition if isinstance(x, str))
+    if not isinstance(definition, str) or not definition.strip():
+        raise FieldError("field 'Definition' is missing or empty")
+    instances = record.get("Instances")
+    if not isinstance(instances, list) or not instances:
+        raise FieldError("field 'Instances' is missing or empty")
+    examples = [
+        {"input": e.get("input", ""), "output": e.get("output", ""), "explanation": e.get("explanation", "")}
+        for e in record.get("Positive Examples", [])[:2]
+        if isinstance(e, dict)
+    ]
+    out = []
+    for inst in instances:
+        outputs = inst.get("output")
+        first = outputs[0] if isinstance(outputs, list) and outputs else outputs
+        if not isinstance(first, str) or not isinstance(inst.get("input"), str):
+            raise FieldError(f"instance {inst.get('id')!r}: input/output must be strings")
+        meta = {"instance_id": inst.get("id"), "all_outputs": outputs, "task_source": record.get("Source")}
+        out.append(
+            (
+                str(inst.get("id")),
+                {"definition": definition, "examples": examples, "input": inst["input"], "output": first},
+                meta,
+            )
+        )
+    return out
+
+
+def _gaokao(record: dict):
+    question = text_field(record, "question", required=True, allow_empty=False)
+    answer = record.get("answer")
+    if isinstance(answer, list):
+        answer = "、".join(str(a) for a in answer)
+    if not isinstance(answer, str) or not answer.strip():
+        raise FieldError("field 'answer' is missing or empty")
+    ctx = {
+        "question": question,
+        "answer": answer,
+        "analysis": text_field(record, "analysis", required=False),
+        "category": str(record.get("category", "")),
+        "year": str(record.get("year", "")),
+    }
+    return [("", ctx, {"index": record.get("index"), "score": record.get("score")})]
+
+
+def _value(x):
+    return x.get("@value") if isinstance(x, dict) else x
+
+
+def _duie(record: dict):
+    text = text_field(record, "text", required=True, allow_empty=False)
+    spo = record.get("spo_list")
+    if not isinstance(spo, list) or not spo:
+        raise FieldError("field 'spo_list' is missing or empty")
+    triples = []
+    for i, t in enumerate(spo):
+        obj = _value(t.get("object"))
+        if not isinstance(obj, str) or not isinstance(t.get("subject"), str):
+            raise FieldError(f"spo_list[{i}]: subject and object must be strings")
+        triples.append(
+            {
+                "subject": t["subject"],
+                "predicate": t.get("predicate", ""),
+                "object": obj,
+                "subject_type": _value(t.get("subject_type")) or "",
+                "object_type": _value(t.get("object_type")) or "",
+            }
+        )
+    relations = "、".join(dict.fromkeys(t["predicate"] for t in triples))
+    return [("", {"text": text, "triples": triples, "relations": relations}, {"spo_list": spo})]
+
+
+def make(options: dict, source: str):
+    task = options.get("task")
+    if task not in TASKS:
+        raise ValueError(f"task {task!r} is not one of {', '.join(TASKS)}")
+    seed = int(options.get("seed", 0))
+    tdir = Path(options.get("templates_dir") or Path(__file__).resolve().parent.parent / "cot_templates")
+    templates = _templates(tdir, task) if task in SAMPLES else None
+    category = options.get(
+        "category",
+        {
+            "natural_instructions": "general",
+            "gaokao": "exam",
+            "duie": "extraction",
+            "hc3": "qa",
+            "webgpt": "qa",
+        }[task],
+    )
+
+    def expand(record: dict) -> list[tuple[str, str, str, str, str | None, dict]]:
+        """(variant, instruction, input, output, template id, meta) for one raw record."""
+        if task == "hc3":
+            q = text_field(record, "question", required=True, allow_empty=False)
+            out = []
+            for kind in ("chatgpt_answers", "human_answers"):
+                answers = record.get(kind) or []
+                if not isinstance(answers, list):
+                    raise FieldError(f"field {kind!r} is {type(answers).__name__}, expected a list")
+                for i, a in enumerate(answers):
+                    if isinstance(a, str) and a.strip():
+                        out.append(
+                            (f"{kind}:{i}", q, "", a, None, {"answer_source": kind.split("_")[0], "index": i})
+                        )
+            if not out:
+                raise FieldError("no non-empty answer in human_answers or chatgpt_answers")
+            return out
+        if task == "webgpt":
+            q = record.get("question")
+            q = q.get("full_text") if isinstance(q, dict) else q
+            if not isinstance(q, str) or not q.strip():
+                raise FieldError("field 'question.full_text' is missing or empty")
+            s0, s1 = record.get("score_0"), record.get("score_1")
+            if not all(
+                isinstance(s, int | float) and not (isinstance(s, float) and math.isnan(s)) for s in (s0, s1)
+            ):
+                raise FieldError("score_0 and score_1 must be numbers")
+            if s0 == s1:
+                raise FieldError("tie: score_0 == score_1, no preferred answer")
+            best = 0 if s0 > s1 else 1
+            answer = record.get(f"answer_{best}")
+            if not isinstance(answer, str) or not answer.strip():
+                raise FieldError(f"field 'answer_{best}' is missing or empty")
+            meta = {
+                "preferred": best,
+                "score_0": s0,
+                "score_1": s1,
+                "answer_0": record.get("answer_0"),
+                "answer_1": record.get("answer_1"),
+            }
+            return [("", q, "", answer, None, meta)]
+        contexts = {"natural_instructions": _ni, "gaokao": _gaokao, "duie": _duie}[task](record)
+        return [(variant, ctx, meta) for variant, ctx, meta in contexts]
+
+    def format_batch(batch, reject) -> dict[str, list]:
+        cols = {
+            k: []
+            for k in (
+                "instruction",
+                "input",
+                "output",
+                "category",
+                "raw_row",
+                "raw_line",
+                "meta",
+                "template",
+                "variant",
+            )
+        }
+        for record, row, line in zip(batch.as_records(), batch.rows, batch.lines, strict=True):
+            try:
+                items = expand(record)
+                rendered = []
+                for j, item in enumerate(items):
+                    if templates is None:
+                        rendered.append(item)
+                        continue
+                    variant, ctx, meta = item
+                    inst_t, inp_t, out_t = templates[(row + j + seed) % len(templates)]
+                    output = out_t.render(ctx)
+                    if not output.strip():
+                        raise FieldError("rendered output is empty")
+                    rendered.append((variant, inst_t.render(ctx), inp_t.render(ctx), output, inst_t.id, meta))
+            except FieldError as e:
+                reject(
+                    json.dumps(record, ensure_ascii=False, default=str)[:4000], batch.file, row, line, str(e)
+                )
+                continue
+            for variant, instruction, inp, output, tid, meta in rendered:
+                cols["instruction"].append(instruction)
+                cols["input"].append(inp)
+                cols["output"].append(output)
+                cols["category"].append(category)
+                cols["raw_row"].append(row)
+                cols["raw_line"].append(line)
+                cols["meta"].append(json.dumps(meta, ensure_ascii=False, default=str))
+                cols["template"].append(tid)
+                cols["variant"].append(variant or (tid or ""))
+        n = len(cols["instruction"])
+        cols["raw_file"] = [batch.file] * n
+        cols["history"] = None
+        return cols
+
+    return format_batch

@@ -51,7 +51,15 @@ def run_child(code: str, env: dict | None = None) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     line = [x for x in proc.stdout.splitlines() if x.startswith("__RESULT__")][-1]
-    return json.loads(line.removeprefix("__RESULT__"))
+    result = json.loads(line.removeprefix("__RESULT__"))
+    for x in proc.stdout.splitlines():  # extra "name value" lines a child prints
+        parts = x.split()
+        if len(parts) == 2 and not x.startswith("__"):
+            try:
+                result[parts[0]] = f"{float(parts[1]):.2%}" if parts[0] == "efficiency" else parts[1]
+            except ValueError:
+                pass
+    return result
 
 
 def table(rows: list[tuple], header: tuple) -> str:

@@ -515,50 +515,143 @@ def train(
     output_dir: Annotated[
         Path | None, typer.Option("--output-dir", help="Where the adapter and run manifest go.")
     ] = None,
-    peft: Annotated[str, typer.Option("--peft", help="PEFT method.")] = "lora",
+    peft: Annotated[
+        str, typer.Option("--peft", help="lora | qlora | dora | adalora | ia3 | prefix | p_tuning | prompt")
+    ] = "lora",
+    peft_config: Annotated[
+        str | None, typer.Option(help="Any peft config as JSON (with peft_type); overrides --peft.")
+    ] = None,
+    quantization: Annotated[
+        int | None, typer.Option(help="Load the base in 4 or 8 bits (bitsandbytes).")
+    ] = None,
     max_steps: int = 30,
     batch_size: int = 8,
+    grad_accum: int = 1,
     learning_rate: float = 3e-3,
     cutoff_len: int = 512,
+    overlong: Annotated[
+        str, typer.Option(help="Over-long records: truncate (the response tail) or drop.")
+    ] = "truncate",
+    packing: Annotated[
+        bool, typer.Option("--packing/--no-packing", help="Pack sequences (block-diagonal attention).")
+    ] = True,
+    pack_buffer: int = 1000,
     lora_r: int = 8,
     lora_alpha: int = 16,
+    lora_dropout: float = 0.05,
+    target_modules: Annotated[
+        str | None, typer.Option(help="Comma-separated module names (default: family defaults).")
+    ] = None,
+    num_virtual_tokens: int = 8,
+    train_on_inputs: bool = False,
+    mask_history: bool = False,
+    template: Annotated[
+        str | None, typer.Option(help="alpaca | chat (default from the model family).")
+    ] = None,
+    bf16: bool = False,
+    fp16: bool = False,
+    gradient_checkpointing: bool = False,
+    eval_size: Annotated[int, typer.Option(help="Hold out the first N stream positions for evaluation.")] = 0,
+    eval_steps: int = 0,
+    save_steps: int = 0,
+    resume_from: Annotated[
+        str | None, typer.Option(help="Checkpoint folder to resume from (exact data position).")
+    ] = None,
+    report_to: Annotated[str | None, typer.Option(help="tensorboard, wandb, ... (comma-separated).")] = None,
+    trust_remote_code: bool = False,
     seed: int = 0,
     catalog: CatalogOpt = None,
     home: HomeOpt = None,
 ):
-    """Fine-tune a model with PEFT on a named mixture, streaming and tokenizing on the fly."""
+    """Fine-tune a model with PEFT on a named mixture, streaming, tokenizing and packing on the fly."""
+    import json
+
     from forge.catalog import load_catalog
     from forge.mixture import resolve
 
     h = _home(home)
     m = resolve(mixture, load_catalog(catalog), home=h)
     out = output_dir or (h / "runs" / f"{mixture}-{peft}")
-    console.print(
-        f"training {model} with {peft} on mixture {mixture} ({m.total:,} examples, "
-        f"fingerprint {m.fingerprint()[:12]}) for {max_steps} steps"
-    )
-    from train.recipe import TrainArgs, run
+    from train.recipe import TrainArgs, check_args, run
 
     args = TrainArgs(
         mixture=mixture,
         model=model,
         output_dir=str(out),
         peft=peft,
+        peft_config=json.loads(peft_config) if peft_config else None,
+        quantization=quantization,
         max_steps=max_steps,
         batch_size=batch_size,
+        grad_accum=grad_accum,
         learning_rate=learning_rate,
         cutoff_len=cutoff_len,
+        overlong=overlong,
+        packing=packing,
+        pack_buffer=pack_buffer,
         lora_r=lora_r,
         lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=target_modules.split(",") if target_modules else None,
+        num_virtual_tokens=num_virtual_tokens,
+        train_on_inputs=train_on_inputs,
+        mask_history=mask_history,
+        template=template,
+        bf16=bf16,
+        fp16=fp16,
+        gradient_checkpointing=gradient_checkpointing,
+        eval_size=eval_size,
+        eval_steps=eval_steps,
+        save_steps=save_steps,
+        resume_from=resume_from,
+        report_to=report_to.split(",") if report_to else [],
+        trust_remote_code=trust_remote_code,
         seed=seed,
     )
-    manifest = run(args, m, h, on_log=lambda step, loss: console.print(f"step {step:>4}  loss {loss:.4f}"))
+    try:
+        check_args(args)
+    except ValueError as e:
+        _fail(str(e))
+    console.print(
+        f"training {model} with {peft} on mixture {mixture} ({m.total:,} examples, "
+        f"fingerprint {m.fingerprint()[:12]}) for {max_steps} steps"
+        + (f", packing to {cutoff_len} tokens" if packing else "")
+    )
+
+    def show(step, loss, eff):
+        console.print(f"step {step:>4}  loss {loss:.4f}" + (f"  packing {eff:.1%}" if eff else ""))
+
+    try:
+        manifest = run(args, m, h, on_log=show)
+    except ValueError as e:
+        _fail(str(e))
     losses = manifest["losses"]
     console.print(
         f"[bold]done[/]: loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} logged steps, "
-        f"{manifest['examples_seen']:,} examples, {manifest['seconds']}s\n"
-        f"adapter: {out / 'adapter'}\nrun manifest: {out / 'run_manifest.json'}"
+        f"{manifest['examples_seen']:,} examples, {manifest['seconds']}s"
+        + (
+            f", packing efficiency {manifest['packing_efficiency']:.1%}"
+            if manifest["packing_efficiency"]
+            else ""
+        )
+        + f"\nadapter: {out / 'adapter'}\nrun manifest: {out / 'run_manifest.json'}"
     )
+
+
+@app.command()
+def merge(
+    adapter: Annotated[Path, typer.Argument(help="Adapter folder (a run's adapter/), LoRA family only.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the merged model.")],
+    max_shard_size: Annotated[str, typer.Option(help="Largest weight shard, e.g. 2GB.")] = "5GB",
+):
+    """Merge a LoRA-family adapter into its base model and save it with save_pretrained."""
+    from train.recipe import merge as do_merge
+
+    try:
+        do_merge(adapter, out, max_shard_size)
+    except ValueError as e:
+        _fail(str(e))
+    console.print(f"merged model saved to {out}")
 
 
 def main() -> None:

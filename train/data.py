@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from train.prompts import alpaca_segments
+from train.prompts import alpaca_segments, chat_segments
 
 IGNORE = -100
 
@@ -32,6 +32,7 @@ class TokenizeConfig:
     mask_history: bool = False
     overlong: str = "truncate"  # truncate | drop
     add_eos: bool = True
+    template: str = "alpaca"  # alpaca | chat (the tokenizer's chat template; it ends turns itself)
 
 
 @dataclass
@@ -46,7 +47,11 @@ class StreamStats:
 
 def tokenize_records(records: list[dict], tokenizer, cfg: TokenizeConfig, stats: StreamStats) -> list[dict]:
     """Tokenize a batch of unified records with one batched tokenizer call."""
-    all_segments = [alpaca_segments(r, mask_history=cfg.mask_history) for r in records]
+    if cfg.template == "chat":
+        all_segments = [chat_segments(r, tokenizer, mask_history=cfg.mask_history) for r in records]
+    else:
+        all_segments = [alpaca_segments(r, mask_history=cfg.mask_history) for r in records]
+    add_eos = cfg.add_eos and cfg.template != "chat"
     flat = [text for segs in all_segments for text, _ in segs]
     encoded = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
     out, k = [], 0
@@ -59,7 +64,7 @@ def tokenize_records(records: list[dict], tokenizer, cfg: TokenizeConfig, stats:
             ids.extend(piece)
             trained = is_response or cfg.train_on_inputs
             labels.extend(piece if trained else [IGNORE] * len(piece))
-            if is_response and cfg.add_eos and tokenizer.eos_token_id is not None:
+            if is_response and add_eos and tokenizer.eos_token_id is not None:
                 ids.append(tokenizer.eos_token_id)
                 labels.append(tokenizer.eos_token_id if trained else IGNORE)
         stats.records += 1

@@ -53,3 +53,24 @@ def chat_messages(record: dict) -> list[dict]:
     messages.append({"role": "user", "content": user})
     messages.append({"role": "assistant", "content": record["output"]})
     return messages
+
+
+def chat_segments(record: dict, tokenizer, *, mask_history: bool = False) -> list[tuple[str, bool]]:
+    """Segments from the tokenizer's own chat template. For each assistant turn the prompt
+    (everything up to and including the template's assistant header) is not trained on and
+    the reply (with the template's end-of-turn text) is."""
+    messages = chat_messages(record)
+    segments: list[tuple[str, bool]] = []
+    done = ""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise ValueError("the chat template does not render conversations incrementally")
+        segments.append((prompt[len(done) :], False))
+        segments.append((full[len(prompt) :], i == last or not mask_history))
+        done = full
+    return segments

@@ -1,14 +1,25 @@
 """The fine-tuning recipe: a mixture stream -> a PEFT adapter, through the transformers Trainer.
 
-Read it top to bottom: TrainArgs (every knob), MixtureDataset (the stream as a torch
-IterableDataset, rank- and worker-aware), build_model (base model + PEFT), run (Trainer,
-then adapter + run manifest).
+Read it top to bottom:
+  TrainArgs        every knob, with the seeds' names (lora_r, adalora tinit/tfinal/delta_t ...)
+  check_args       impossible combinations, said in one line before anything loads
+  MixtureDataset   the stream as a torch IterableDataset: each (rank, worker) reads its own slice
+                   of the same global stream, tokenizes in batches and packs (train/packing.py)
+  peft_config      every PEFT method by name, plus any peft PeftType through --peft-config JSON
+  build_model      base model (optionally 4/8-bit through bitsandbytes) + family defaults + PEFT
+  run              Trainer, then adapter + tokenizer + run_manifest.json
+
+Resume: a checkpoint holds the Trainer state and data_state.json (the stream fingerprint and
+the number of batches consumed). The stream is a pure function of the mixture, so a resumed
+run replays it and skips exactly the consumed batches: it sees the same next batch as an
+uninterrupted run. Evaluation uses a held-out slice: the first `eval_size` positions of the
+global stream are never trained on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +30,11 @@ import xxhash
 
 from forge.mixture import Mixture, MixtureStream
 from train.data import StreamStats, TokenizeConfig, pad_batch, stream_examples
+from train.families import family_of, present_targets
+from train.packing import PackStats, collate_packed, pack
+
+PEFT_METHODS = ("lora", "qlora", "dora", "adalora", "ia3", "prefix", "p_tuning", "prompt")
+PROMPT_STYLE = ("prefix", "p_tuning", "prompt")  # virtual tokens: no packing, no merge
 
 
 @dataclass
@@ -27,89 +43,267 @@ class TrainArgs:
     model: str
     output_dir: str
     peft: str = "lora"
+    peft_config: dict | None = None  # pass-through: any peft config as a dict with peft_type
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     target_modules: list[str] | None = None
+    adalora_init_r: int = 12
+    adalora_tinit: int = 0
+    adalora_tfinal: int = 0
+    adalora_delta_t: int = 1
+    num_virtual_tokens: int = 8
+    encoder_hidden_size: int = 128
+    quantization: int | None = None  # 4 | 8 (bitsandbytes)
+    compute_dtype: str = "float32"
     max_steps: int = 30
     batch_size: int = 8
     grad_accum: int = 1
     learning_rate: float = 3e-3
+    warmup_steps: int = 0
     cutoff_len: int = 512
+    overlong: str = "truncate"
+    packing: bool = True
+    pack_buffer: int = 1000
     train_on_inputs: bool = False
     mask_history: bool = False
+    template: str | None = None  # alpaca | chat; default from the model family
+    bf16: bool = False
+    fp16: bool = False
+    gradient_checkpointing: bool = False
+    eval_size: int = 0
+    eval_steps: int = 0
+    report_to: list[str] = field(default_factory=list)
     seed: int = 0
     logging_steps: int = 1
     save_steps: int = 0
+    resume_from: str | None = None
     trust_remote_code: bool = False
-    extra: dict = field(default_factory=dict)
+
+
+def check_args(args: TrainArgs) -> None:
+    """Refuse impossible combinations in one line, before any model is loaded."""
+    if args.peft not in PEFT_METHODS and not args.peft_config:
+        raise ValueError(
+            f"--peft {args.peft!r}: choose one of {', '.join(PEFT_METHODS)} or pass --peft-config JSON"
+        )
+    if args.peft == "qlora" and args.quantization not in (None, 4):
+        raise ValueError("qlora is LoRA on a 4-bit base: --quantization must be 4")
+    if args.peft in PROMPT_STYLE and args.packing:
+        raise ValueError(
+            f"{args.peft} adds virtual tokens before every sequence, which packing cannot keep apart; use --no-packing"
+        )
+    if args.peft in PROMPT_STYLE and args.quantization:
+        raise ValueError(f"{args.peft} with a quantized base is not supported by peft; drop --quantization")
+    cuda = torch.cuda.is_available()
+    if args.fp16 and not cuda:
+        raise ValueError(
+            "--fp16 needs a CUDA GPU (mixed precision with fp16 has no CPU kernels); use --bf16 or neither"
+        )
+    if args.bf16 and cuda and not torch.cuda.is_bf16_supported():
+        raise ValueError("--bf16: this GPU has no bfloat16 support; use --fp16")
+    if args.quantization or args.peft == "qlora":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                "--quantization needs bitsandbytes: pip install 'forge-instruct[quant]'"
+            ) from None
+    if args.overlong not in ("truncate", "drop"):
+        raise ValueError(f"--overlong {args.overlong!r}: choose truncate or drop")
 
 
 class MixtureDataset(torch.utils.data.IterableDataset):
-    """Each (rank, DataLoader worker) reads its own slice of the same global stream."""
+    """Yields ready batches. Each (rank, worker) reads its own slice of the global stream."""
 
-    def __init__(self, mix: Mixture, home: Path | None, tokenizer, cfg: TokenizeConfig):
-        self.mix, self.home, self.tokenizer, self.cfg = mix, home, tokenizer, cfg
+    def __init__(
+        self,
+        mix: Mixture,
+        home: Path | None,
+        tokenizer,
+        cfg: TokenizeConfig,
+        args: TrainArgs,
+        start: int = 0,
+        stop: int | None = None,
+    ):
+        self.mix, self.home, self.tokenizer, self.cfg, self.args = mix, home, tokenizer, cfg, args
+        self.start, self.stop = start, stop
         self.stats = StreamStats()
+        self.pack_stats = PackStats()
         self.id_hash = xxhash.xxh64()  # fingerprint of the exact record ids trained on, in order
-        self.yielded = 0
-        self.state: dict | None = None
+        self.batches = 0
+        self.examples = 0
+        self.skip_batches = 0
+        self.trace: list[list[str]] = []  # record ids per batch, for tests and lineage
+
+    def _examples(self, rank: int, world: int, worker: int, workers: int):
+        while True:  # the Trainer stops at max_steps; a finished stream starts its next pass
+            stream = MixtureStream(
+                self.mix, self.home, rank=rank, world_size=world, worker=worker, num_workers=workers
+            )
+            stream.position = self.start
+            yield from stream_examples(_until(stream, self.stop), self.tokenizer, self.cfg, self.stats)
+            if self.stop is not None:
+                return
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        stream = MixtureStream(
-            self.mix,
-            self.home,
-            rank=rank,
-            world_size=world,
-            worker=info.id if info else 0,
-            num_workers=info.num_workers if info else 1,
+        examples = self._examples(rank, world, info.id if info else 0, info.num_workers if info else 1)
+        pad = self.tokenizer.pad_token_id
+        if self.args.packing:
+            rows = pack(examples, self.args.cutoff_len, self.args.pack_buffer, stats=self.pack_stats)
+            batches = _chunks(rows, self.args.batch_size)
+            make = lambda rs: collate_packed(rs, pad)  # noqa: E731
+            ids_of = lambda rs: [i for r in rs for i in r["ids"]]  # noqa: E731
+        else:
+            batches = _chunks(examples, self.args.batch_size)
+            make = lambda exs: pad_batch(exs, pad)  # noqa: E731
+            ids_of = lambda exs: [e["id"] for e in exs]  # noqa: E731
+        for n, items in enumerate(batches):
+            if n < self.skip_batches:  # resume: replay the stream, skip what was consumed
+                continue
+            ids = ids_of(items)
+            for i in ids:
+                self.id_hash.update(i.encode())
+            self.examples += len(ids)
+            self.batches = n + 1
+            self.trace.append(ids)
+            yield make(items)
+
+
+def _until(stream: MixtureStream, stop: int | None):
+    for table in stream:
+        if stop is not None and stream.position > stop:
+            keep = table["_position"].to_numpy() < stop
+            import pyarrow as pa
+
+            table = table.filter(pa.array(keep))
+            if table.num_rows:
+                yield table
+            return
+        yield table
+
+
+def _chunks(items, n: int):
+    chunk = []
+    for x in items:
+        chunk.append(x)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def peft_config(args: TrainArgs, model):
+    import peft
+
+    if args.peft_config:
+        return peft.get_peft_config(dict(args.peft_config))
+    family = family_of(getattr(model.config, "model_type", ""))
+    targets = args.target_modules or present_targets(model, family)
+    task = peft.TaskType.CAUSAL_LM
+    if args.peft in ("lora", "qlora", "dora"):
+        return peft.LoraConfig(
+            task_type=task,
+            r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules=targets,
+            use_dora=args.peft == "dora",
         )
-        if self.state:
-            stream.load_state_dict(self.state)
-        epoch = 0
-        while True:  # the Trainer stops at max_steps; a finished stream starts its next pass
-            for ex in stream_examples(stream, self.tokenizer, self.cfg, self.stats):
-                self.id_hash.update(ex["id"].encode())
-                self.yielded += 1
-                yield ex
-            epoch += 1
-            stream.position = 0
-
-
-def peft_config(args: TrainArgs):
-    from peft import LoraConfig, TaskType
-
-    if args.peft != "lora":
-        raise ValueError(f"unknown --peft {args.peft!r}")
-    return LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
-        r=args.lora_r,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-        target_modules=args.target_modules or "all-linear",
-    )
+    if args.peft == "adalora":
+        return peft.AdaLoraConfig(
+            task_type=task,
+            init_r=args.adalora_init_r,
+            target_r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules=targets,
+            tinit=args.adalora_tinit,
+            tfinal=args.adalora_tfinal,
+            deltaT=args.adalora_delta_t,
+            total_step=args.max_steps,
+        )
+    if args.peft == "ia3":
+        ff = [t for t in family.ia3_feedforward if isinstance(targets, list) and t in targets]
+        return peft.IA3Config(task_type=task, target_modules=targets, feedforward_modules=ff or None)
+    if args.peft == "prefix":
+        return peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=args.num_virtual_tokens)
+    if args.peft == "p_tuning":
+        return peft.PromptEncoderConfig(
+            task_type=task,
+            num_virtual_tokens=args.num_virtual_tokens,
+            encoder_hidden_size=args.encoder_hidden_size,
+        )
+    return peft.PromptTuningConfig(task_type=task, num_virtual_tokens=args.num_virtual_tokens)
 
 
 def build_model(args: TrainArgs):
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    config = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    family = family_of(getattr(config, "model_type", ""))
+    if args.packing and not family.packs:
+        import warnings
+
+        warnings.warn(f"{family.name}: {family.notes}; packing is off for this run", stacklevel=2)
+        args.packing = False
+    if family.remote_code and not args.trust_remote_code:
+        raise ValueError(
+            f"{args.model}: the {family.name} family runs code from the model repo; pass --trust-remote-code"
+        )
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-    model = get_peft_model(model, peft_config(args))
-    return model, tokenizer
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    kwargs: dict = {"trust_remote_code": args.trust_remote_code}
+    bits = 4 if args.peft == "qlora" else args.quantization
+    if bits:
+        from transformers import BitsAndBytesConfig
+
+        dtype = getattr(torch, args.compute_dtype)
+        kwargs["quantization_config"] = (
+            BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=dtype,
+            )
+            if bits == 4
+            else BitsAndBytesConfig(load_in_8bit=True)
+        )
+    model = AutoModelForCausalLM.from_pretrained(args.model, **kwargs)
+    if bits:
+        # bitsandbytes on CPU repacks 4-bit weights for good on an eval-mode forward, after which
+        # LoRA gets no gradient: switch to train mode before anything runs a forward
+        model.train()
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
+    elif args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    model = get_peft_model(model, peft_config(args, model))
+    model.train()
+    template = args.template or (family.template if getattr(tokenizer, "chat_template", None) else "alpaca")
+    return model, tokenizer, family, template
 
 
 def versions() -> dict:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "peft", "accelerate", "datasets", "pyarrow", "forge-instruct"):
+    for pkg in (
+        "torch",
+        "transformers",
+        "peft",
+        "accelerate",
+        "bitsandbytes",
+        "datasets",
+        "pyarrow",
+        "forge-instruct",
+    ):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -117,32 +311,73 @@ def versions() -> dict:
     return out
 
 
+def tokenizer_hash(tokenizer) -> str:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        tokenizer.save_pretrained(d)
+        h = hashlib.sha256()
+        for p in sorted(Path(d).iterdir()):
+            h.update(p.name.encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
 def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
+    check_args(args)
     set_seed(args.seed)
-    model, tokenizer = build_model(args)
+    model, tokenizer, family, template = build_model(args)
     cfg = TokenizeConfig(
-        cutoff_len=args.cutoff_len, train_on_inputs=args.train_on_inputs, mask_history=args.mask_history
+        cutoff_len=args.cutoff_len,
+        train_on_inputs=args.train_on_inputs,
+        mask_history=args.mask_history,
+        overlong=args.overlong,
+        template=template,
     )
-    dataset = MixtureDataset(mix, home, tokenizer, cfg)
+    dataset = MixtureDataset(mix, home, tokenizer, cfg, args, start=args.eval_size)
+    eval_set = None
+    if args.eval_size:
+        eval_ds = MixtureDataset(mix, home, tokenizer, cfg, args, start=0, stop=args.eval_size)
+        eval_set = _EvalList(list(eval_ds))
     losses: list[float] = []
+    evals: list[float] = []
 
-    class LossLog(TrainerCallback):
+    class StreamLog(TrainerCallback):
         def on_log(self, _args, state, _control, logs=None, **_kw):
             if logs and "loss" in logs:
+                logs["packing_efficiency"] = round(dataset.pack_stats.efficiency, 4) if args.packing else None
                 losses.append(float(logs["loss"]))
                 if on_log:
-                    on_log(state.global_step, float(logs["loss"]))
+                    on_log(state.global_step, float(logs["loss"]), logs.get("packing_efficiency"))
+            if logs and "eval_loss" in logs:
+                evals.append(float(logs["eval_loss"]))
+
+        def on_optimizer_step(self, _args, state, _control, model=None, **_kw):
+            if args.peft == "adalora":  # AdaLoRA re-allocates ranks from the current gradients
+                model.base_model.update_and_allocate(state.global_step)
+
+        def on_save(self, _args, state, _control, **_kw):
+            ckpt = Path(_args.output_dir) / f"checkpoint-{state.global_step}"
+            (ckpt / "data_state.json").write_text(
+                json.dumps(
+                    {
+                        "batches": dataset.batches,
+                        "examples": dataset.examples,
+                        "fingerprint": mix.fingerprint(),
+                    }
+                )
+            )
 
     class StreamTrainer(Trainer):
-        # The dataset slices the global stream by rank itself; accelerate must not shard it again.
+        # The dataset slices the stream by rank and builds batches itself; accelerate must not
+        # shard or re-batch it again.
         def get_train_dataloader(self):
-            return torch.utils.data.DataLoader(
-                self.train_dataset,
-                batch_size=self.args.per_device_train_batch_size,
-                collate_fn=lambda exs: pad_batch(exs, tokenizer.pad_token_id),
-            )
+            return torch.utils.data.DataLoader(self.train_dataset, batch_size=None)
+
+        def get_eval_dataloader(self, eval_dataset=None):
+            return torch.utils.data.DataLoader(eval_dataset or self.eval_dataset, batch_size=None)
 
     targs = TrainingArguments(
         output_dir=args.output_dir,
@@ -150,22 +385,37 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None) ->
         per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum,
         learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps,
         logging_steps=args.logging_steps,
         save_strategy="steps" if args.save_steps else "no",
         save_steps=args.save_steps or 500,
-        report_to=[],
+        eval_strategy="steps" if args.eval_size and args.eval_steps else "no",
+        eval_steps=args.eval_steps or None,
+        report_to=args.report_to or [],
         seed=args.seed,
         disable_tqdm=True,
+        bf16=args.bf16,
+        fp16=args.fp16,
         use_cpu=not torch.cuda.is_available(),
         remove_unused_columns=False,
+        ignore_data_skip=True,  # our dataset skips consumed batches itself (see MixtureDataset)
     )
-    trainer = StreamTrainer(model=model, args=targs, train_dataset=dataset, callbacks=[LossLog()])
+    if args.resume_from:
+        state = json.loads((Path(args.resume_from) / "data_state.json").read_text())
+        if state["fingerprint"] != mix.fingerprint():
+            raise ValueError(
+                f"{args.resume_from}: checkpoint was trained on another mixture build; refusing to resume"
+            )
+        dataset.skip_batches = state["batches"]
+    trainer = StreamTrainer(
+        model=model, args=targs, train_dataset=dataset, eval_dataset=eval_set, callbacks=[StreamLog()]
+    )
     if on_log is not None:  # the caller prints the losses; the Trainer's raw dict printer would repeat them
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=args.resume_from)
     seconds = time.perf_counter() - t0
     out = Path(args.output_dir)
     model.save_pretrained(out / "adapter")
@@ -174,17 +424,62 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None) ->
         "mixture": mix.name,
         "mixture_fingerprint": mix.fingerprint(),
         "data_fingerprint": dataset.id_hash.hexdigest(),
-        "examples_seen": dataset.yielded,
+        "tokenizer_sha256": tokenizer_hash(tokenizer),
+        "base_model": args.model,
+        "family": family.name,
+        "template": template,
+        "examples_seen": dataset.examples,
+        "batches": dataset.batches,
         "tokens": dataset.stats.tokens,
         "trained_tokens": dataset.stats.trained_tokens,
         "dropped_overlong": dataset.stats.dropped_overlong,
         "truncated": dataset.stats.truncated,
+        "packing_efficiency": round(dataset.pack_stats.efficiency, 4) if args.packing else None,
         "losses": losses,
+        "eval_losses": evals,
         "seconds": round(seconds, 2),
         "args": asdict(args),
         "versions": versions(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "pid": os.getpid(),
     }
     (out / "run_manifest.json").write_text(json.dumps(manifest, indent=2))
+    (out / "adapter" / "run_manifest.json").write_text(json.dumps(manifest, indent=2))
+    # lineage: the record ids of every batch this run trained on, in order
+    with open(out / "batches.jsonl", "a" if args.resume_from else "w") as fh:
+        for n, ids in enumerate(dataset.trace, start=dataset.skip_batches + 1):
+            fh.write(json.dumps({"batch": n, "ids": ids}) + "\n")
     return manifest
+
+
+class _EvalList(torch.utils.data.Dataset):
+    def __init__(self, batches: list):
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int):
+        return self.batches[i]
+
+
+def merge(adapter_dir: Path, out: Path, max_shard_size: str = "5GB") -> Path:
+    """LoRA-family adapters only: merge into a fresh full-precision copy of the base."""
+    import peft
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = peft.PeftConfig.from_pretrained(adapter_dir)
+    if cfg.peft_type.value not in ("LORA", "ADALORA", "IA3", "LOHA", "LOKR"):
+        raise ValueError(
+            f"{adapter_dir}: a {cfg.peft_type.value} adapter adds virtual tokens and cannot be merged into the base"
+        )
+    base = AutoModelForCausalLM.from_pretrained(cfg.base_model_name_or_path)
+    model = peft.PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, max_shard_size=max_shard_size)
+    AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(out)
+    src = adapter_dir / "run_manifest.json"
+    if src.exists():
+        manifest = json.loads(src.read_text())
+        manifest["merged_from"] = str(adapter_dir)
+        (out / "run_manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out

@@ -1,0 +1,310 @@
+"""The trainer stage on CPU, offline, with tiny models. A loss that does not move fails."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from forge.build import build_source
+from forge.catalog import load_catalog
+from forge.mixture import resolve
+from tests.conftest import REPO
+from train.data import IGNORE, StreamStats, TokenizeConfig, pad_batch, tokenize_records
+from train.packing import collate_packed, pack
+from train.recipe import TrainArgs, check_args, run
+
+
+@pytest.fixture(scope="module")
+def yes_mix(tmp_path_factory):
+    """A small source whose answers repeat: even prompt tuning on a random tiny model can learn it."""
+    root = tmp_path_factory.mktemp("yes")
+    with open(root / "data.jsonl", "w") as f:
+        for i in range(64):
+            f.write(
+                json.dumps(
+                    {
+                        "instruction": f"Question {i}: is {i} a number?",
+                        "input": "",
+                        "output": "Yes, it is a number.",
+                    }
+                )
+                + "\n"
+            )
+    (root / "catalog.yaml").write_text(
+        textwrap.dedent("""
+        sources:
+          yes_data: {description: repeated answers, connector: json, formatter: columns, local: data.jsonl,
+                     lang: EN, task: TS, gen: HG, license: MIT}
+    """)
+    )
+    (root / "mixtures").mkdir()
+    (root / "mixtures" / "yes.yaml").write_text("strategy: concat\ncomponents:\n  - {source: yes_data}\n")
+    cat = load_catalog(root / "catalog.yaml")
+    build_source(cat.get("yes_data"), home=root / "home")
+    return resolve("yes", cat, home=root / "home", user_dir=root / "mixtures"), root / "home"
+
+
+# method, learning rate, the least the mean loss of the last 3 steps must fall below the first 3
+METHODS = [
+    ("lora", 1e-2, 0.3),
+    ("dora", 1e-2, 0.3),
+    ("adalora", 1e-2, 0.3),
+    ("ia3", 0.1, 0.05),
+    ("prefix", 0.1, 0.1),
+    ("p_tuning", 0.1, 0.01),
+    ("prompt", 0.1, 0.01),
+    ("qlora", 1e-2, 0.3),
+]
+
+
+@pytest.mark.parametrize("method, lr, drop", METHODS, ids=[m[0] for m in METHODS])
+def test_loss_falls_for_every_peft_method(yes_mix, tiny_model, tmp_path, method, lr, drop):
+    mix, home = yes_mix
+    prompt_style = method in ("prefix", "p_tuning", "prompt")
+    args = TrainArgs(
+        mixture="yes",
+        model=str(tiny_model),
+        output_dir=str(tmp_path / method),
+        peft=method,
+        max_steps=30,
+        batch_size=4,
+        learning_rate=lr,
+        cutoff_len=256,
+        packing=not prompt_style,
+    )
+    losses = run(args, mix, home)["losses"]
+    assert len(losses) == 30 and all(l == l for l in losses)  # noqa: E741 (NaN check)
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < first - drop, (method, first, last)
+
+
+def test_packed_and_unpacked_give_the_same_per_sequence_loss(tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa").eval()
+    recs = [
+        {
+            "id": str(i),
+            "instruction": f"Add {i} and {i + 1}.",
+            "input": "" if i % 2 else "x",
+            "output": f"{i} + {i + 1} = {2 * i + 1}. " * (i % 3 + 1),
+            "history": [],
+        }
+        for i in range(10)
+    ]
+    exs = tokenize_records(recs, tok, TokenizeConfig(), StreamStats())
+
+    def nll(logits, labels):
+        lp = torch.log_softmax(logits[:, :-1].float(), -1)
+        tgt = labels[:, 1:]
+        return -lp.gather(-1, tgt.clamp(min=0)[..., None])[..., 0] * (tgt != IGNORE)
+
+    with torch.no_grad():
+        b = pad_batch(exs, tok.pad_token_id)
+        loss = nll(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"])
+        unpacked = {e["id"]: float(loss[i].sum()) for i, e in enumerate(exs)}
+        rows = list(pack(iter(exs), cutoff_len=160, buffer_size=100))
+        assert len(rows) < len(exs)  # something really was packed together
+        pb = collate_packed(rows, tok.pad_token_id)
+        loss = nll(
+            model(
+                input_ids=pb["input_ids"],
+                attention_mask=pb["attention_mask"],
+                position_ids=pb["position_ids"],
+            ).logits,
+            pb["labels"],
+        )
+    packed = {}
+    for i, r in enumerate(rows):
+        at = 0
+        for sid, n in zip(r["ids"], r["seq_lens"], strict=True):
+            packed[sid] = float(loss[i, at : at + n - 1].sum())
+            at += n
+    assert packed.keys() == unpacked.keys()
+    assert max(abs(packed[k] - unpacked[k]) for k in packed) < 1e-3
+
+
+def test_packing_efficiency_on_the_sample_mixture(built_samples, catalog, tiny_model):
+    from transformers import AutoTokenizer
+
+    from train.packing import PackStats
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    from forge.mixture import MixtureStream
+    from train.data import stream_examples
+
+    mix = resolve("alpaca-belle-cot", catalog, home=built_samples)
+
+    def passes(n):
+        for _ in range(n):
+            yield from stream_examples(
+                MixtureStream(mix, built_samples), tok, TokenizeConfig(cutoff_len=1024), StreamStats()
+            )
+
+    stats = PackStats()
+    rows = list(pack(passes(40), cutoff_len=1024, buffer_size=1000, stats=stats))
+    assert stats.efficiency >= 0.99, stats.efficiency
+    assert sum(len(r["ids"]) for r in rows) == 131 * 40 and all(len(r["input_ids"]) <= 1024 for r in rows)
+
+
+def test_resume_sees_the_same_records_in_the_same_order(yes_mix, tiny_model, tmp_path):
+    mix, home = yes_mix
+    base = dict(
+        mixture="yes", model=str(tiny_model), batch_size=2, learning_rate=1e-2, cutoff_len=128, pack_buffer=16
+    )
+    run(TrainArgs(output_dir=str(tmp_path / "a"), max_steps=12, **base), mix, home)
+    run(TrainArgs(output_dir=str(tmp_path / "b"), max_steps=6, save_steps=6, **base), mix, home)
+    run(
+        TrainArgs(
+            output_dir=str(tmp_path / "b"),
+            max_steps=12,
+            resume_from=str(tmp_path / "b" / "checkpoint-6"),
+            **base,
+        ),
+        mix,
+        home,
+    )
+    full = [json.loads(x) for x in (tmp_path / "a" / "batches.jsonl").read_text().splitlines()]
+    resumed = [json.loads(x) for x in (tmp_path / "b" / "batches.jsonl").read_text().splitlines()]
+    assert [b["batch"] for b in resumed] == list(range(1, 13))
+    assert [b["ids"] for b in resumed] == [b["ids"] for b in full]
+
+
+def test_two_processes_see_disjoint_records_whose_union_is_the_epoch(built_samples, tmp_path):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "FORGE_HOME": str(built_samples), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            str(REPO / "tests" / "dist_probe.py"),
+            str(built_samples),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2))
+    assert not set(a) & set(b) and len(a) + len(b) == 131 and len(set(a) | set(b)) == 131
+
+
+def test_merged_model_matches_base_plus_adapter(yes_mix, tiny_model, tmp_path):
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    from train.recipe import merge
+
+    mix, home = yes_mix
+    run(
+        TrainArgs(
+            mixture="yes",
+            model=str(tiny_model),
+            output_dir=str(tmp_path / "r"),
+            max_steps=5,
+            batch_size=2,
+            learning_rate=5e-2,
+            cutoff_len=128,
+        ),
+        mix,
+        home,
+    )
+    merged_dir = merge(tmp_path / "r" / "adapter", tmp_path / "merged")
+    x = torch.tensor([[1, 5, 9, 40, 77, 120]])
+    with torch.no_grad():
+        base = AutoModelForCausalLM.from_pretrained(tiny_model)
+        ref = peft.PeftModel.from_pretrained(base, tmp_path / "r" / "adapter").eval()(x).logits
+        plain = AutoModelForCausalLM.from_pretrained(tiny_model).eval()(x).logits
+        got = AutoModelForCausalLM.from_pretrained(merged_dir).eval()(x).logits
+    assert (ref - plain).abs().max() > 1e-3  # the adapter changed something
+    assert torch.allclose(got, ref, atol=1e-4)
+    assert json.loads((merged_dir / "run_manifest.json").read_text())["mixture"] == "yes"
+
+
+def test_prompt_methods_cannot_merge(yes_mix, tiny_model, tmp_path):
+    from train.recipe import merge
+
+    mix, home = yes_mix
+    run(
+        TrainArgs(
+            mixture="yes",
+            model=str(tiny_model),
+            output_dir=str(tmp_path / "p"),
+            peft="prompt",
+            packing=False,
+            max_steps=2,
+            batch_size=2,
+        ),
+        mix,
+        home,
+    )
+    with pytest.raises(ValueError, match="a PROMPT_TUNING adapter adds virtual tokens and cannot be merged"):
+        merge(tmp_path / "p" / "adapter", tmp_path / "m")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"peft": "prefix"}, "prefix adds virtual tokens before every sequence"),
+        ({"peft": "qlora", "quantization": 8}, "qlora is LoRA on a 4-bit base"),
+        ({"fp16": True}, "--fp16 needs a CUDA GPU"),
+        ({"peft": "bogus"}, "--peft 'bogus': choose one of"),
+    ],
+)
+def test_impossible_combinations_say_so_before_loading(kwargs, message):
+    if kwargs.get("fp16") and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match=message):
+        check_args(TrainArgs(mixture="m", model="does-not-exist", output_dir="x", **kwargs))
+
+
+def _family_model(kind: str, tok, out: Path) -> Path:
+    import transformers as tf
+
+    v = len(tok)
+    small = dict(vocab_size=v, hidden_size=64, num_attention_heads=4, num_hidden_layers=2)
+    config = {
+        "bloom": lambda: tf.BloomConfig(vocab_size=v, hidden_size=64, n_head=4, n_layer=2),
+        "qwen2": lambda: tf.Qwen2Config(**small, intermediate_size=128, num_key_value_heads=2),
+        "gpt_neox": lambda: tf.GPTNeoXConfig(**small, intermediate_size=128),
+        "glm": lambda: tf.GlmConfig(**small, intermediate_size=128, num_key_value_heads=2, head_dim=16),
+    }[kind]()
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        setattr(config, key, getattr(tok, key))
+    torch.manual_seed(0)
+    tf.AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["bloom", "qwen2", "gpt_neox", "glm"])
+def test_model_families_train(yes_mix, tiny_model, tmp_path, kind):
+    from transformers import AutoTokenizer
+
+    mix, home = yes_mix
+    path = _family_model(kind, AutoTokenizer.from_pretrained(tiny_model), tmp_path / kind)
+    m = run(
+        TrainArgs(
+            mixture="yes",
+            model=str(path),
+            output_dir=str(tmp_path / "run"),
+            max_steps=10,
+            batch_size=2,
+            learning_rate=2e-2,
+            cutoff_len=128,
+        ),
+        mix,
+        home,
+    )
+    assert m["family"] == {"bloom": "bloom", "qwen2": "qwen", "gpt_neox": "gpt_neox", "glm": "glm"}[kind]
+    assert m["losses"][-1] < m["losses"][0]

@@ -23,6 +23,7 @@ import numpy as np
 from train.prompts import alpaca_segments, chat_segments
 
 IGNORE = -100
+TOKENIZE_BATCH = 1024
 
 
 @dataclass
@@ -53,7 +54,7 @@ def tokenize_records(records: list[dict], tokenizer, cfg: TokenizeConfig, stats:
         all_segments = [alpaca_segments(r, mask_history=cfg.mask_history) for r in records]
     add_eos = cfg.add_eos and cfg.template != "chat"
     flat = [text for segs in all_segments for text, _ in segs]
-    encoded = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+    encoded = encode(tokenizer, flat)
     out, k = [], 0
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     for record, segs in zip(records, all_segments, strict=True):
@@ -84,14 +85,28 @@ def tokenize_records(records: list[dict], tokenizer, cfg: TokenizeConfig, stats:
     return out
 
 
+def encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids for many texts in one call. Fast tokenizers go straight to the Rust
+    encode_batch (parallel, and without building attention masks we do not use)."""
+    if not texts:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
 def stream_examples(
     mixture_stream, tokenizer, cfg: TokenizeConfig, stats: StreamStats | None = None
 ) -> Iterator[dict]:
     stats = stats if stats is not None else StreamStats()
     columns = ["id", "instruction", "input", "output", "history"]
     for table in mixture_stream:
-        records = table.select(columns).to_pylist()
-        yield from tokenize_records(records, tokenizer, cfg, stats)
+        # tokenize in slices: a stream block can hold 65k records, and their token lists would not
+        # need to be in memory at once
+        for start in range(0, table.num_rows, TOKENIZE_BATCH):
+            records = table.slice(start, TOKENIZE_BATCH).select(columns).to_pylist()
+            yield from tokenize_records(records, tokenizer, cfg, stats)
 
 
 def pad_batch(examples: list[dict], pad_id: int) -> dict:

@@ -16,6 +16,7 @@ predict the next one's first token.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -61,17 +62,18 @@ def _fill(buffer: list[dict], open_bins: list[list], cutoff: int, min_fill: floa
     emit and the bins kept open: the least-filled ones below min_fill, at most max_open."""
     bins = [[room, list(items)] for room, items in open_bins]
     lengths = [len(e["input_ids"]) for e in buffer]
+    by_room = sorted((room, b) for b, (room, _) in enumerate(bins))  # best fit = smallest room >= n
     for i in sorted(range(len(buffer)), key=lambda k: (-lengths[k], k)):
         n = lengths[i]
-        best = None
-        for b, (room, _items) in enumerate(bins):
-            if n <= room and (best is None or room < bins[best][0]):
-                best = b
-        if best is None:
+        at = bisect.bisect_left(by_room, (n, -1))
+        if at == len(by_room):
             bins.append([cutoff - n, [buffer[i]]])
+            bisect.insort(by_room, (cutoff - n, len(bins) - 1))
         else:
-            bins[best][0] -= n
-            bins[best][1].append(buffer[i])
+            room, b = by_room.pop(at)
+            bins[b][0] = room - n
+            bins[b][1].append(buffer[i])
+            bisect.insort(by_room, (room - n, b))
     bins = _repair(bins, cutoff, min_fill)
     under = sorted(
         (k for k, (room, _) in enumerate(bins) if cutoff - room < min_fill * cutoff),

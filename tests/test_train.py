@@ -84,6 +84,8 @@ def test_lora_training_steps_lower_the_loss(built_samples, catalog, tiny_model, 
     saved = json.loads((out / "run_manifest.json").read_text())
     assert saved["mixture"] == "alpaca-belle-cot" and saved["mixture_fingerprint"] == mix.fingerprint()
     batches = [json.loads(x) for x in (out / "batches.jsonl").read_text().splitlines()]
-    assert len(batches) == 12 and saved["examples_seen"] == sum(len(b["ids"]) for b in batches) > 48  # packed rows
+    assert (
+        len(batches) == 12 and saved["examples_seen"] == sum(len(b["ids"]) for b in batches) > 48
+    )  # packed rows
     assert saved["versions"]["torch"] and saved["packing_efficiency"] > 0.9
     assert saved["args"]["peft"] == "lora" and len(saved["data_fingerprint"]) == 16

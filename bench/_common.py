@@ -72,3 +72,13 @@ def table(rows: list[tuple], header: tuple) -> str:
 
 def now() -> str:
     return time.strftime("%Y-%m-%d %H:%M")
+
+
+# FLAN CoT TSVs (zero-shot only) + BELLE JSONL, for benchmarks that need built sources
+BENCH_CATALOG = """
+sources:
+  bench_flan:
+    {{description: bench, connector: tsv, formatter: cot, options: {{lang: en, modes: [zero_shot], seed: 0}}, local: {flan}, lang: EN, task: MT, gen: COL}}
+  bench_belle:
+    {{description: bench, connector: json, connector_options: {{format: jsonl}}, formatter: columns, local: {belle}, lang: CN, task: MT, gen: SI}}
+"""

@@ -19,6 +19,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from _common import BENCH_CATALOG as CATALOG
 from _common import SHARED, now, repeat_files, run_child, table
 
 BUILD = """
@@ -88,14 +89,6 @@ for start in range(0, len(lengths), 1000):  # greedy knapsack inside windows of 
     tokens += sum(bins)
 _ROWS = tokens
 print("efficiency", tokens / (rows * 1024))
-"""
-
-CATALOG = """
-sources:
-  bench_flan:
-    {{description: bench, connector: tsv, formatter: cot, options: {{lang: en, modes: [zero_shot], seed: 0}}, local: {flan}, lang: EN, task: MT, gen: COL}}
-  bench_belle:
-    {{description: bench, connector: json, connector_options: {{format: jsonl}}, formatter: columns, local: {belle}, lang: CN, task: MT, gen: SI}}
 """
 
 

@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import BENCH_CATALOG as CATALOG
 from _common import REPO, SHARED, now, repeat_files, run_child, table
 
 sys.path.insert(0, str(REPO))
@@ -84,15 +85,6 @@ def lang_bench() -> list[tuple]:
         ("forge fast (script + function words + cld2)", n, fast_s, agree(fast), agree_other(fast)),
         ("langdetect (seeded)", n, slow_s, agree(slow), agree_other(slow)),
     ]
-
-
-CATALOG = """
-sources:
-  bench_flan:
-    {{description: bench, connector: tsv, formatter: cot, options: {{lang: en, modes: [zero_shot], seed: 0}}, local: {flan}, lang: EN, task: MT, gen: COL}}
-  bench_belle:
-    {{description: bench, connector: json, connector_options: {{format: jsonl}}, formatter: columns, local: {belle}, lang: CN, task: MT, gen: SI}}
-"""
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from forge.catalog import Source
 from forge.errors import BuildError
 from forge.locate import resolve
 from forge.paths import data_home, quarantine_dir, source_dir, templates_dir
-from forge.schema import RECORD_SCHEMA, SCHEMA_VERSION
+from forge.schema import FORMATTED_COLUMNS, RECORD_SCHEMA, SCHEMA_VERSION
 from formatters import FORMATTERS
 
 DEFAULT_SHARD_ROWS = 250_000
@@ -189,18 +189,7 @@ def assemble(cols: dict, src: Source, detector: str) -> pa.Table:
     """Formatter columns -> a RECORD_SCHEMA table: ids, catalog tags, detected language."""
     n = len(cols["instruction"])
     arrays = {}
-    for name in (
-        "instruction",
-        "input",
-        "output",
-        "history",
-        "category",
-        "raw_file",
-        "raw_row",
-        "raw_line",
-        "template",
-        "meta",
-    ):
+    for name in FORMATTED_COLUMNS:
         value = cols[name]
         ftype = RECORD_SCHEMA.field(name).type
         if name == "history" and value is None:  # single-turn records: n empty lists, built directly

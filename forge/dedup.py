@@ -291,7 +291,6 @@ def run(
 
     import pyarrow.parquet as pq
 
-    from forge.build import write_json_atomic
     from forge.select import shard_files
 
     priorities = priorities or {}
@@ -384,13 +383,11 @@ def run(
             drop_w.write_table(dropped)
     kept_w.close()
     drop_w.close()
-    kept = n - sum(reasons.values())
     manifest = {
         "name": out.name,
         "kind": "dedup",
         "sources": sources,
         "input_rows": n,
-        "rows": kept,
         "dropped": sum(reasons.values()),
         "dropped_reasons": reasons,
         "params": {
@@ -403,22 +400,9 @@ def run(
         },
         "contaminated": len(contamination),
         "against": [str(a) for a in against or []],
-        "shards": [
-            {"file": "part-00000.parquet", "rows": kept, "bytes": (tmp / "part-00000.parquet").stat().st_size}
-        ],
     }
     if against:
         (tmp / "contamination.json").write_text(json.dumps(contamination, ensure_ascii=False, indent=1))
-    import polars as pl
+    from forge.select import finish_derived
 
-    kept_lf = pl.scan_parquet(tmp / "part-00000.parquet")
-    manifest["tag_counts"] = {
-        k: dict(kept_lf.group_by(k).len().sort(k).collect().iter_rows())
-        for k in ("source", "lang", "task", "gen", "category")
-    }
-    write_json_atomic(tmp / "manifest.json", manifest)
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out)
-    return manifest
+    return finish_derived(tmp, out, manifest)

@@ -117,21 +117,30 @@ def filter_to_folder(
         kept_w.close()
         drop_w.close()
         matched.unlink()
-    kept_lf = pl.scan_parquet(tmp / "part-00000.parquet")
-    rows = kept_lf.select(pl.len()).collect().item()
     manifest = {
         "name": out.name,
         "query": query,
         "sources": sources,
         **(extra or {}),
-        "rows": rows,
         "dropped": sum(reasons.values()),
         "dropped_reasons": reasons,
+    }
+    return finish_derived(tmp, out, manifest)
+
+
+def finish_derived(tmp: Path, out: Path, manifest: dict) -> dict:
+    """Complete a derived dataset folder built in `tmp` (its part-00000.parquet is written):
+    add rows, shard and tag counts to the manifest, write it, and move the folder into place."""
+    kept = pl.scan_parquet(tmp / "part-00000.parquet")
+    rows = kept.select(pl.len()).collect().item()
+    manifest = {
+        **manifest,
+        "rows": rows,
         "shards": [
             {"file": "part-00000.parquet", "rows": rows, "bytes": (tmp / "part-00000.parquet").stat().st_size}
         ],
         "tag_counts": {
-            k: dict(kept_lf.group_by(k).len().sort(k).collect().iter_rows())
+            k: dict(kept.group_by(k).len().sort(k).collect().iter_rows())
             for k in ("source", "lang", "task", "gen", "category")
         },
     }

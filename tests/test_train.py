@@ -89,3 +89,34 @@ def test_lora_training_steps_lower_the_loss(built_samples, catalog, tiny_model, 
     )  # packed rows
     assert saved["versions"]["torch"] and saved["packing_efficiency"] > 0.9
     assert saved["args"]["peft"] == "lora" and len(saved["data_fingerprint"]) == 16
+
+
+def test_chat_template_masks_every_assistant_turn(tokenizer):
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    rec = {
+        "id": "c",
+        "instruction": "Second question",
+        "input": "",
+        "output": "Second answer",
+        "history": [{"user": "First question", "assistant": "First answer"}],
+    }
+    [ex] = tokenize_records([rec], tokenizer, TokenizeConfig(template="chat"), StreamStats())
+    trained = [t for t in ex["labels"] if t != IGNORE]
+    expected = sum(
+        (
+            tokenizer("First answer</s>", add_special_tokens=False)["input_ids"],
+            tokenizer("Second answer</s>", add_special_tokens=False)["input_ids"],
+        ),
+        [],
+    )
+    assert trained == expected
+    [last] = tokenize_records(
+        [rec], tokenizer, TokenizeConfig(template="chat", mask_history=True), StreamStats()
+    )
+    assert [t for t in last["labels"] if t != IGNORE] == tokenizer(
+        "Second answer</s>", add_special_tokens=False
+    )["input_ids"]
+    tokenizer.chat_template = None

@@ -81,6 +81,22 @@ def show_raw(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def decode_line(raw: bytes, encoding: str, reject: Reject, file: str, row: int, line: int) -> str | None:
+    """Decode one raw line; on undecodable bytes, quarantine it (with the byte offset) and
+    return None."""
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        reject(
+            show_raw(raw.decode(encoding, "surrogateescape")),
+            file,
+            row,
+            line,
+            f"undecodable bytes ({encoding}) at byte {e.start}",
+        )
+        return None
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -18,14 +18,22 @@ quarantined as one entry, because a JSON array has no safe resynchronisation poi
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 
-from connectors.base import BATCH_SIZE, RawBatch, Reject, SourceFile, open_binary, open_text, show_raw
+from connectors.base import (
+    BATCH_SIZE,
+    RawBatch,
+    Reject,
+    SourceFile,
+    decode_line,
+    open_binary,
+    open_text,
+    show_raw,
+)
 
 VERSION = "1"
 CHUNK = 1 << 20
@@ -80,16 +88,8 @@ def _read_jsonl(f: SourceFile, encoding: str, reject: Reject) -> Iterator[RawBat
         for line_no, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
-            try:
-                text = raw.decode(encoding)
-            except UnicodeDecodeError as e:
-                reject(
-                    show_raw(raw.decode(encoding, "surrogateescape")),
-                    f.name,
-                    row,
-                    line_no,
-                    f"undecodable bytes ({encoding}) at byte {e.start}",
-                )
+            text = decode_line(raw, encoding, reject, f.name, row, line_no)
+            if text is None:
                 row += 1
                 continue
             try:
@@ -250,7 +250,3 @@ def _read_document(
             )
     if len(batch):
         yield batch
-
-
-def is_nan(value) -> bool:
-    return isinstance(value, float) and math.isnan(value)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from connectors.base import BATCH_SIZE, RawBatch, Reject, SourceFile, open_binary, show_raw
+from connectors.base import BATCH_SIZE, RawBatch, Reject, SourceFile, decode_line, open_binary
 
 CHUNK = 4 << 20
 
@@ -77,16 +77,8 @@ def _read_file(f: SourceFile, columns: list[str], encoding: str, reject: Reject)
             for raw, text in zip(lines, texts, strict=True):
                 line_no += 1
                 if text is None:
-                    try:
-                        text = raw.decode(encoding)
-                    except UnicodeDecodeError as e:
-                        reject(
-                            show_raw(raw.decode(encoding, "surrogateescape")),
-                            f.name,
-                            row,
-                            line_no,
-                            f"undecodable bytes ({encoding}) at byte {e.start}",
-                        )
+                    text = decode_line(raw, encoding, reject, f.name, row, line_no)
+                    if text is None:
                         row += 1
                         continue
                 if text.endswith("\r"):

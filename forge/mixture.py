@@ -411,10 +411,6 @@ class MixtureStream:
             yield table
 
 
-def realised_counts(mix: Mixture) -> dict[str, int]:
-    return {leaf.label: leaf.count for leaf in mix.leaves}
-
-
 def materialize(mix: Mixture, home: Path | None = None, shard_rows: int = 250_000) -> dict:
     """Write the mixture as Parquet shards in stream order, plus its lineage manifest:
     ``ids.parquet`` holds (position, id, component, source, raw_file, raw_row) for every

@@ -73,6 +73,7 @@ def build_report(mix: Mixture, home: Path | None, out: Path, tokenizer_path: str
     realised, target = stream_tag_counts(mix, home)
     prompt_chars, output_chars, prompt_tokens, output_tokens = [], [], [], []
     samples: dict[str, list[dict]] = {leaf.label: [] for leaf in mix.leaves}
+    comp_real = dict.fromkeys(samples, 0)
     tokenizer = None
     if tokenizer_path:
         from transformers import AutoTokenizer
@@ -90,18 +91,12 @@ def build_report(mix: Mixture, home: Path | None, out: Path, tokenizer_path: str
             prompt_tokens.extend(len(x) for x in tokenizer(prompts, add_special_tokens=False)["input_ids"])
             output_tokens.extend(len(x) for x in tokenizer(outputs, add_special_tokens=False)["input_ids"])
         for row in table.select(["_component", "id", "instruction", "input", "output", "lang"]).to_pylist():
+            comp_real[row["_component"]] += 1
             bucket = samples[row["_component"]]
             if len(bucket) < SAMPLES_PER_COMPONENT:
                 bucket.append(row)
 
     comp_target = {leaf.label: leaf.count for leaf in mix.leaves}
-    comp_real: dict[str, int] = {}
-    for leaf in mix.leaves:  # realised per component, from the stream itself
-        comp_real[leaf.label] = 0
-    for block in MixtureStream(mix, home).ids():
-        for i, n in zip(*np.unique(block.components, return_counts=True), strict=True):
-            comp_real[mix.leaves[int(i)].label] += int(n)
-
     figures = [("Components", _bars("examples per component", comp_target, comp_real))]
     for key in ("lang", "task", "gen", "category"):
         figures.append(

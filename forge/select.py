@@ -6,7 +6,6 @@ pushed down, so only matching row groups and the needed columns are read.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -150,7 +149,3 @@ def finish_derived(tmp: Path, out: Path, manifest: dict) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, out)
     return manifest
-
-
-def read_derived(folder: Path) -> dict:
-    return json.loads((folder / "manifest.json").read_text())

@@ -7,10 +7,13 @@ side by side in one run, with packing efficiency for both.
           windows of 1,000 examples (LLaMA-Factory's way: sort by length, fill each row first-fit
           from the longest) -> rows
 
-Both use the same tokenizer (the tiny BPE from `forge tiny-model`), the same Alpaca prompt
-and cutoff 1024, over the FLAN CoT + BELLE records built by forge (repeated --copies times).
+Both use the same tokenizer, the same Alpaca prompt and cutoff 1024, over the FLAN CoT +
+BELLE records built by forge (repeated --copies times). The tokenizers are byte-level BPEs
+trained here on those records, one per --vocab-sizes entry: a small vocabulary (like the
+tiny test model's) makes many more tokens per character than a real model's 32k-150k one,
+so the pair is run once per size.
 
-    .venv/bin/python bench/pack_bench.py [--copies 3]
+    .venv/bin/python bench/pack_bench.py [--copies 3] [--vocab-sizes 2000,32000]
 """
 
 from __future__ import annotations
@@ -26,10 +29,16 @@ BUILD = """
 from pathlib import Path
 from forge.catalog import load_catalog
 from forge.build import build_source
-from train.tiny import make_tiny_model
+import pyarrow.parquet as pq
+from train.tiny import train_tokenizer
 cat = load_catalog(Path({catalog!r}))
 _ROWS = sum(build_source(cat.get(n), home=Path({home!r})).rows for n in ("bench_flan", "bench_belle"))
-make_tiny_model(Path({tok!r}))
+texts = []
+for f in sorted(Path({home!r}).glob("sources/*/*.parquet")):
+    t = pq.read_table(f, columns=["instruction", "input", "output"]).slice(0, 20000)
+    texts += [" ".join(r.values()) for r in t.to_pylist()]
+for size in {sizes!r}:
+    train_tokenizer(texts, size).save_pretrained(Path({tok!r}) / str(size))
 """
 
 OURS = """
@@ -95,6 +104,7 @@ print("efficiency", tokens / (rows * 1024))
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--copies", type=int, default=3)
+    ap.add_argument("--vocab-sizes", default="2000,32000")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="forge-bench-pack-"))
     repeat_files(
@@ -111,42 +121,45 @@ def main() -> None:
     (root / "mixtures" / "bench.yaml").write_text(
         "strategy: concat\ncomponents:\n  - {source: bench_flan}\n  - {source: bench_belle}\n"
     )
+    sizes = [int(x) for x in args.vocab_sizes.split(",")]
     built = run_child(
-        BUILD.format(catalog=str(root / "catalog.yaml"), home=str(root / "home"), tok=str(root / "tok"))
-    )
-    ours = run_child(OURS.format(root=str(root), tok=str(root / "tok")))
-    anchor = run_child(
-        ANCHOR.format(
-            tok=str(root / "tok"),
-            pattern=str(root / "home" / "sources" / "*" / "*.parquet"),
-            cache=str(root / "hf"),
+        BUILD.format(
+            catalog=str(root / "catalog.yaml"), home=str(root / "home"), tok=str(root / "tok"), sizes=sizes
         )
     )
-    rows = [
-        (
-            "forge: stream -> tokenize -> BFD pack",
-            f"{built['rows']:,}",
-            f"{ours['rows']:,}",
-            f"{ours['seconds']:.1f}",
-            f"{ours['rows'] / ours['seconds']:,.0f}",
-            ours.get("efficiency", "see log"),
-            f"{ours['peak_rss_mb']:,.0f}",
-        ),
-        (
-            "anchor: datasets.map + knapsack/1000",
-            f"{built['rows']:,}",
-            f"{anchor['rows']:,}",
-            f"{anchor['seconds']:.1f}",
-            f"{anchor['rows'] / anchor['seconds']:,.0f}",
-            anchor.get("efficiency", "see log"),
-            f"{anchor['peak_rss_mb']:,.0f}",
-        ),
-    ]
+    rows, ratios = [], []
+    for size in sizes:
+        tok = root / "tok" / str(size)
+        ours = run_child(OURS.format(root=str(root), tok=str(tok)))
+        anchor = run_child(
+            ANCHOR.format(
+                tok=str(tok),
+                pattern=str(root / "home" / "sources" / "*" / "*.parquet"),
+                cache=str(root / "hf" / str(size)),
+            )
+        )
+        for name, r in (
+            ("forge: stream -> tokenize -> BFD pack", ours),
+            ("anchor: datasets.map + knapsack/1000", anchor),
+        ):
+            rows.append(
+                (
+                    f"{size:,}",
+                    name,
+                    f"{built['rows']:,}",
+                    f"{r['rows']:,}",
+                    f"{r['seconds']:.1f}",
+                    f"{r['rows'] / r['seconds']:,.0f}",
+                    r.get("efficiency", "see log"),
+                    f"{r['peak_rss_mb']:,.0f}",
+                )
+            )
+        ratios.append((size, (ours["rows"] / ours["seconds"]) / (anchor["rows"] / anchor["seconds"])))
     print(f"pack benchmark, {now()}, cutoff 1024")
-    print(table(rows, ("pipeline", "records", "tokens", "seconds", "tokens/s", "efficiency", "peak RSS MB")))
-    print(
-        f"throughput ratio forge / anchor: {(ours['rows'] / ours['seconds']) / (anchor['rows'] / anchor['seconds']):.1f}x"
-    )
+    header = ("vocab", "pipeline", "records", "tokens", "seconds", "tokens/s", "efficiency", "peak RSS MB")
+    print(table(rows, header))
+    for size, ratio in ratios:
+        print(f"throughput ratio forge / anchor, vocab {size:,}: {ratio:.1f}x")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ inside the verbs that need them, so `forge --help` and the data verbs start fast
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -543,6 +544,15 @@ def train(
         str | None, typer.Option(help="Comma-separated module names (default: family defaults).")
     ] = None,
     num_virtual_tokens: int = 8,
+    encoder_hidden_size: Annotated[int, typer.Option(help="p_tuning prompt encoder width.")] = 128,
+    adalora_init_r: int = 12,
+    adalora_tinit: Annotated[int, typer.Option(help="AdaLoRA warm-up steps before rank pruning.")] = 0,
+    adalora_tfinal: Annotated[int, typer.Option(help="AdaLoRA final steps at the target rank.")] = 0,
+    adalora_delta_t: Annotated[int, typer.Option(help="AdaLoRA steps between rank allocations.")] = 1,
+    compute_dtype: Annotated[
+        str, typer.Option(help="bitsandbytes compute dtype: float32 | bfloat16 | float16.")
+    ] = "float32",
+    warmup_steps: int = 0,
     train_on_inputs: bool = False,
     mask_history: bool = False,
     template: Annotated[
@@ -559,6 +569,11 @@ def train(
     ] = None,
     report_to: Annotated[str | None, typer.Option(help="tensorboard, wandb, ... (comma-separated).")] = None,
     trust_remote_code: bool = False,
+    fsdp: Annotated[
+        bool, typer.Option(help="Shard the model with FSDP (launch with torchrun/accelerate).")
+    ] = False,
+    fsdp_config: Annotated[str | None, typer.Option(help="FSDP config JSON file (implies --fsdp).")] = None,
+    deepspeed: Annotated[str | None, typer.Option(help="DeepSpeed config JSON file.")] = None,
     seed: int = 0,
     catalog: CatalogOpt = None,
     home: HomeOpt = None,
@@ -594,6 +609,13 @@ def train(
         lora_dropout=lora_dropout,
         target_modules=target_modules.split(",") if target_modules else None,
         num_virtual_tokens=num_virtual_tokens,
+        encoder_hidden_size=encoder_hidden_size,
+        adalora_init_r=adalora_init_r,
+        adalora_tinit=adalora_tinit,
+        adalora_tfinal=adalora_tfinal,
+        adalora_delta_t=adalora_delta_t,
+        compute_dtype=compute_dtype,
+        warmup_steps=warmup_steps,
         train_on_inputs=train_on_inputs,
         mask_history=mask_history,
         template=template,
@@ -606,29 +628,36 @@ def train(
         resume_from=resume_from,
         report_to=report_to.split(",") if report_to else [],
         trust_remote_code=trust_remote_code,
+        fsdp=fsdp,
+        fsdp_config=fsdp_config,
+        deepspeed=deepspeed,
         seed=seed,
     )
     try:
         check_args(args)
     except ValueError as e:
         _fail(str(e))
-    console.print(
+    # under torchrun / accelerate launch every rank runs this; only the first one talks
+    say = console.print if os.environ.get("RANK", "0") == "0" else (lambda *_a, **_k: None)
+    say(
         f"training {model} with {peft} on mixture {mixture} ({m.total:,} examples, "
         f"fingerprint {m.fingerprint()[:12]}) for {max_steps} steps"
         + (f", packing to {cutoff_len} tokens" if packing else "")
     )
 
     def show(step, loss, eff):
-        console.print(f"step {step:>4}  loss {loss:.4f}" + (f"  packing {eff:.1%}" if eff else ""))
+        say(f"step {step:>4}  loss {loss:.4f}" + (f"  packing {eff:.1%}" if eff else ""))
 
     try:
         manifest = run(args, m, h, on_log=show)
     except ValueError as e:
         _fail(str(e))
     losses = manifest["losses"]
-    console.print(
+    say(
         f"[bold]done[/]: loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} logged steps, "
-        f"{manifest['examples_seen']:,} examples, {manifest['seconds']}s"
+        f"{manifest['examples_seen']:,} examples"
+        + (f" on {manifest['world_size']} ranks" if manifest["world_size"] > 1 else "")
+        + f", {manifest['seconds']}s"
         + (
             f", packing efficiency {manifest['packing_efficiency']:.1%}"
             if manifest["packing_efficiency"]

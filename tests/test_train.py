@@ -120,3 +120,41 @@ def test_chat_template_masks_every_assistant_turn(tokenizer):
         "Second answer</s>", add_special_tokens=False
     )["input_ids"]
     tokenizer.chat_template = None
+
+
+def test_streamed_examples_equal_one_batch_tokenization_in_order(
+    built_samples, catalog, tokenizer, monkeypatch
+):
+    """The stream encodes slices ahead on a helper thread; the examples must come out exactly
+    as one direct call would make them, in stream order, whatever the slice size."""
+    import pyarrow as pa
+
+    import train.data as data
+    from forge.mixture import MixtureStream
+
+    mix = resolve("alpaca-belle-cot", catalog, home=built_samples)
+    table = pa.concat_tables(list(MixtureStream(mix, built_samples)))
+    records = table.select(["id", "instruction", "input", "output", "history"]).to_pylist()
+    cfg = TokenizeConfig(cutoff_len=256)
+    direct_stats = StreamStats()
+    direct = tokenize_records(records, tokenizer, cfg, direct_stats)
+    monkeypatch.setattr(data, "TOKENIZE_BATCH", 7)  # many slices, several in flight at once
+    stats = StreamStats()
+    streamed = list(data.stream_examples(MixtureStream(mix, built_samples), tokenizer, cfg, stats))
+    assert len(streamed) == len(direct) == 131 - direct_stats.dropped_overlong
+    assert streamed == direct
+    assert (stats.records, stats.tokens, stats.truncated) == (
+        direct_stats.records,
+        direct_stats.tokens,
+        direct_stats.truncated,
+    )
+
+
+def test_batched_encode_gives_the_tokenizers_own_ids_on_real_text(tokenizer):
+    from conftest import shared
+
+    from train.data import encode
+
+    lines = shared("belle/dev1K.json").read_text(encoding="utf-8").splitlines()[:200]
+    texts = [json.loads(x)["instruction"] + "\n" + json.loads(x)["output"] for x in lines]
+    assert encode(tokenizer, texts) == [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]

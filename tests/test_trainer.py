@@ -176,25 +176,34 @@ def test_resume_sees_the_same_records_in_the_same_order(yes_mix, tiny_model, tmp
     assert [b["ids"] for b in resumed] == [b["ids"] for b in full]
 
 
-def test_two_processes_see_disjoint_records_whose_union_is_the_epoch(built_samples, tmp_path):
-    torchrun = Path(sys.executable).parent / "torchrun"
+@pytest.mark.parametrize("layout", ["one node, 2 processes", "2 nodes, 1 process each"])
+def test_two_processes_see_disjoint_records_whose_union_is_the_epoch(built_samples, tmp_path, layout):
+    """Under torchrun on gloo, each global rank reads its own slice. The two-node layout runs two
+    torchrun agents that meet over 127.0.0.1, as two machines would."""
+    torchrun = str(Path(sys.executable).parent / "torchrun")
     env = {**os.environ, "FORGE_HOME": str(built_samples), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(
-        [
-            str(torchrun),
-            "--nproc_per_node",
+    probe = [str(REPO / "tests" / "dist_probe.py"), str(built_samples), str(tmp_path)]
+    if layout.startswith("one"):
+        commands = [[torchrun, "--nproc_per_node", "2", *probe]]
+    else:
+        node = [
+            "--nnodes",
             "2",
-            str(REPO / "tests" / "dist_probe.py"),
-            str(built_samples),
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        cwd=REPO,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
+            "--nproc_per_node",
+            "1",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            "29541",
+        ]
+        commands = [[torchrun, *node, "--node_rank", str(k), *probe] for k in range(2)]
+    procs = [
+        subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+        for c in commands
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
     a, b = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2))
     assert not set(a) & set(b) and len(a) + len(b) == 131 and len(set(a) | set(b)) == 131
 
@@ -259,10 +268,12 @@ def test_prompt_methods_cannot_merge(yes_mix, tiny_model, tmp_path):
         ({"peft": "qlora", "quantization": 8}, "qlora is LoRA on a 4-bit base"),
         ({"fp16": True}, "--fp16 needs a CUDA GPU"),
         ({"peft": "bogus"}, "--peft 'bogus': choose one of"),
+        ({"fsdp_config": "missing.json"}, "--fsdp-config missing.json: no such file"),
+        ({"fsdp": True}, "--fsdp/--deepspeed shard the model across CUDA GPUs"),
     ],
 )
 def test_impossible_combinations_say_so_before_loading(kwargs, message):
-    if kwargs.get("fp16") and torch.cuda.is_available():
+    if (kwargs.get("fp16") or kwargs.get("fsdp")) and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(ValueError, match=message):
         check_args(TrainArgs(mixture="m", model="does-not-exist", output_dir="x", **kwargs))
@@ -308,3 +319,58 @@ def test_model_families_train(yes_mix, tiny_model, tmp_path, kind):
     )
     assert m["family"] == {"bloom": "bloom", "qwen2": "qwen", "gpt_neox": "gpt_neox", "glm": "glm"}[kind]
     assert m["losses"][-1] < m["losses"][0]
+
+
+def test_fsdp_and_deepspeed_configs_reach_the_trainer(tmp_path):
+    from train.recipe import training_arguments
+
+    fsdp = tmp_path / "fsdp.json"
+    fsdp.write_text(json.dumps({"transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"], "version": 2}))
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    both = TrainArgs(
+        mixture="m", model="x", output_dir=str(tmp_path), fsdp_config=str(fsdp), deepspeed=str(ds)
+    )
+    with pytest.raises(ValueError, match="--deepspeed and --fsdp both shard the model; choose one"):
+        check_args(both)
+    ta = training_arguments(
+        TrainArgs(mixture="m", model="x", output_dir=str(tmp_path), fsdp_config=str(fsdp))
+    )
+    assert ta.fsdp and ta.fsdp_config["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
+    assert ta.ddp_find_unused_parameters is False and ta.deepspeed is None
+
+
+def test_accelerate_launch_trains_on_two_processes_with_disjoint_data(built_samples, tiny_model, tmp_path):
+    """accelerate launch --multi_gpu starts two real CPU processes (gloo DDP). Each reads its own
+    slice of the stream; rank 0 alone writes the adapter and a manifest summed over ranks."""
+    launcher = Path(sys.executable).parent / "accelerate"
+    out = tmp_path / "run"
+    env = {**os.environ, "FORGE_HOME": str(built_samples), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29533"]
+        + ["-m", "forge.cli", "train", "--mixture", "alpaca-belle-cot", "--model", str(tiny_model)]
+        + ["--output-dir", str(out), "--no-packing", "--batch-size", "4", "--max-steps", "3"]
+        + ["--cutoff-len", "128", "--learning-rate", "0.01"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("done: loss") == 1, r.stdout  # only rank 0 talks
+    ranks = [
+        [json.loads(x) for x in (out / f"batches.rank{k}.jsonl").read_text().splitlines()] for k in range(2)
+    ]
+    assert [[b["batch"] for b in bs] for bs in ranks] == [[1, 2, 3], [1, 2, 3]]
+    ids = [[i for b in bs for i in b["ids"]] for bs in ranks]
+    assert len(ids[0]) == len(ids[1]) == 12 and not set(ids[0]) & set(ids[1])
+    manifest = json.loads((out / "run_manifest.json").read_text())
+    assert (manifest["world_size"], manifest["distributed"], manifest["examples_seen"]) == (
+        2,
+        "MULTI_CPU",
+        24,
+    )
+    assert manifest["losses"][-1] < manifest["losses"][0]
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (out / "batches.jsonl").exists()

@@ -131,8 +131,9 @@ def _emit(rows: list[list[dict]], cutoff: int, stats: PackStats) -> Iterator[dic
         for e in row:
             ids += e["input_ids"]
             labels += e["labels"]
-            pos += list(range(len(e["input_ids"])))
-            lens.append(len(e["input_ids"]))
+            n = len(e["input_ids"])
+            pos += range(n)
+            lens.append(n)
         stats.rows += 1
         stats.tokens += len(ids)
         stats.slots += cutoff

@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 import xxhash
 
+from forge.build import write_json_atomic
 from forge.mixture import Mixture, MixtureStream
-from train.data import StreamStats, TokenizeConfig, pad_batch, stream_examples
+from train.data import IGNORE, StreamStats, TokenizeConfig, pad_batch, stream_examples
 from train.families import family_of, present_targets
 from train.packing import PackStats, collate_packed, pack
 
@@ -79,6 +80,10 @@ class TrainArgs:
     save_steps: int = 0
     resume_from: str | None = None
     trust_remote_code: bool = False
+    # passed through to transformers.TrainingArguments (launch with torchrun / accelerate launch)
+    fsdp: bool = False  # FSDP (transformers' default: version 2, fully_shard); implied by fsdp_config
+    fsdp_config: str | None = None  # JSON file
+    deepspeed: str | None = None  # JSON file
 
 
 def check_args(args: TrainArgs) -> None:
@@ -109,6 +114,21 @@ def check_args(args: TrainArgs) -> None:
             raise ValueError(
                 "--quantization needs bitsandbytes: pip install 'forge-instruct[quant]'"
             ) from None
+    for flag, path in (("--fsdp-config", args.fsdp_config), ("--deepspeed", args.deepspeed)):
+        if path and not Path(path).is_file():
+            raise ValueError(f"{flag} {path}: no such file (it takes a JSON config file)")
+    if args.deepspeed and (args.fsdp or args.fsdp_config):
+        raise ValueError("--deepspeed and --fsdp both shard the model; choose one")
+    if args.deepspeed:
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise ValueError("--deepspeed needs the deepspeed package: pip install deepspeed") from None
+    if (args.fsdp or args.fsdp_config or args.deepspeed) and not torch.cuda.is_available():
+        raise ValueError(
+            "--fsdp/--deepspeed shard the model across CUDA GPUs and this machine has none "
+            "(on CPU, torchrun/accelerate launch run plain DDP: drop the flag)"
+        )
     if args.overlong not in ("truncate", "drop"):
         raise ValueError(f"--overlong {args.overlong!r}: choose truncate or drop")
 
@@ -133,6 +153,8 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         self.id_hash = xxhash.xxh64()  # fingerprint of the exact record ids trained on, in order
         self.batches = 0
         self.examples = 0
+        self.tokens = 0  # in the batches handed to the model (the stream tokenizes ahead of them)
+        self.trained_tokens = 0
         self.skip_batches = 0
         self.trace: list[list[str]] = []  # record ids per batch, for tests and lineage
 
@@ -168,6 +190,8 @@ class MixtureDataset(torch.utils.data.IterableDataset):
             for i in ids:
                 self.id_hash.update(i.encode())
             self.examples += len(ids)
+            self.tokens += sum(len(x["input_ids"]) for x in items)
+            self.trained_tokens += sum(len(x["labels"]) - x["labels"].count(IGNORE) for x in items)
             self.batches = n + 1
             self.trace.append(ids)
             yield make(items)
@@ -323,8 +347,39 @@ def tokenizer_hash(tokenizer) -> str:
     return h.hexdigest()
 
 
+def training_arguments(args: TrainArgs):
+    """The transformers TrainingArguments for a run: our knobs, plus FSDP/DeepSpeed passed through."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=args.output_dir,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum,
+        learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps,
+        logging_steps=args.logging_steps,
+        save_strategy="steps" if args.save_steps else "no",
+        save_steps=args.save_steps or 500,
+        eval_strategy="steps" if args.eval_size and args.eval_steps else "no",
+        eval_steps=args.eval_steps or None,
+        report_to=args.report_to or [],
+        seed=args.seed,
+        disable_tqdm=True,
+        bf16=args.bf16,
+        fp16=args.fp16,
+        use_cpu=not torch.cuda.is_available(),
+        remove_unused_columns=False,
+        ddp_find_unused_parameters=False,  # adapters train every parameter they add
+        fsdp=True if args.fsdp or args.fsdp_config else None,
+        fsdp_config=args.fsdp_config,
+        deepspeed=args.deepspeed,
+        ignore_data_skip=True,  # our dataset skips consumed batches itself (see MixtureDataset)
+    )
+
+
 def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None) -> dict:
-    from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+    from transformers import Trainer, TrainerCallback, set_seed
 
     check_args(args)
     set_seed(args.seed)
@@ -359,6 +414,8 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None) ->
                 model.base_model.update_and_allocate(state.global_step)
 
         def on_save(self, _args, state, _control, **_kw):
+            if not state.is_world_process_zero:  # every rank consumed the same number of batches
+                return
             ckpt = Path(_args.output_dir) / f"checkpoint-{state.global_step}"
             (ckpt / "data_state.json").write_text(
                 json.dumps(
@@ -379,27 +436,7 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None) ->
         def get_eval_dataloader(self, eval_dataset=None):
             return torch.utils.data.DataLoader(eval_dataset or self.eval_dataset, batch_size=None)
 
-    targs = TrainingArguments(
-        output_dir=args.output_dir,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum,
-        learning_rate=args.learning_rate,
-        warmup_steps=args.warmup_steps,
-        logging_steps=args.logging_steps,
-        save_strategy="steps" if args.save_steps else "no",
-        save_steps=args.save_steps or 500,
-        eval_strategy="steps" if args.eval_size and args.eval_steps else "no",
-        eval_steps=args.eval_steps or None,
-        report_to=args.report_to or [],
-        seed=args.seed,
-        disable_tqdm=True,
-        bf16=args.bf16,
-        fp16=args.fp16,
-        use_cpu=not torch.cuda.is_available(),
-        remove_unused_columns=False,
-        ignore_data_skip=True,  # our dataset skips consumed batches itself (see MixtureDataset)
-    )
+    targs = training_arguments(args)
     if args.resume_from:
         state = json.loads((Path(args.resume_from) / "data_state.json").read_text())
         if state["fingerprint"] != mix.fingerprint():
@@ -418,23 +455,34 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None) ->
     trainer.train(resume_from_checkpoint=args.resume_from)
     seconds = time.perf_counter() - t0
     out = Path(args.output_dir)
-    model.save_pretrained(out / "adapter")
-    tokenizer.save_pretrained(out / "adapter")
+    trainer.save_model(str(out / "adapter"))  # the main process writes; FSDP/DeepSpeed gather first
+    rank, world = _rank_world()
+    # lineage: the record ids of every batch this rank trained on, in order; one file per rank
+    lineage = out / ("batches.jsonl" if world == 1 else f"batches.rank{rank}.jsonl")
+    with open(lineage, "a" if args.resume_from else "w") as fh:
+        for n, ids in enumerate(dataset.trace, start=dataset.skip_batches + 1):
+            fh.write(json.dumps({"batch": n, "ids": ids}) + "\n")
+    counts = _gather_counts(dataset, world)
     manifest = {
         "mixture": mix.name,
         "mixture_fingerprint": mix.fingerprint(),
-        "data_fingerprint": dataset.id_hash.hexdigest(),
+        "data_fingerprint": counts["data_fingerprint"],
         "tokenizer_sha256": tokenizer_hash(tokenizer),
         "base_model": args.model,
         "family": family.name,
         "template": template,
-        "examples_seen": dataset.examples,
+        "world_size": world,
+        "distributed": trainer.accelerator.distributed_type.value,  # NO | MULTI_GPU | FSDP | DEEPSPEED ...
+        "examples_seen": counts["examples"],
         "batches": dataset.batches,
-        "tokens": dataset.stats.tokens,
-        "trained_tokens": dataset.stats.trained_tokens,
-        "dropped_overlong": dataset.stats.dropped_overlong,
-        "truncated": dataset.stats.truncated,
-        "packing_efficiency": round(dataset.pack_stats.efficiency, 4) if args.packing else None,
+        "tokens": counts["tokens"],
+        "trained_tokens": counts["trained_tokens"],
+        "records_tokenized": counts["records_tokenized"],  # dropped/truncated count among these
+        "dropped_overlong": counts["dropped_overlong"],
+        "truncated": counts["truncated"],
+        "packing_efficiency": round(counts["pack_tokens"] / counts["pack_slots"], 4)
+        if args.packing and counts["pack_slots"]
+        else None,
         "losses": losses,
         "eval_losses": evals,
         "seconds": round(seconds, 2),
@@ -442,13 +490,43 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None) ->
         "versions": versions(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    (out / "run_manifest.json").write_text(json.dumps(manifest, indent=2))
-    (out / "adapter" / "run_manifest.json").write_text(json.dumps(manifest, indent=2))
-    # lineage: the record ids of every batch this run trained on, in order
-    with open(out / "batches.jsonl", "a" if args.resume_from else "w") as fh:
-        for n, ids in enumerate(dataset.trace, start=dataset.skip_batches + 1):
-            fh.write(json.dumps({"batch": n, "ids": ids}) + "\n")
+    if rank == 0:
+        tokenizer.save_pretrained(out / "adapter")
+        write_json_atomic(out / "run_manifest.json", manifest)
+        write_json_atomic(out / "adapter" / "run_manifest.json", manifest)
     return manifest
+
+
+def _rank_world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather_counts(dataset: MixtureDataset, world: int) -> dict:
+    """The run's data counts summed over ranks. The data fingerprint hashes every rank's id
+    fingerprint in rank order, so it names exactly what the whole run trained on."""
+    local = {
+        "examples": dataset.examples,
+        "tokens": dataset.tokens,
+        "trained_tokens": dataset.trained_tokens,
+        "records_tokenized": dataset.stats.records,
+        "dropped_overlong": dataset.stats.dropped_overlong,
+        "truncated": dataset.stats.truncated,
+        "pack_tokens": dataset.pack_stats.tokens,
+        "pack_slots": dataset.pack_stats.slots,
+        "data_fingerprint": dataset.id_hash.hexdigest(),
+    }
+    if world == 1:
+        return local
+    every: list[dict] = [{} for _ in range(world)]
+    torch.distributed.all_gather_object(every, local)
+    total = {k: sum(c[k] for c in every) for k in local if k != "data_fingerprint"}
+    total["data_fingerprint"] = xxhash.xxh64(
+        "".join(c["data_fingerprint"] for c in every).encode()
+    ).hexdigest()
+    return total
 
 
 class _EvalList(torch.utils.data.Dataset):

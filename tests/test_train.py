@@ -23,7 +23,7 @@ def test_labels_are_exactly_the_response_tokens(tokenizer):
     [ex] = tokenize_records([rec], tokenizer, TokenizeConfig(), StreamStats())
     trained = [t for t in ex["labels"] if t != IGNORE]
     assert trained == response_ids(tokenizer, "2 + 3 = 5.")
-    assert ex["input_ids"][-len(trained) :] == trained
+    assert ex["input_ids"][-len(trained) :].tolist() == trained
 
 
 def test_with_input_and_multi_turn_masking(tokenizer):
@@ -142,7 +142,12 @@ def test_streamed_examples_equal_one_batch_tokenization_in_order(
     stats = StreamStats()
     streamed = list(data.stream_examples(MixtureStream(mix, built_samples), tokenizer, cfg, stats))
     assert len(streamed) == len(direct) == 131 - direct_stats.dropped_overlong
-    assert streamed == direct
+    assert [e["id"] for e in streamed] == [e["id"] for e in direct]
+    for a, b in zip(streamed, direct, strict=True):
+        assert (
+            a["input_ids"].tolist() == b["input_ids"].tolist()
+            and a["labels"].tolist() == b["labels"].tolist()
+        )
     assert (stats.records, stats.tokens, stats.truncated) == (
         direct_stats.records,
         direct_stats.tokens,
@@ -158,3 +163,37 @@ def test_batched_encode_gives_the_tokenizers_own_ids_on_real_text(tokenizer):
     lines = shared("belle/dev1K.json").read_text(encoding="utf-8").splitlines()[:200]
     texts = [json.loads(x)["instruction"] + "\n" + json.loads(x)["output"] for x in lines]
     assert encode(tokenizer, texts) == [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def test_train_on_inputs_trains_every_token_but_bos(tokenizer):
+    rec = {"id": "t", "instruction": "Name a colour.", "input": "sky", "output": "Blue.", "history": []}
+    [ex] = tokenize_records([rec], tokenizer, TokenizeConfig(train_on_inputs=True), StreamStats())
+    assert ex["input_ids"][0] == tokenizer.bos_token_id and ex["labels"][0] == IGNORE
+    assert ex["labels"][1:].tolist() == ex["input_ids"][1:].tolist()
+    text = "".join(t for t, _ in alpaca_segments(rec))
+    assert tokenizer.decode(ex["input_ids"][1:-1]) == text
+
+
+def test_a_batch_lays_out_each_record_as_if_alone(tokenizer):
+    """The batch is assembled with array arithmetic: a dropped record in the middle must not
+    shift its neighbours."""
+    recs = [
+        {"id": "a", "instruction": "One.", "input": "", "output": "First.", "history": []},
+        {"id": "b", "instruction": "Two.", "input": "", "output": "long " * 300, "history": []},
+        {
+            "id": "c",
+            "instruction": "Three.",
+            "input": "ctx",
+            "output": "Third.",
+            "history": [{"user": "u", "assistant": "v"}],
+        },
+    ]
+    cfg = TokenizeConfig(cutoff_len=256, overlong="drop")
+    stats = StreamStats()
+    out = tokenize_records(recs, tokenizer, cfg, stats)
+    assert [e["id"] for e in out] == ["a", "c"] and (stats.records, stats.dropped_overlong) == (3, 1)
+    for ex, rec in zip(out, [recs[0], recs[2]], strict=True):
+        [alone] = tokenize_records([rec], tokenizer, cfg, StreamStats())
+        assert ex["input_ids"].tolist() == alone["input_ids"].tolist()
+        assert ex["labels"].tolist() == alone["labels"].tolist()
+    assert stats.tokens == sum(len(e["input_ids"]) for e in out)

@@ -127,20 +127,16 @@ def _repair(bins: list[list], cutoff: int, min_fill: float) -> list[list]:
 
 def _emit(rows: list[list[dict]], cutoff: int, stats: PackStats) -> Iterator[dict]:
     for row in rows:
-        ids, labels, pos, lens = [], [], [], []
-        for e in row:
-            ids += e["input_ids"]
-            labels += e["labels"]
-            n = len(e["input_ids"])
-            pos += range(n)
-            lens.append(n)
+        lens = [len(e["input_ids"]) for e in row]
+        count = np.arange(max(lens))
+        ids = np.concatenate([e["input_ids"] for e in row])
         stats.rows += 1
         stats.tokens += len(ids)
         stats.slots += cutoff
         yield {
             "input_ids": ids,
-            "labels": labels,
-            "position_ids": pos,
+            "labels": np.concatenate([e["labels"] for e in row]),
+            "position_ids": np.concatenate([count[:n] for n in lens]),  # restart at 0 for every sequence
             "seq_lens": lens,
             "ids": [e["id"] for e in row],
         }

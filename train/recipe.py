@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import xxhash
 
@@ -191,7 +192,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
                 self.id_hash.update(i.encode())
             self.examples += len(ids)
             self.tokens += sum(len(x["input_ids"]) for x in items)
-            self.trained_tokens += sum(len(x["labels"]) - x["labels"].count(IGNORE) for x in items)
+            self.trained_tokens += sum(int(np.count_nonzero(x["labels"] != IGNORE)) for x in items)
             self.batches = n + 1
             self.trace.append(ids)
             yield make(items)

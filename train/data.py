@@ -77,8 +77,7 @@ def assemble(
     """Token ids of every segment -> one example per record: BOS, labels masked outside the
     responses (unless train_on_inputs), EOS after each response, the cutoff_len policy.
 
-    Examples hold int64 numpy arrays (views into one array per batch). The whole batch is laid
-    out with array arithmetic: per-record Python list work cost as much CPU as the tokenizer."""
+    Examples hold int64 numpy arrays. The whole batch is laid out with array arithmetic: per-record Python list work cost as much CPU as the tokenizer."""
     add_eos = cfg.add_eos and cfg.template != "chat" and tokenizer.eos_token_id is not None
     n_bos = 1 if tokenizer.bos_token_id is not None else 0
     n_records = len(records)
@@ -123,7 +122,9 @@ def assemble(
     stats.tokens += int(keep_length[keep].sum())
     stats.trained_tokens += int(n_trained[keep].sum())
     return [
-        {"input_ids": ids[b : b + n], "labels": labels[b : b + n], "id": records[k]["id"]}
+        # copies, not views: a view would pin the whole batch's arrays for as long as the
+        # packer holds any one of its examples
+        {"input_ids": ids[b : b + n].copy(), "labels": labels[b : b + n].copy(), "id": records[k]["id"]}
         for k, b, n in zip(
             np.flatnonzero(keep).tolist(),
             record_start[keep].tolist(),

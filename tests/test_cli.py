@@ -1,7 +1,10 @@
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import REPO
 
@@ -46,3 +49,59 @@ def test_mix_dry_run_writes_nothing(tmp_path):
     r = run(["mix", "alpaca-belle-cot", "--dry-run"], tmp_path)
     assert r.returncode == 0 and "131 examples" in r.stdout and "dry run" in r.stdout
     assert not (tmp_path / "mixtures").exists()
+
+
+PEFT_FLAGS = {
+    "lora": [],
+    "qlora": [],
+    "dora": [],
+    "adalora": ["--adalora-tinit", "1", "--adalora-tfinal", "1"],
+    "ia3": [],
+    "prefix": ["--no-packing", "--num-virtual-tokens", "4"],
+    "p_tuning": ["--no-packing", "--encoder-hidden-size", "32"],
+    "prompt": ["--no-packing"],
+}
+
+
+@pytest.fixture(scope="module")
+def sample_home(tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from forge.cli import app
+
+    home = tmp_path_factory.mktemp("cli-home")
+    r = CliRunner().invoke(
+        app, ["build", "alpaca", "belle_0.5m", "flan_cot", "--sample", "--home", str(home)]
+    )
+    assert r.exit_code == 0, r.output
+    return home
+
+
+@pytest.mark.parametrize("method", list(PEFT_FLAGS))
+def test_forge_train_every_peft_method_then_merge(sample_home, tiny_model, tmp_path, method):
+    """The Done-when command, verb by verb: forge train --mixture alpaca-belle-cot --peft <each>;
+    forge merge folds LoRA-family adapters and refuses prompt-style ones in one line."""
+    from typer.testing import CliRunner
+
+    from forge.cli import app
+
+    out = tmp_path / "run"
+    args = ["train", "--mixture", "alpaca-belle-cot", "--model", str(tiny_model), "--peft", method]
+    args += ["--max-steps", "4", "--batch-size", "2", "--cutoff-len", "256", "--learning-rate", "0.01"]
+    args += ["--output-dir", str(out), "--home", str(sample_home), *PEFT_FLAGS[method]]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "done: loss" in r.output and f"adapter: {out / 'adapter'}" in r.output.replace("\n", "")
+    manifest = json.loads((out / "run_manifest.json").read_text())
+    assert manifest["args"]["peft"] == method and manifest["mixture"] == "alpaca-belle-cot"
+    assert len(manifest["losses"]) == 4 and manifest["examples_seen"] > 0
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    expected = {"qlora": "LORA", "dora": "LORA", "prefix": "PREFIX_TUNING", "prompt": "PROMPT_TUNING"}
+    assert config["peft_type"] == expected.get(method, method.upper())
+    merged = CliRunner().invoke(app, ["merge", str(out / "adapter"), "--out", str(tmp_path / "merged")])
+    if method in ("prefix", "p_tuning", "prompt"):
+        assert merged.exit_code == 1 and "cannot be merged into the base" in merged.output
+    else:
+        assert merged.exit_code == 0, merged.output
+        assert (tmp_path / "merged" / "config.json").is_file()
+        assert (tmp_path / "merged" / "run_manifest.json").is_file()

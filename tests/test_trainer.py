@@ -270,10 +270,14 @@ def test_prompt_methods_cannot_merge(yes_mix, tiny_model, tmp_path):
         ({"peft": "bogus"}, "--peft 'bogus': choose one of"),
         ({"fsdp_config": "missing.json"}, "--fsdp-config missing.json: no such file"),
         ({"fsdp": True}, "--fsdp/--deepspeed shard the model across CUDA GPUs"),
+        (
+            {"peft": "qlora", "eval_size": 8, "eval_steps": 5},
+            "4-bit bitsandbytes on CPU: an eval-mode forward",
+        ),
     ],
 )
 def test_impossible_combinations_say_so_before_loading(kwargs, message):
-    if (kwargs.get("fp16") or kwargs.get("fsdp")) and torch.cuda.is_available():
+    if (kwargs.get("fp16") or kwargs.get("fsdp") or kwargs.get("eval_steps")) and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(ValueError, match=message):
         check_args(TrainArgs(mixture="m", model="does-not-exist", output_dir="x", **kwargs))
@@ -374,3 +378,47 @@ def test_accelerate_launch_trains_on_two_processes_with_disjoint_data(built_samp
     assert manifest["losses"][-1] < manifest["losses"][0]
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert not (out / "batches.jsonl").exists()
+
+
+def test_eval_runs_on_a_held_out_slice_never_trained_on(yes_mix, tiny_model, tmp_path):
+    from forge.mixture import MixtureStream
+
+    mix, home = yes_mix
+    args = TrainArgs(
+        mixture="yes",
+        model=str(tiny_model),
+        output_dir=str(tmp_path / "r"),
+        max_steps=10,
+        batch_size=2,
+        cutoff_len=128,
+        learning_rate=1e-2,
+        eval_size=8,
+        eval_steps=5,
+    )
+    m = run(args, mix, home)
+    assert len(m["eval_losses"]) == 2 and m["eval_losses"][1] < m["eval_losses"][0]
+    stream = [i for t in MixtureStream(mix, home) for i in t["id"].to_pylist()]
+    held_out = set(stream[:8])
+    lines = (tmp_path / "r" / "batches.jsonl").read_text().splitlines()
+    trained = {i for line in lines for i in json.loads(line)["ids"]}
+    # the run stays inside the first epoch: no record twice, none from the held-out slice
+    assert len(trained) == m["examples_seen"] == 20 and trained <= set(stream) - held_out
+
+
+def test_packed_epochs_do_not_mix(yes_mix, tiny_model, tmp_path):
+    """The pack buffer is larger than this mixture; each pass is still packed on its own, so the
+    first 64 examples trained on are the 64 records of epoch one, each once."""
+    mix, home = yes_mix
+    args = TrainArgs(
+        mixture="yes",
+        model=str(tiny_model),
+        output_dir=str(tmp_path / "r"),
+        max_steps=30,
+        batch_size=2,
+        cutoff_len=512,
+    )
+    m = run(args, mix, home)
+    lines = (tmp_path / "r" / "batches.jsonl").read_text().splitlines()
+    order = [i for line in lines for i in json.loads(line)["ids"]]
+    assert m["examples_seen"] == len(order) > 64
+    assert len(set(order[:64])) == 64

@@ -23,6 +23,7 @@ import json
 import platform
 import time
 from dataclasses import asdict, dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,14 @@ def check_args(args: TrainArgs) -> None:
             "--fsdp/--deepspeed shard the model across CUDA GPUs and this machine has none "
             "(on CPU, torchrun/accelerate launch run plain DDP: drop the flag)"
         )
+    four_bit = args.peft == "qlora" or args.quantization == 4
+    if four_bit and args.eval_size and args.eval_steps and not torch.cuda.is_available():
+        # measured (../shared/ENVIRONMENT.md): the first eval-mode forward repacks the CPU 4-bit
+        # weights for good; the adapter then gets wrong gradients and quietly stops learning
+        raise ValueError(
+            "4-bit bitsandbytes on CPU: an eval-mode forward repacks the weights and the adapter "
+            "stops learning; drop --eval-steps (evaluate after training) or train on a GPU"
+        )
     if args.overlong not in ("truncate", "drop"):
         raise ValueError(f"--overlong {args.overlong!r}: choose truncate or drop")
 
@@ -159,13 +168,14 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         self.skip_batches = 0
         self.trace: list[list[str]] = []  # record ids per batch, for tests and lineage
 
-    def _examples(self, rank: int, world: int, worker: int, workers: int):
-        while True:  # the Trainer stops at max_steps; a finished stream starts its next pass
+    def _passes(self, rank: int, world: int, worker: int, workers: int):
+        """One example stream per pass over the mixture; the Trainer stops at max_steps."""
+        while True:
             stream = MixtureStream(
                 self.mix, self.home, rank=rank, world_size=world, worker=worker, num_workers=workers
             )
             stream.position = self.start
-            yield from stream_examples(_until(stream, self.stop), self.tokenizer, self.cfg, self.stats)
+            yield stream_examples(_until(stream, self.stop), self.tokenizer, self.cfg, self.stats)
             if self.stop is not None:
                 return
 
@@ -173,15 +183,19 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        examples = self._examples(rank, world, info.id if info else 0, info.num_workers if info else 1)
+        passes = self._passes(rank, world, info.id if info else 0, info.num_workers if info else 1)
         pad = self.tokenizer.pad_token_id
         if self.args.packing:
-            rows = pack(examples, self.args.cutoff_len, self.args.pack_buffer, stats=self.pack_stats)
+            # each pass is packed on its own: the buffer never mixes two epochs, so every record is
+            # trained on once per epoch before the next epoch begins
+            rows = chain.from_iterable(
+                pack(p, self.args.cutoff_len, self.args.pack_buffer, stats=self.pack_stats) for p in passes
+            )
             batches = _chunks(rows, self.args.batch_size)
             make = lambda rs: collate_packed(rs, pad)  # noqa: E731
             ids_of = lambda rs: [i for r in rs for i in r["ids"]]  # noqa: E731
         else:
-            batches = _chunks(examples, self.args.batch_size)
+            batches = _chunks(chain.from_iterable(passes), self.args.batch_size)
             make = lambda exs: pad_batch(exs, pad)  # noqa: E731
             ids_of = lambda exs: [e["id"] for e in exs]  # noqa: E731
         for n, items in enumerate(batches):

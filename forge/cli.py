@@ -561,6 +561,9 @@ def train(
     bf16: bool = False,
     fp16: bool = False,
     gradient_checkpointing: bool = False,
+    attn_implementation: Annotated[
+        str | None, typer.Option(help="sdpa | eager | flash_attention_2 (GPU; packs by position_ids).")
+    ] = None,
     eval_size: Annotated[int, typer.Option(help="Hold out the first N stream positions for evaluation.")] = 0,
     eval_steps: int = 0,
     save_steps: int = 0,
@@ -622,6 +625,7 @@ def train(
         bf16=bf16,
         fp16=fp16,
         gradient_checkpointing=gradient_checkpointing,
+        attn_implementation=attn_implementation,
         eval_size=eval_size,
         eval_steps=eval_steps,
         save_steps=save_steps,

@@ -15,7 +15,7 @@ from forge.catalog import load_catalog
 from forge.mixture import resolve
 from tests.conftest import REPO
 from train.data import IGNORE, StreamStats, TokenizeConfig, pad_batch, tokenize_records
-from train.packing import collate_packed, pack
+from train.packing import collate_packed, mask_style, pack
 from train.recipe import TrainArgs, check_args, run
 
 
@@ -83,11 +83,12 @@ def test_loss_falls_for_every_peft_method(yes_mix, tiny_model, tmp_path, method,
     assert last < first - drop, (method, first, last)
 
 
-def test_packed_and_unpacked_give_the_same_per_sequence_loss(tiny_model):
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_and_unpacked_give_the_same_per_sequence_loss(tiny_model, attn):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa").eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attn).eval()
     recs = [
         {
             "id": str(i),
@@ -111,7 +112,7 @@ def test_packed_and_unpacked_give_the_same_per_sequence_loss(tiny_model):
         unpacked = {e["id"]: float(loss[i].sum()) for i, e in enumerate(exs)}
         rows = list(pack(iter(exs), cutoff_len=160, buffer_size=100))
         assert len(rows) < len(exs)  # something really was packed together
-        pb = collate_packed(rows, tok.pad_token_id)
+        pb = collate_packed(rows, tok.pad_token_id, mask=mask_style(model.config._attn_implementation))
         loss = nll(
             model(
                 input_ids=pb["input_ids"],
@@ -274,10 +275,14 @@ def test_prompt_methods_cannot_merge(yes_mix, tiny_model, tmp_path):
             {"peft": "qlora", "eval_size": 8, "eval_steps": 5},
             "4-bit bitsandbytes on CPU: an eval-mode forward",
         ),
+        (
+            {"attn_implementation": "flash_attention_2"},
+            "--attn-implementation flash_attention_2 needs a CUDA GPU",
+        ),
     ],
 )
 def test_impossible_combinations_say_so_before_loading(kwargs, message):
-    if (kwargs.get("fp16") or kwargs.get("fsdp") or kwargs.get("eval_steps")) and torch.cuda.is_available():
+    if set(kwargs) & {"fp16", "fsdp", "eval_steps", "attn_implementation"} and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(ValueError, match=message):
         check_args(TrainArgs(mixture="m", model="does-not-exist", output_dir="x", **kwargs))
@@ -422,3 +427,21 @@ def test_packed_epochs_do_not_mix(yes_mix, tiny_model, tmp_path):
     order = [i for line in lines for i in json.loads(line)["ids"]]
     assert m["examples_seen"] == len(order) > 64
     assert len(set(order[:64])) == 64
+
+
+def test_eager_attention_trains_packed_with_an_additive_mask(yes_mix, tiny_model, tmp_path):
+    """eager attention adds the mask to the scores: a boolean one would mask nothing."""
+    mix, home = yes_mix
+    args = TrainArgs(
+        mixture="yes",
+        model=str(tiny_model),
+        output_dir=str(tmp_path / "r"),
+        max_steps=12,
+        batch_size=2,
+        cutoff_len=256,
+        learning_rate=1e-2,
+        attn_implementation="eager",
+    )
+    m = run(args, mix, home)
+    assert m["args"]["attn_implementation"] == "eager" and m["packing_efficiency"] is not None
+    assert sum(m["losses"][-3:]) / 3 < sum(m["losses"][:3]) / 3 - 0.3

@@ -142,10 +142,22 @@ def _emit(rows: list[list[dict]], cutoff: int, stats: PackStats) -> Iterator[dic
         }
 
 
-def collate_packed(rows: list[dict], pad_id: int, width: int | None = None, block_mask: bool = True) -> dict:
+def mask_style(attn_implementation: str | None) -> str | None:
+    """How a model's attention takes the block-diagonal mask: sdpa takes a boolean one, eager
+    (and the other kernels) add it to the scores, so it must be 0 / -inf; flash-attention takes
+    none and reads the sequence boundaries from position_ids."""
+    impl = attn_implementation or "sdpa"
+    if impl.startswith("flash"):
+        return None
+    return "bool" if impl == "sdpa" else "additive"
+
+
+def collate_packed(
+    rows: list[dict], pad_id: int, width: int | None = None, mask: str | None = "bool"
+) -> dict:
     """Pad packed rows to `width` (default: the longest row) and build the attention input:
-    a 4-D block-diagonal causal mask (True = may attend) when block_mask, else position_ids
-    only (flash-attention varlen reads the boundaries from them)."""
+    a 4-D block-diagonal causal mask, boolean (True = may attend) or additive (0 / dtype min,
+    float32), or with mask=None position_ids only (see mask_style)."""
     import torch
 
     from train.data import IGNORE
@@ -163,7 +175,7 @@ def collate_packed(rows: list[dict], pad_id: int, width: int | None = None, bloc
         "labels": torch.from_numpy(labels),
         "position_ids": torch.from_numpy(pos),
     }
-    if block_mask:
+    if mask is not None:
         seg = np.full((b, width), -1, dtype=np.int64)  # sequence number of each slot; -1 = padding
         for i, r in enumerate(rows):
             at = 0
@@ -173,7 +185,12 @@ def collate_packed(rows: list[dict], pad_id: int, width: int | None = None, bloc
         seg_t = torch.from_numpy(seg)
         same = (seg_t[:, :, None] == seg_t[:, None, :]) & (seg_t[:, :, None] >= 0)
         causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
-        mask = same & causal
-        mask |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves (no NaN)
-        batch["attention_mask"] = mask[:, None, :, :]
+        allowed = same & causal
+        allowed |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves (no NaN)
+        if mask == "additive":
+            blocked = torch.zeros(allowed.shape, dtype=torch.float32)
+            blocked.masked_fill_(~allowed, torch.finfo(torch.float32).min)
+            batch["attention_mask"] = blocked[:, None, :, :]
+        else:
+            batch["attention_mask"] = allowed[:, None, :, :]
     return batch

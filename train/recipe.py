@@ -34,7 +34,7 @@ from forge.build import write_json_atomic
 from forge.mixture import Mixture, MixtureStream
 from train.data import IGNORE, StreamStats, TokenizeConfig, pad_batch, stream_examples
 from train.families import family_of, present_targets
-from train.packing import PackStats, collate_packed, pack
+from train.packing import PackStats, collate_packed, mask_style, pack
 
 PEFT_METHODS = ("lora", "qlora", "dora", "adalora", "ia3", "prefix", "p_tuning", "prompt")
 PROMPT_STYLE = ("prefix", "p_tuning", "prompt")  # virtual tokens: no packing, no merge
@@ -74,6 +74,7 @@ class TrainArgs:
     bf16: bool = False
     fp16: bool = False
     gradient_checkpointing: bool = False
+    attn_implementation: str | None = None  # sdpa (transformers' default) | eager | flash_attention_2 ...
     eval_size: int = 0
     eval_steps: int = 0
     report_to: list[str] = field(default_factory=list)
@@ -131,6 +132,10 @@ def check_args(args: TrainArgs) -> None:
             "--fsdp/--deepspeed shard the model across CUDA GPUs and this machine has none "
             "(on CPU, torchrun/accelerate launch run plain DDP: drop the flag)"
         )
+    if (args.attn_implementation or "").startswith("flash") and not torch.cuda.is_available():
+        raise ValueError(
+            f"--attn-implementation {args.attn_implementation} needs a CUDA GPU; use sdpa or eager"
+        )
     four_bit = args.peft == "qlora" or args.quantization == 4
     if four_bit and args.eval_size and args.eval_steps and not torch.cuda.is_available():
         # measured (../shared/ENVIRONMENT.md): the first eval-mode forward repacks the CPU 4-bit
@@ -167,6 +172,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         self.trained_tokens = 0
         self.skip_batches = 0
         self.trace: list[list[str]] = []  # record ids per batch, for tests and lineage
+        self.mask_style: str | None = "bool"  # how the model takes the packed rows' mask (run sets it)
 
     def _passes(self, rank: int, world: int, worker: int, workers: int):
         """One example stream per pass over the mixture; the Trainer stops at max_steps."""
@@ -192,7 +198,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
                 pack(p, self.args.cutoff_len, self.args.pack_buffer, stats=self.pack_stats) for p in passes
             )
             batches = _chunks(rows, self.args.batch_size)
-            make = lambda rs: collate_packed(rs, pad)  # noqa: E731
+            make = lambda rs: collate_packed(rs, pad, mask=self.mask_style)  # noqa: E731
             ids_of = lambda rs: [i for r in rs for i in r["ids"]]  # noqa: E731
         else:
             batches = _chunks(chain.from_iterable(passes), self.args.batch_size)
@@ -299,7 +305,12 @@ def build_model(args: TrainArgs):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     kwargs: dict = {"trust_remote_code": args.trust_remote_code}
+    if args.attn_implementation:
+        kwargs["attn_implementation"] = args.attn_implementation
     bits = 4 if args.peft == "qlora" else args.quantization
+    if not bits and (args.bf16 or args.fp16):
+        # the frozen base in half precision halves its memory; peft keeps the adapter in float32
+        kwargs["dtype"] = torch.bfloat16 if args.bf16 else torch.float16
     if bits:
         from transformers import BitsAndBytesConfig
 
@@ -407,9 +418,11 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None) ->
         template=template,
     )
     dataset = MixtureDataset(mix, home, tokenizer, cfg, args, start=args.eval_size)
+    dataset.mask_style = mask_style(getattr(model.config, "_attn_implementation", None))
     eval_set = None
     if args.eval_size:
         eval_ds = MixtureDataset(mix, home, tokenizer, cfg, args, start=0, stop=args.eval_size)
+        eval_ds.mask_style = dataset.mask_style
         eval_set = _EvalList(list(eval_ds))
     losses: list[float] = []
     evals: list[float] = []

@@ -77,7 +77,8 @@ def assemble(
     """Token ids of every segment -> one example per record: BOS, labels masked outside the
     responses (unless train_on_inputs), EOS after each response, the cutoff_len policy.
 
-    Examples hold int64 numpy arrays. The whole batch is laid out with array arithmetic: per-record Python list work cost as much CPU as the tokenizer."""
+    Examples hold int64 numpy arrays. The whole batch is laid out with array arithmetic:
+    per-record Python list work cost as much CPU as the tokenizer itself."""
     add_eos = cfg.add_eos and cfg.template != "chat" and tokenizer.eos_token_id is not None
     n_bos = 1 if tokenizer.bos_token_id is not None else 0
     n_records = len(records)

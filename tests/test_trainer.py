@@ -132,6 +132,8 @@ def test_packed_and_unpacked_give_the_same_per_sequence_loss(tiny_model, attn):
 
 
 def test_packing_efficiency_on_the_sample_mixture(built_samples, catalog, tiny_model):
+    """The packer on a long stream: 40 copies of the sample mixture in a row, at cutoff 1024.
+    (The trainer packs each epoch on its own; this measures the algorithm, not that policy.)"""
     from transformers import AutoTokenizer
 
     from train.packing import PackStats

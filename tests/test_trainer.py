@@ -447,3 +447,19 @@ def test_eager_attention_trains_packed_with_an_additive_mask(yes_mix, tiny_model
     m = run(args, mix, home)
     assert m["args"]["attn_implementation"] == "eager" and m["packing_efficiency"] is not None
     assert sum(m["losses"][-3:]) / 3 < sum(m["losses"][:3]) / 3 - 0.3
+
+
+def test_a_pass_with_no_examples_fails_instead_of_spinning(yes_mix, tiny_model, tmp_path):
+    mix, home = yes_mix
+    args = TrainArgs(
+        mixture="yes",
+        model=str(tiny_model),
+        output_dir=str(tmp_path / "r"),
+        max_steps=3,
+        cutoff_len=16,
+        overlong="drop",
+    )
+    with pytest.raises(
+        ValueError, match=r"rank 0 of 1: a whole pass over mixture 'yes' gave no examples \(64 dropped"
+    ):
+        run(args, mix, home)

@@ -181,9 +181,16 @@ class MixtureDataset(torch.utils.data.IterableDataset):
                 self.mix, self.home, rank=rank, world_size=world, worker=worker, num_workers=workers
             )
             stream.position = self.start
+            before = self.stats.records - self.stats.dropped_overlong
             yield stream_examples(_until(stream, self.stop), self.tokenizer, self.cfg, self.stats)
             if self.stop is not None:
                 return
+            if self.stats.records - self.stats.dropped_overlong == before:  # or the next pass spins forever
+                raise ValueError(
+                    f"rank {rank} of {world}: a whole pass over mixture {self.mix.name!r} gave no examples "
+                    f"({self.stats.dropped_overlong:,} dropped by --cutoff-len {self.cfg.cutoff_len} "
+                    f"with --overlong {self.cfg.overlong}; or the mixture has fewer records than ranks)"
+                )
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()

@@ -83,12 +83,32 @@ def test_loss_falls_for_every_peft_method(yes_mix, tiny_model, tmp_path, method,
     assert last < first - drop, (method, first, last)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_and_unpacked_give_the_same_per_sequence_loss(tiny_model, attn):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@pytest.mark.parametrize(
+    "kind, attn",
+    [
+        ("llama", "sdpa"),
+        ("llama", "eager"),
+        ("mistral", None),
+        ("qwen2", None),
+        ("gpt_neox", None),
+        ("glm", None),
+        ("gpt2", None),
+        ("codegen", None),
+    ],
+)
+def test_packed_and_unpacked_give_the_same_per_sequence_loss(tiny_model, tmp_path, kind, attn):
+    """Every family that packs (families.py) must keep packed sequences apart under its own
+    default attention: the per-sequence losses of a packed batch equal the unpacked ones."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from train.families import family_of
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attn).eval()
+    path = tiny_model if kind == "llama" else _family_model(kind, tok, tmp_path / kind)
+    assert family_of(AutoConfig.from_pretrained(path).model_type).packs
+    model = AutoModelForCausalLM.from_pretrained(
+        path, **({"attn_implementation": attn} if attn else {})
+    ).eval()
     recs = [
         {
             "id": str(i),
@@ -300,6 +320,9 @@ def _family_model(kind: str, tok, out: Path) -> Path:
         "qwen2": lambda: tf.Qwen2Config(**small, intermediate_size=128, num_key_value_heads=2),
         "gpt_neox": lambda: tf.GPTNeoXConfig(**small, intermediate_size=128),
         "glm": lambda: tf.GlmConfig(**small, intermediate_size=128, num_key_value_heads=2, head_dim=16),
+        "mistral": lambda: tf.MistralConfig(**small, intermediate_size=128, num_key_value_heads=2),
+        "gpt2": lambda: tf.GPT2Config(vocab_size=v, n_embd=64, n_head=4, n_layer=2),
+        "codegen": lambda: tf.CodeGenConfig(vocab_size=v, n_embd=64, n_head=4, n_layer=2, rotary_dim=8),
     }[kind]()
     for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
         setattr(config, key, getattr(tok, key))
@@ -309,7 +332,7 @@ def _family_model(kind: str, tok, out: Path) -> Path:
     return out
 
 
-@pytest.mark.parametrize("kind", ["bloom", "qwen2", "gpt_neox", "glm"])
+@pytest.mark.parametrize("kind", ["bloom", "qwen2", "gpt_neox", "glm", "mistral", "codegen"])
 def test_model_families_train(yes_mix, tiny_model, tmp_path, kind):
     from transformers import AutoTokenizer
 
@@ -328,7 +351,8 @@ def test_model_families_train(yes_mix, tiny_model, tmp_path, kind):
         mix,
         home,
     )
-    assert m["family"] == {"bloom": "bloom", "qwen2": "qwen", "gpt_neox": "gpt_neox", "glm": "glm"}[kind]
+    families = {"qwen2": "qwen", "mistral": "llama", "codegen": "generic"}  # codegen: all-linear LoRA
+    assert m["family"] == families.get(kind, kind)
     assert m["losses"][-1] < m["losses"][0]
 
 

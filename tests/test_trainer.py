@@ -487,3 +487,17 @@ def test_a_pass_with_no_examples_fails_instead_of_spinning(yes_mix, tiny_model, 
         ValueError, match=r"rank 0 of 1: a whole pass over mixture 'yes' gave no examples \(64 dropped"
     ):
         run(args, mix, home)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"gradient_checkpointing": True}, {"grad_accum": 2, "batch_size": 1}],
+    ids=["gradient_checkpointing", "grad_accum"],
+)
+def test_run_control_options_still_learn(yes_mix, tiny_model, tmp_path, extra):
+    """Checkpointing re-runs the forward in backward and accumulation splits the batch; under
+    PEFT either can leave the adapter without gradients, and the loss would not move."""
+    mix, home = yes_mix
+    base = dict(mixture="yes", model=str(tiny_model), output_dir=str(tmp_path / "r"), max_steps=12)
+    m = run(TrainArgs(**base, cutoff_len=256, learning_rate=1e-2, **({"batch_size": 2} | extra)), mix, home)
+    assert sum(m["losses"][-3:]) / 3 < sum(m["losses"][:3]) / 3 - 0.3, m["losses"]

@@ -23,4 +23,4 @@ PYEOF
   fi
 fi
 "$VENV/bin/pip" install -q "${pip_offline[@]}" "$TORCH"
-"$VENV/bin/pip" install -q "${pip_offline[@]}" -e ".[dev,quant,report]"
+"$VENV/bin/pip" install -q "${pip_offline[@]}" -e ".[dev,quant,report,track]"

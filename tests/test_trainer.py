@@ -297,6 +297,7 @@ def test_prompt_methods_cannot_merge(yes_mix, tiny_model, tmp_path):
             {"peft": "qlora", "eval_size": 8, "eval_steps": 5},
             "4-bit bitsandbytes on CPU: an eval-mode forward",
         ),
+        ({"report_to": ["wandb"]}, "--report-to wandb needs one of wandb: pip install wandb"),
         (
             {"attn_implementation": "flash_attention_2"},
             "--attn-implementation flash_attention_2 needs a CUDA GPU",
@@ -501,3 +502,27 @@ def test_run_control_options_still_learn(yes_mix, tiny_model, tmp_path, extra):
     base = dict(mixture="yes", model=str(tiny_model), output_dir=str(tmp_path / "r"), max_steps=12)
     m = run(TrainArgs(**base, cutoff_len=256, learning_rate=1e-2, **({"batch_size": 2} | extra)), mix, home)
     assert sum(m["losses"][-3:]) / 3 < sum(m["losses"][:3]) / 3 - 0.3, m["losses"]
+
+
+def test_report_to_tensorboard_writes_event_files(yes_mix, tiny_model, tmp_path):
+    mix, home = yes_mix
+    args = TrainArgs(
+        mixture="yes",
+        model=str(tiny_model),
+        output_dir=str(tmp_path / "r"),
+        max_steps=3,
+        cutoff_len=256,
+        report_to=["tensorboard"],
+    )
+    run(args, mix, home)
+    events = list((tmp_path / "r").rglob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0
+    from tensorboardX.proto.event_pb2 import Event
+
+    data, tags, at = events[0].read_bytes(), set(), 0
+    while at < len(data):  # TFRecord framing: u64 length, u32 crc, payload, u32 crc
+        n = int.from_bytes(data[at : at + 8], "little")
+        event = Event.FromString(data[at + 12 : at + 12 + n])
+        tags |= {v.tag for v in event.summary.value}
+        at += 12 + n + 4
+    assert "train/loss" in tags

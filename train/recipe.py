@@ -19,6 +19,7 @@ global stream are never trained on.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import platform
 import time
@@ -38,6 +39,15 @@ from train.packing import PackStats, collate_packed, mask_style, pack
 
 PEFT_METHODS = ("lora", "qlora", "dora", "adalora", "ia3", "prefix", "p_tuning", "prompt")
 PROMPT_STYLE = ("prefix", "p_tuning", "prompt")  # virtual tokens: no packing, no merge
+# --report-to name -> the packages transformers can log through (any one will do)
+TRACKERS = {
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "wandb": ("wandb",),
+    "mlflow": ("mlflow",),
+    "comet_ml": ("comet_ml",),
+    "clearml": ("clearml",),
+    "trackio": ("trackio",),
+}
 
 
 @dataclass
@@ -144,6 +154,12 @@ def check_args(args: TrainArgs) -> None:
             "4-bit bitsandbytes on CPU: an eval-mode forward repacks the weights and the adapter "
             "stops learning; drop --eval-steps (evaluate after training) or train on a GPU"
         )
+    for tracker in args.report_to:
+        modules = TRACKERS.get(tracker, ())
+        if modules and not any(importlib.util.find_spec(m) for m in modules):
+            raise ValueError(
+                f"--report-to {tracker} needs one of {', '.join(modules)}: pip install {modules[-1]}"
+            )
     if args.overlong not in ("truncate", "drop"):
         raise ValueError(f"--overlong {args.overlong!r}: choose truncate or drop")
 

@@ -553,6 +553,10 @@ def train(
         str, typer.Option(help="bitsandbytes compute dtype: float32 | bfloat16 | float16.")
     ] = "float32",
     warmup_steps: int = 0,
+    lr_scheduler: Annotated[
+        str, typer.Option(help="linear | cosine | constant | ... (transformers).")
+    ] = "cosine",
+    weight_decay: float = 0.0,
     train_on_inputs: bool = False,
     mask_history: bool = False,
     template: Annotated[
@@ -619,6 +623,8 @@ def train(
         adalora_delta_t=adalora_delta_t,
         compute_dtype=compute_dtype,
         warmup_steps=warmup_steps,
+        lr_scheduler=lr_scheduler,
+        weight_decay=weight_decay,
         train_on_inputs=train_on_inputs,
         mask_history=mask_history,
         template=template,

@@ -297,6 +297,7 @@ def test_prompt_methods_cannot_merge(yes_mix, tiny_model, tmp_path):
             {"peft": "qlora", "eval_size": 8, "eval_steps": 5},
             "4-bit bitsandbytes on CPU: an eval-mode forward",
         ),
+        ({"lr_scheduler": "cosnie"}, "--lr-scheduler 'cosnie': choose one of linear, cosine"),
         ({"report_to": ["wandb"]}, "--report-to wandb needs one of wandb: pip install wandb"),
         (
             {"attn_implementation": "flash_attention_2"},
@@ -374,6 +375,7 @@ def test_fsdp_and_deepspeed_configs_reach_the_trainer(tmp_path):
     )
     assert ta.fsdp and ta.fsdp_config["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
     assert ta.ddp_find_unused_parameters is False and ta.deepspeed is None
+    assert ta.lr_scheduler_type == "cosine"
 
 
 def test_accelerate_launch_trains_on_two_processes_with_disjoint_data(built_samples, tiny_model, tmp_path):

@@ -74,6 +74,8 @@ class TrainArgs:
     grad_accum: int = 1
     learning_rate: float = 3e-3
     warmup_steps: int = 0
+    lr_scheduler: str = "cosine"  # any transformers SchedulerType: linear, cosine, constant, ...
+    weight_decay: float = 0.0
     cutoff_len: int = 512
     overlong: str = "truncate"
     packing: bool = True
@@ -160,6 +162,11 @@ def check_args(args: TrainArgs) -> None:
             raise ValueError(
                 f"--report-to {tracker} needs one of {', '.join(modules)}: pip install {modules[-1]}"
             )
+    from transformers import SchedulerType
+
+    schedulers = [t.value for t in SchedulerType]
+    if args.lr_scheduler not in schedulers:
+        raise ValueError(f"--lr-scheduler {args.lr_scheduler!r}: choose one of {', '.join(schedulers)}")
     if args.overlong not in ("truncate", "drop"):
         raise ValueError(f"--overlong {args.overlong!r}: choose truncate or drop")
 
@@ -407,6 +414,8 @@ def training_arguments(args: TrainArgs):
         gradient_accumulation_steps=args.grad_accum,
         learning_rate=args.learning_rate,
         warmup_steps=args.warmup_steps,
+        lr_scheduler_type=args.lr_scheduler,
+        weight_decay=args.weight_decay,
         logging_steps=args.logging_steps,
         save_strategy="steps" if args.save_steps else "no",
         save_steps=args.save_steps or 500,

@@ -197,3 +197,31 @@ def test_a_batch_lays_out_each_record_as_if_alone(tokenizer):
         assert ex["input_ids"].tolist() == alone["input_ids"].tolist()
         assert ex["labels"].tolist() == alone["labels"].tolist()
     assert stats.tokens == sum(len(e["input_ids"]) for e in out)
+
+
+def test_chat_template_that_writes_bos_gets_exactly_one(tokenizer):
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    try:
+        rec = {"id": "b", "instruction": "Hi", "input": "", "output": "Hello", "history": []}
+        [ex] = tokenize_records([rec], tokenizer, TokenizeConfig(template="chat"), StreamStats())
+    finally:
+        tokenizer.chat_template = None
+    ids = ex["input_ids"].tolist()
+    assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+
+
+def test_first_token_is_never_a_target_even_when_training_on_inputs(tiny_model):
+    """Without a BOS token the first prompt token would be trained with train_on_inputs; in a
+    packed row that teaches the previous record's end to predict this one's start."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.bos_token = None
+    rec = {"id": "n", "instruction": "Name a colour.", "input": "", "output": "Blue.", "history": []}
+    [ex] = tokenize_records([rec], tok, TokenizeConfig(train_on_inputs=True), StreamStats())
+    assert tok.bos_token_id is None and ex["input_ids"][0] != tok.convert_tokens_to_ids("<s>")
+    assert ex["labels"][0] == IGNORE
+    assert ex["labels"][1:].tolist() == ex["input_ids"][1:].tolist()

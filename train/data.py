@@ -80,7 +80,14 @@ def assemble(
     Examples hold int64 numpy arrays. The whole batch is laid out with array arithmetic:
     per-record Python list work cost as much CPU as the tokenizer itself."""
     add_eos = cfg.add_eos and cfg.template != "chat" and tokenizer.eos_token_id is not None
-    n_bos = 1 if tokenizer.bos_token_id is not None else 0
+    # a chat template that writes the BOS itself ({{ bos_token }}...) must not get a second one
+    bos_in_text = (
+        cfg.template == "chat"
+        and bool(tokenizer.bos_token)
+        and bool(all_segments)
+        and all_segments[0][0][0].startswith(tokenizer.bos_token)
+    )
+    n_bos = 1 if tokenizer.bos_token_id is not None and not bos_in_text else 0
     n_records = len(records)
     # per piece (segment): its record, whether it is a response, its length in and out
     per_record = np.fromiter(map(len, all_segments), np.int64, n_records)
@@ -108,6 +115,9 @@ def assemble(
     record_start = np.cumsum(record_length) - record_length
     if n_bos:
         ids[record_start] = tokenizer.bos_token_id
+    # a sequence's first token is never a target: in a packed row that would train the end of
+    # one record to predict the start of the next (it matters without BOS and train_on_inputs)
+    is_trained[record_start] = False
     labels = np.where(is_trained, ids, IGNORE)
 
     over = record_length > cfg.cutoff_len

@@ -291,8 +291,9 @@ def _group_counts(path: Path, spec: dict, strategy: str, groups) -> list[int]:
 
 
 class RecordReader:
-    """Random access to records of built sources, by (leaf, record index), with a small
-    LRU cache of decoded row groups so memory stays bounded."""
+    """Random access to records of built sources, by (leaf, record index), with an LRU
+    cache of decoded row groups bounded in count and in bytes, so memory stays bounded
+    however long the records are (a row group of long CoT records decodes to ~40 MB)."""
 
     def __init__(
         self,
@@ -300,11 +301,14 @@ class RecordReader:
         home: Path | None = None,
         columns: list[str] | None = None,
         cache_row_groups: int = 64,
+        cache_bytes: int = 1 << 30,
     ):
         self.mix = mix
         self.columns = columns
         self.cache: OrderedDict = OrderedDict()
         self.cache_size = cache_row_groups
+        self.cache_bytes = cache_bytes
+        self.cached_bytes = 0
         self.layout = {}
         for leaf in mix.leaves:
             if leaf.source in self.layout:
@@ -329,8 +333,11 @@ class RecordReader:
         path, g, _, _ = self.layout[source][0][gi]
         table = pq.ParquetFile(path).read_row_group(g, columns=self.columns)
         self.cache[key] = table
-        if len(self.cache) > self.cache_size:
-            self.cache.popitem(last=False)
+        self.cached_bytes += table.nbytes
+        while len(self.cache) > 1 and (
+            len(self.cache) > self.cache_size or self.cached_bytes > self.cache_bytes
+        ):
+            self.cached_bytes -= self.cache.popitem(last=False)[1].nbytes
         return table
 
     def take(self, leaves: np.ndarray, records: np.ndarray) -> pa.Table:

@@ -202,3 +202,20 @@ def test_report_is_self_contained_html(built_samples, catalog, tmp_path):
     for text in ("alpaca-belle-cot", "By lang", "Samples", "belle_0.5m", m.fingerprint()[:16]):
         assert text in page
     assert "http://" not in page and "https://" not in page
+
+
+def test_record_reader_cache_stays_under_its_byte_budget(built_samples, catalog):
+    import numpy as np
+
+    from forge.mixture import RecordReader
+
+    m = resolve("alpaca-belle-cot", catalog, home=built_samples)
+    leaves = np.repeat(np.arange(3), [32, 27, 72])
+    records = np.concatenate([np.arange(32), np.arange(27), np.arange(72)])
+    roomy = RecordReader(m, built_samples)
+    tight = RecordReader(m, built_samples, cache_bytes=1)  # keeps only the latest row group
+    for _ in range(2):
+        assert tight.take(leaves, records).equals(roomy.take(leaves, records))
+    groups = sum(len(g) for g, _ in roomy.layout.values())
+    assert groups > 1 and len(roomy.cache) == groups and len(tight.cache) == 1
+    assert tight.cached_bytes == next(iter(tight.cache.values())).nbytes

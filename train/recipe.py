@@ -139,17 +139,17 @@ def check_args(args: TrainArgs) -> None:
             import deepspeed  # noqa: F401
         except ImportError:
             raise ValueError("--deepspeed needs the deepspeed package: pip install deepspeed") from None
-    if (args.fsdp or args.fsdp_config or args.deepspeed) and not torch.cuda.is_available():
+    if (args.fsdp or args.fsdp_config or args.deepspeed) and not cuda:
         raise ValueError(
             "--fsdp/--deepspeed shard the model across CUDA GPUs and this machine has none "
             "(on CPU, torchrun/accelerate launch run plain DDP: drop the flag)"
         )
-    if (args.attn_implementation or "").startswith("flash") and not torch.cuda.is_available():
+    if (args.attn_implementation or "").startswith("flash") and not cuda:
         raise ValueError(
             f"--attn-implementation {args.attn_implementation} needs a CUDA GPU; use sdpa or eager"
         )
     four_bit = args.peft == "qlora" or args.quantization == 4
-    if four_bit and args.eval_size and args.eval_steps and not torch.cuda.is_available():
+    if four_bit and args.eval_size and args.eval_steps and not cuda:
         # measured (../shared/ENVIRONMENT.md): the first eval-mode forward repacks the CPU 4-bit
         # weights for good; the adapter then gets wrong gradients and quietly stops learning
         raise ValueError(
@@ -183,9 +183,10 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         args: TrainArgs,
         start: int = 0,
         stop: int | None = None,
+        mask: str | None = "bool",  # how the model takes a packed row's mask (packing.mask_style)
     ):
         self.mix, self.home, self.tokenizer, self.cfg, self.args = mix, home, tokenizer, cfg, args
-        self.start, self.stop = start, stop
+        self.start, self.stop, self.mask = start, stop, mask
         self.stats = StreamStats()
         self.pack_stats = PackStats()
         self.id_hash = xxhash.xxh64()  # fingerprint of the exact record ids trained on, in order
@@ -195,7 +196,6 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         self.trained_tokens = 0
         self.skip_batches = 0
         self.trace: list[list[str]] = []  # record ids per batch, for tests and lineage
-        self.mask_style: str | None = "bool"  # how the model takes the packed rows' mask (run sets it)
 
     def _passes(self, rank: int, world: int, worker: int, workers: int):
         """One example stream per pass over the mixture; the Trainer stops at max_steps."""
@@ -217,8 +217,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        rank, world = _rank_world()
         passes = self._passes(rank, world, info.id if info else 0, info.num_workers if info else 1)
         pad = self.tokenizer.pad_token_id
         if self.args.packing:
@@ -228,7 +227,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
                 pack(p, self.args.cutoff_len, self.args.pack_buffer, stats=self.pack_stats) for p in passes
             )
             batches = _chunks(rows, self.args.batch_size)
-            make = lambda rs: collate_packed(rs, pad, mask=self.mask_style)  # noqa: E731
+            make = lambda rs: collate_packed(rs, pad, mask=self.mask)  # noqa: E731
             ids_of = lambda rs: [i for r in rs for i in r["ids"]]  # noqa: E731
         else:
             batches = _chunks(chain.from_iterable(passes), self.args.batch_size)
@@ -449,12 +448,11 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None) ->
         overlong=args.overlong,
         template=template,
     )
-    dataset = MixtureDataset(mix, home, tokenizer, cfg, args, start=args.eval_size)
-    dataset.mask_style = mask_style(getattr(model.config, "_attn_implementation", None))
+    mask = mask_style(getattr(model.config, "_attn_implementation", None))
+    dataset = MixtureDataset(mix, home, tokenizer, cfg, args, start=args.eval_size, mask=mask)
     eval_set = None
     if args.eval_size:
-        eval_ds = MixtureDataset(mix, home, tokenizer, cfg, args, start=0, stop=args.eval_size)
-        eval_ds.mask_style = dataset.mask_style
+        eval_ds = MixtureDataset(mix, home, tokenizer, cfg, args, start=0, stop=args.eval_size, mask=mask)
         eval_set = _EvalList(list(eval_ds))
     losses: list[float] = []
     evals: list[float] = []

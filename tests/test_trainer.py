@@ -49,6 +49,11 @@ def yes_mix(tmp_path_factory):
     return resolve("yes", cat, home=root / "home", user_dir=root / "mixtures"), root / "home"
 
 
+def yes_args(model: Path, out: Path, **knobs) -> TrainArgs:
+    """A run on the yes mixture; each test names only what it varies."""
+    return TrainArgs(mixture="yes", model=str(model), output_dir=str(out), **knobs)
+
+
 # method, learning rate, the least the mean loss of the last 3 steps must fall below the first 3
 METHODS = [
     ("lora", 1e-2, 0.3),
@@ -66,10 +71,9 @@ METHODS = [
 def test_loss_falls_for_every_peft_method(yes_mix, tiny_model, tmp_path, method, lr, drop):
     mix, home = yes_mix
     prompt_style = method in ("prefix", "p_tuning", "prompt")
-    args = TrainArgs(
-        mixture="yes",
-        model=str(tiny_model),
-        output_dir=str(tmp_path / method),
+    args = yes_args(
+        tiny_model,
+        tmp_path / method,
         peft=method,
         max_steps=30,
         batch_size=4,
@@ -239,10 +243,9 @@ def test_merged_model_matches_base_plus_adapter(yes_mix, tiny_model, tmp_path):
 
     mix, home = yes_mix
     run(
-        TrainArgs(
-            mixture="yes",
-            model=str(tiny_model),
-            output_dir=str(tmp_path / "r"),
+        yes_args(
+            tiny_model,
+            tmp_path / "r",
             max_steps=5,
             batch_size=2,
             learning_rate=5e-2,
@@ -268,10 +271,9 @@ def test_prompt_methods_cannot_merge(yes_mix, tiny_model, tmp_path):
 
     mix, home = yes_mix
     run(
-        TrainArgs(
-            mixture="yes",
-            model=str(tiny_model),
-            output_dir=str(tmp_path / "p"),
+        yes_args(
+            tiny_model,
+            tmp_path / "p",
             peft="prompt",
             packing=False,
             max_steps=2,
@@ -341,10 +343,9 @@ def test_model_families_train(yes_mix, tiny_model, tmp_path, kind):
     mix, home = yes_mix
     path = _family_model(kind, AutoTokenizer.from_pretrained(tiny_model), tmp_path / kind)
     m = run(
-        TrainArgs(
-            mixture="yes",
-            model=str(path),
-            output_dir=str(tmp_path / "run"),
+        yes_args(
+            path,
+            tmp_path / "run",
             max_steps=10,
             batch_size=2,
             learning_rate=2e-2,
@@ -418,10 +419,9 @@ def test_eval_runs_on_a_held_out_slice_never_trained_on(yes_mix, tiny_model, tmp
     from forge.mixture import MixtureStream
 
     mix, home = yes_mix
-    args = TrainArgs(
-        mixture="yes",
-        model=str(tiny_model),
-        output_dir=str(tmp_path / "r"),
+    args = yes_args(
+        tiny_model,
+        tmp_path / "r",
         max_steps=10,
         batch_size=2,
         cutoff_len=128,
@@ -443,10 +443,9 @@ def test_packed_epochs_do_not_mix(yes_mix, tiny_model, tmp_path):
     """The pack buffer is larger than this mixture; each pass is still packed on its own, so the
     first 64 examples trained on are the 64 records of epoch one, each once."""
     mix, home = yes_mix
-    args = TrainArgs(
-        mixture="yes",
-        model=str(tiny_model),
-        output_dir=str(tmp_path / "r"),
+    args = yes_args(
+        tiny_model,
+        tmp_path / "r",
         max_steps=30,
         batch_size=2,
         cutoff_len=512,
@@ -461,10 +460,9 @@ def test_packed_epochs_do_not_mix(yes_mix, tiny_model, tmp_path):
 def test_eager_attention_trains_packed_with_an_additive_mask(yes_mix, tiny_model, tmp_path):
     """eager attention adds the mask to the scores: a boolean one would mask nothing."""
     mix, home = yes_mix
-    args = TrainArgs(
-        mixture="yes",
-        model=str(tiny_model),
-        output_dir=str(tmp_path / "r"),
+    args = yes_args(
+        tiny_model,
+        tmp_path / "r",
         max_steps=12,
         batch_size=2,
         cutoff_len=256,
@@ -478,10 +476,9 @@ def test_eager_attention_trains_packed_with_an_additive_mask(yes_mix, tiny_model
 
 def test_a_pass_with_no_examples_fails_instead_of_spinning(yes_mix, tiny_model, tmp_path):
     mix, home = yes_mix
-    args = TrainArgs(
-        mixture="yes",
-        model=str(tiny_model),
-        output_dir=str(tmp_path / "r"),
+    args = yes_args(
+        tiny_model,
+        tmp_path / "r",
         max_steps=3,
         cutoff_len=16,
         overlong="drop",
@@ -501,17 +498,16 @@ def test_run_control_options_still_learn(yes_mix, tiny_model, tmp_path, extra):
     """Checkpointing re-runs the forward in backward and accumulation splits the batch; under
     PEFT either can leave the adapter without gradients, and the loss would not move."""
     mix, home = yes_mix
-    base = dict(mixture="yes", model=str(tiny_model), output_dir=str(tmp_path / "r"), max_steps=12)
-    m = run(TrainArgs(**base, cutoff_len=256, learning_rate=1e-2, **({"batch_size": 2} | extra)), mix, home)
+    knobs = {"max_steps": 12, "cutoff_len": 256, "learning_rate": 1e-2, "batch_size": 2} | extra
+    m = run(yes_args(tiny_model, tmp_path / "r", **knobs), mix, home)
     assert sum(m["losses"][-3:]) / 3 < sum(m["losses"][:3]) / 3 - 0.3, m["losses"]
 
 
 def test_report_to_tensorboard_writes_event_files(yes_mix, tiny_model, tmp_path):
     mix, home = yes_mix
-    args = TrainArgs(
-        mixture="yes",
-        model=str(tiny_model),
-        output_dir=str(tmp_path / "r"),
+    args = yes_args(
+        tiny_model,
+        tmp_path / "r",
         max_steps=3,
         cutoff_len=256,
         report_to=["tensorboard"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bz2
+import codecs
 import gzip
 import hashlib
 import io
@@ -57,17 +58,61 @@ class RawBatch:
 
 
 def open_binary(path: Path) -> BinaryIO:
-    """Open a raw file, decompressing .gz/.bz2/.zst transparently (streaming)."""
+    """Open a raw file, decompressing .gz/.bz2/.zst transparently (streaming), with a
+    byte-order mark removed: a UTF-8 BOM is skipped, and UTF-16 (LE or BE, by its BOM) is
+    transcoded to UTF-8 on the fly, so every connector sees UTF-8 bytes."""
     suffix = path.suffix.lower()
     if suffix == ".gz":
-        return gzip.open(path, "rb")
-    if suffix == ".bz2":
-        return bz2.open(path, "rb")
-    if suffix in (".zst", ".zstd"):
+        fh = gzip.open(path, "rb")
+    elif suffix == ".bz2":
+        fh = bz2.open(path, "rb")
+    elif suffix in (".zst", ".zstd"):
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
-    return open(path, "rb")
+        fh = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+    else:
+        fh = open(path, "rb")
+    return _without_bom(fh)
+
+
+_BOMS = {b"\xef\xbb\xbf": None, b"\xff\xfe": "utf-16-le", b"\xfe\xff": "utf-16-be"}
+
+
+def _without_bom(fh) -> BinaryIO:
+    head = fh.peek(3)[:3]
+    for bom, utf16 in _BOMS.items():
+        if head.startswith(bom):
+            fh.read(len(bom))
+            return io.BufferedReader(_Utf16AsUtf8(fh, utf16)) if utf16 else fh
+    return fh
+
+
+class _Utf16AsUtf8(io.RawIOBase):
+    """A UTF-16 byte stream read as UTF-8 bytes (lone surrogates pass through as invalid
+    UTF-8, so the record holding them is quarantined like any undecodable record)."""
+
+    def __init__(self, fh, encoding: str):
+        self.fh = fh
+        self.decoder = codecs.getincrementaldecoder(encoding)(errors="surrogatepass")
+        self.pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self.pending:
+            chunk = self.fh.read(1 << 16)
+            self.pending = self.decoder.decode(chunk, final=not chunk).encode("utf-8", "surrogatepass")
+            if not chunk:
+                break
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+    def close(self) -> None:
+        self.fh.close()
+        super().close()
 
 
 def open_text(path: Path, encoding: str) -> io.TextIOWrapper:

@@ -48,6 +48,8 @@ def read(files: list[SourceFile], options: dict, reject: Reject) -> Iterator[Raw
         encoding = options.get("encoding", "utf-8")
         if fmt == "auto":
             fmt = sniff(f.path, encoding)
+        if fmt == "empty":  # nothing but whitespace: zero records, nothing to quarantine
+            continue
         if fmt == "jsonl":
             yield from _read_jsonl(f, encoding, reject)
         elif fmt == "array":
@@ -65,7 +67,9 @@ def sniff(path: Path, encoding: str = "utf-8") -> str:
             if line.strip():
                 first = line.strip()
                 break
-    if not first or first.startswith("["):
+    if not first:
+        return "empty"
+    if first.startswith("["):
         return "array"
     try:
         return "jsonl" if isinstance(orjson.loads(first), dict) else "document"
@@ -78,7 +82,10 @@ def _loads_lenient(text: str | bytes):
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
 
 
 def _read_jsonl(f: SourceFile, encoding: str, reject: Reject) -> Iterator[RawBatch]:
@@ -153,7 +160,9 @@ def _read_array(f: SourceFile, encoding: str, reject: Reject) -> Iterator[RawBat
                     return
 
         skip_ws()
-        if pos >= len(buf) or buf[pos] != "[":
+        if pos >= len(buf):  # an empty file holds zero records
+            return
+        if buf[pos] != "[":
             got = buf[pos : pos + 40] if pos < len(buf) else "end of file"
             reject(show_raw(got), f.name, 0, line_at(pos), "expected a JSON array ('[')")
             return
@@ -173,7 +182,7 @@ def _read_array(f: SourceFile, encoding: str, reject: Reject) -> Iterator[RawBat
                 expect_value = True
                 continue
             start_line = line_at(pos)
-            err = None
+            err, obj, end = None, None, pos
             while True:
                 try:
                     obj, end = decoder.raw_decode(buf, pos)
@@ -185,6 +194,27 @@ def _read_array(f: SourceFile, encoding: str, reject: Reject) -> Iterator[RawBat
                         start_line = line
                         continue
                     break
+                except RecursionError:
+                    # too deep for the parser, but still well delimited: skip just this element
+                    end = _value_end(buf, pos)
+                    if end < 0 and len(buf) - pos < MAX_ELEMENT and refill():
+                        start_line = line
+                        continue
+                    if end < 0:
+                        err = json.JSONDecodeError("JSON nested too deeply", buf, pos)
+                    else:
+                        obj = _TOO_DEEP
+                    break
+            if obj is _TOO_DEEP and err is None:
+                reject(
+                    show_raw(buf[pos : min(end, pos + 2000)]),
+                    f.name,
+                    row,
+                    start_line,
+                    "invalid JSON: nested too deeply",
+                )
+                pos, expect_value, row = end, False, row + 1
+                continue
             if err is not None:
                 tail = buf[pos:]
                 reject(
@@ -215,6 +245,33 @@ def _read_array(f: SourceFile, encoding: str, reject: Reject) -> Iterator[RawBat
         yield batch
 
 
+_TOO_DEEP = object()
+
+
+def _value_end(buf: str, pos: int) -> int:
+    """End of the bracketed JSON value starting at buf[pos] ('[' or '{'), found by counting
+    brackets outside strings; -1 when it does not end inside buf."""
+    depth, in_string, escaped = 0, False, False
+    for i in range(pos, len(buf)):
+        c = buf[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return -1
+
+
 def _read_document(
     f: SourceFile, encoding: str, records_path: str | None, reject: Reject
 ) -> Iterator[RawBatch]:
@@ -223,10 +280,15 @@ def _read_document(
     if _UNDECODABLE.search(text):
         reject(show_raw(text[:2000]), f.name, 0, 1, f"undecodable bytes ({encoding})")
         return
+    if not text.strip():  # an empty file holds zero records
+        return
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         reject(text[:2000], f.name, 0, e.lineno, f"invalid JSON at line {e.lineno}: {e.msg}")
+        return
+    except RecursionError:
+        reject(text[:2000], f.name, 0, 1, "invalid JSON: nested too deeply")
         return
     if records_path:
         records = doc.get(records_path) if isinstance(doc, dict) else None

@@ -3,22 +3,25 @@
 Records move through the stages in batches (a connector batch of up to 8192 raw records
 becomes one Arrow table), never one dict at a time through every layer.
 
-Layout under the data home:
-  sources/<name>/part-00000.parquet ...   zstd Parquet, RECORD_SCHEMA
-  sources/<name>/manifest.json            rows/bytes/sha256 per shard, build hash, tag counts
-  quarantine/<name>/quarantine.jsonl      every rejected raw record with file, line, reason
+Layout under the data home (one immutable version per build, see forge/store.py):
+  sources/<name>/CURRENT                          the committed version, e.g. v000003
+  sources/<name>/v000003/part-000-00000.parquet   zstd Parquet, RECORD_SCHEMA
+  sources/<name>/v000003/manifest.json            rows/bytes/sha256/xxh3 per shard, build hash, tags
+  sources/<name>/v000003/quarantine.jsonl         every rejected raw record with file, line, reason
 
-Writes are atomic: the build goes to a temporary folder beside the target, which replaces
-the old folder with a rename only when every shard and the manifest are complete.
+A build writes a new version under the source's writer lock and commits it by replacing
+CURRENT; readers pin the version they resolved, so a rebuild never changes what they read.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,8 +37,9 @@ from forge import lang as langid
 from forge.catalog import Source
 from forge.errors import BuildError
 from forge.locate import resolve
-from forge.paths import data_home, quarantine_dir, source_dir, templates_dir
+from forge.paths import data_home, source_store, templates_dir
 from forge.schema import FORMATTED_COLUMNS, RECORD_SCHEMA, SCHEMA_VERSION
+from forge.store import FAILED, Store, StoreError
 from formatters import FORMATTERS
 
 DEFAULT_SHARD_ROWS = 250_000
@@ -57,6 +61,7 @@ class BuildResult:
     out_dir: Path
     quarantine_file: Path | None
     tag_counts: dict = field(default_factory=dict)
+    version: str = ""
 
 
 def record_id(source: str, file: str, row: int, variant: str) -> str:
@@ -85,6 +90,15 @@ def build_hash(src: Source, raw: list[dict], detector: str) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _printable(text: str) -> str:
+    """Text that UTF-8 can hold: lone surrogates (broken input) become \\udXXX escapes."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class Quarantine:
     """Collects rejected raw records; the file is written only if something is rejected."""
 
@@ -109,8 +123,8 @@ class Quarantine:
                 "file": file,
                 "row": row,
                 "line": line,
-                "reason": reason,
-                "raw": raw,
+                "reason": _printable(reason),
+                "raw": _printable(raw),
             }
             self._fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
             self.count += 1
@@ -170,10 +184,14 @@ class ShardWriter:
             return
         self._writer.close()
         path = self._path(len(self.shards))
-        from connectors.base import sha256_file
 
         self.shards.append(
-            {"file": path.name, "rows": self._rows, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+            {
+                "file": path.name,
+                "rows": self._rows,
+                "bytes": path.stat().st_size,
+                **file_digests(path),
+            }
         )
         self._writer = None
 
@@ -209,11 +227,41 @@ def assemble(cols: dict, src: Source, detector: str) -> pa.Table:
     return table.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA)
 
 
-def read_manifest(name: str, home: Path | None = None) -> dict | None:
-    path = source_dir(name, home) / "manifest.json"
-    if not path.exists():
+@dataclass
+class Built:
+    """One committed version of a built source, leased by this process for reading."""
+
+    name: str
+    version: str
+    path: Path
+    manifest: dict
+
+    def files(self) -> list[Path]:
+        return [self.path / s["file"] for s in self.manifest["shards"]]
+
+    @property
+    def quarantine_file(self) -> Path | None:
+        q = self.path / "quarantine.jsonl"
+        return q if q.exists() else None
+
+
+def open_built(name: str, home: Path | None = None) -> Built | None:
+    """The source's current version, pinned for this process (see forge.store), or None."""
+    version = source_store(name, home).current()
+    if version is None:
         return None
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads((version.path / "manifest.json").read_text())
+    except (OSError, ValueError) as e:
+        raise BuildError(
+            f"{name}: manifest of version {version.id} is damaged ({e}); run: forge verify {name}"
+        ) from e
+    return Built(name, version.id, version.path, manifest)
+
+
+def read_manifest(name: str, home: Path | None = None) -> dict | None:
+    built = open_built(name, home)
+    return built.manifest if built else None
 
 
 def write_json_atomic(path: Path, data) -> None:
@@ -222,12 +270,23 @@ def write_json_atomic(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def _swap_dir(tmp: Path, final: Path) -> None:
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+def _kill_with_parent() -> None:
+    """Worker initializer: exit as soon as the parent is gone (kill -9 included), instead of
+    building on as an orphan. Parent death re-parents us, so getppid() changes."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="forge-parent-watch").start()
+
+
+def _full_disk(e: OSError) -> bool:
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def build_source(
@@ -242,7 +301,14 @@ def build_source(
     shard_rows: int = DEFAULT_SHARD_ROWS,
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
+    wait: bool = True,
+    say: Callable[[str], None] | None = None,
+    keep: int | None = None,
 ) -> BuildResult:
+    """Build one source into a new immutable version and commit it (forge.store); the
+    previous version stays current and untouched until the new one is complete."""
+    if not (0.0 <= max_quarantine <= 1.0):  # also refuses NaN
+        raise BuildError(f"--max-quarantine must be a fraction between 0 and 1, got {max_quarantine}")
     home = Path(home or data_home())
     t0 = time.perf_counter()
     files, origin = resolve(src, from_path=from_path, sample=sample, home=home)
@@ -255,52 +321,103 @@ def build_source(
         except OSError as e:
             raise BuildError(f"{src.name}: cannot read {f.path}: {e.strerror}") from e
     bhash = build_hash(src, raw, detector)
-    out = source_dir(src.name, home)
-    old = read_manifest(src.name, home)
-    if old and old.get("build_hash") == bhash and not force and _shards_intact(out, old):
-        return BuildResult(
-            src.name,
-            "up-to-date",
-            old["rows"],
-            old["quarantined"],
-            old["input_records"],
-            old["shards"],
-            bhash,
-            time.perf_counter() - t0,
-            out,
-            None,
-            old["tag_counts"],
-        )
+    store = source_store(src.name, home)
+    try:
+        with store.lock(wait=wait, say=say):
+            try:
+                current = store.current(lease=False)
+            except StoreError:
+                current = None  # a damaged pointer: build a new version and point to it
+            old = None
+            if current is not None:
+                try:
+                    old = json.loads((current.path / "manifest.json").read_text())
+                except (OSError, ValueError):
+                    old = None  # damaged: rebuild
+            if old and old.get("build_hash") == bhash and not force and not damaged_shards(current.path, old):
+                return BuildResult(
+                    src.name,
+                    "up-to-date",
+                    old["rows"],
+                    old["quarantined"],
+                    old["input_records"],
+                    old["shards"],
+                    bhash,
+                    time.perf_counter() - t0,
+                    current.path,
+                    (current.path / "quarantine.jsonl") if old["quarantined"] else None,
+                    old["tag_counts"],
+                    version=current.id,
+                )
+            vid, tmp = store.new_tmp()
+            try:
+                return _build_version(
+                    src,
+                    store,
+                    vid,
+                    tmp,
+                    files,
+                    raw,
+                    bhash,
+                    origin,
+                    t0,
+                    max_quarantine,
+                    detector,
+                    shard_rows,
+                    progress,
+                    workers,
+                    keep,
+                )
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    except OSError as e:
+        if _full_disk(e):
+            raise BuildError(
+                f"{src.name}: no space left on the device holding {home} "
+                f"({e.filename or 'while writing'}); the previous version is intact. Free space and rebuild"
+            ) from e
+        raise
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{src.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    qdir = quarantine_dir(src.name, home)
-    qtmp = qdir.with_name(f".{src.name}.tmp-{os.getpid()}")
-    shutil.rmtree(qtmp, ignore_errors=True)
+
+def _build_version(
+    src,
+    store,
+    vid,
+    tmp,
+    files,
+    raw,
+    bhash,
+    origin,
+    t0,
+    max_quarantine,
+    detector,
+    shard_rows,
+    progress,
+    workers,
+    keep,
+) -> BuildResult:
+    from forge import faults
 
     parts = plan_parts(files)
-    jobs = [(src, part_files, i, tmp, qtmp, detector, shard_rows) for i, part_files in enumerate(parts)]
+    jobs = [(src, part_files, i, tmp, tmp, detector, shard_rows) for i, part_files in enumerate(parts)]
     n_workers = min(workers or os.cpu_count() or 1, len(parts))
-    try:
-        if n_workers > 1 and sum(r["bytes"] for r in raw) >= PARALLEL_MIN_BYTES:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
+    if n_workers > 1 and sum(r["bytes"] for r in raw) >= PARALLEL_MIN_BYTES:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
 
-            # spawn, not fork: polars and Arrow keep thread pools that do not survive a fork
-            with ProcessPoolExecutor(n_workers, mp_context=mp.get_context("spawn")) as pool:
-                results = []
-                for r in pool.map(_build_part, jobs):
-                    results.append(r)
-                    if progress:
-                        progress(r.formatted_from + r.connector_rejects)
-        else:
-            results = [_build_part(job, progress) for job in jobs]
-    except BuildError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(qtmp, ignore_errors=True)
-        raise
+        # spawn, not fork: polars and Arrow keep thread pools that do not survive a fork
+        with ProcessPoolExecutor(
+            n_workers, mp_context=mp.get_context("spawn"), initializer=_kill_with_parent
+        ) as pool:
+            results = []
+            for r in pool.map(_build_part, jobs):
+                results.append(r)
+                if progress:
+                    progress(r.formatted_from + r.connector_rejects)
+    else:
+        results = [_build_part(job, progress) for job in jobs]
+    faults.point("build:parts-done")
 
     shards = [sh for r in results for sh in r.shards]
     rows = sum(r.rows for r in results)
@@ -313,30 +430,31 @@ def build_source(
     quarantined = sum(r.quarantined for r in results)
     # every raw record either reached the formatter or was rejected by the connector
     input_records = sum(r.formatted_from + r.connector_rejects for r in results)
-    qfile = None
+    qfile = tmp / "quarantine.jsonl"
     if quarantined:
-        with open(qtmp / "quarantine.jsonl", "wb") as fh:
+        with open(qfile, "wb") as fh:
             for i in range(len(parts)):
-                part = qtmp / f"part-{i:03d}.jsonl"
+                part = tmp / f".quarantine-{i:03d}.jsonl"
                 if part.exists():
-                    fh.write(part.read_bytes())
+                    with open(part, "rb") as src_fh:
+                        shutil.copyfileobj(src_fh, fh)
                     part.unlink()
-        qdir.parent.mkdir(parents=True, exist_ok=True)
-        _swap_dir(qtmp, qdir)
-        qfile = qdir / "quarantine.jsonl"
-    else:
-        shutil.rmtree(qtmp, ignore_errors=True)
-        shutil.rmtree(qdir, ignore_errors=True)
     fraction = quarantined / max(input_records, 1)
     if fraction > max_quarantine:
-        shutil.rmtree(tmp, ignore_errors=True)
+        # the rejected build's quarantine is kept apart, so the live version's stays its own
+        failed = store.path / FAILED
+        shutil.rmtree(failed, ignore_errors=True)
+        failed.mkdir()
+        os.replace(qfile, failed / "quarantine.jsonl")
         raise BuildError(
             f"{src.name}: {quarantined} of {input_records} raw records quarantined ({fraction:.1%} > "
-            f"--max-quarantine {max_quarantine:.1%}); see {qfile}. Reasons: {dict(reasons.most_common(5))}"
+            f"--max-quarantine {max_quarantine:.1%}); see {failed / 'quarantine.jsonl'}. "
+            f"Reasons: {dict(reasons.most_common(5))}. The previous version is unchanged"
         )
     tag_counts = {k: dict(sorted(v.items())) for k, v in counts.items()}
     manifest = {
         "source": src.name,
+        "version": vid,
         "schema_version": SCHEMA_VERSION,
         "build_hash": bhash,
         "rows": rows,
@@ -355,7 +473,7 @@ def build_source(
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json_atomic(tmp / "manifest.json", manifest)
-    _swap_dir(tmp, out)
+    version = store.commit(vid, tmp, keep)
     return BuildResult(
         src.name,
         "built",
@@ -365,9 +483,10 @@ def build_source(
         shards,
         bhash,
         time.perf_counter() - t0,
-        out,
-        qfile,
+        version.path,
+        (version.path / "quarantine.jsonl") if quarantined else None,
         tag_counts,
+        version=vid,
     )
 
 
@@ -401,7 +520,7 @@ def plan_parts(files: list, target_bytes: int = PART_BYTES) -> list[list]:
 def _build_part(job: tuple, progress: Callable[[int], None] | None = None) -> PartResult:
     """connector -> formatter -> assemble -> shards, for one part's files."""
     src, files, index, out_dir, qdir, detector, shard_rows = job
-    quarantine = Quarantine(src.name, qdir / f"part-{index:03d}.jsonl")
+    quarantine = Quarantine(src.name, qdir / f".quarantine-{index:03d}.jsonl")
     writer = ShardWriter(out_dir, shard_rows, prefix=f"part-{index:03d}")
     options = dict(src.options)
     if src.formatter in ("cot", "tasks"):
@@ -409,24 +528,31 @@ def _build_part(job: tuple, progress: Callable[[int], None] | None = None) -> Pa
     counts = {k: Counter() for k in ("lang", "task", "gen", "category")}
     rows = formatted_from = 0  # formatted_from: raw records that reached the formatter
     try:
-        fmt = FORMATTERS[src.formatter].make(options, src.name)
+        try:
+            fmt = FORMATTERS[src.formatter].make(options, src.name)
+        except ValueError as e:
+            raise BuildError(f"{src.name}: {e}") from e
         reject_raw, reject_fields = quarantine.stage("connector"), quarantine.stage("formatter")
-        for batch in CONNECTORS[src.connector].read(files, src.connector_options, reject_raw):
-            formatted_from += len(batch)
-            cols = fmt(batch, reject_fields)
-            if len(cols["instruction"]):
-                table = assemble(cols, src, detector)
-                writer.submit(table)
-                rows += table.num_rows
-                for key in counts:
-                    counts[key].update(table.column(key).to_pylist())
-            if progress:
-                progress(len(batch))
+        for f in files:  # one file at a time, so a whole-file failure names its file
+            try:
+                for batch in CONNECTORS[src.connector].read([f], src.connector_options, reject_raw):
+                    formatted_from += len(batch)
+                    for table in format_batch(fmt, batch, src, detector, reject_fields):
+                        writer.submit(table)
+                        rows += table.num_rows
+                        for key in counts:
+                            counts[key].update(table.column(key).to_pylist())
+                    if progress:
+                        progress(len(batch))
+            except OSError as e:
+                if _full_disk(e):
+                    raise
+                raise BuildError(f"{src.name}: {f.path}: cannot read: {e.strerror or e}") from e
+            except (EOFError, zlib.error) as e:
+                raise BuildError(f"{src.name}: {f.path}: truncated or corrupt compressed file ({e})") from e
+            except ValueError as e:
+                raise BuildError(f"{src.name}: {f.path}: {e}") from e
         shards = writer.close()
-    except OSError as e:
-        raise BuildError(f"{src.name}: cannot read input: {e}") from e
-    except ValueError as e:
-        raise BuildError(f"{src.name}: {e}") from e
     finally:
         quarantine.close()
     return PartResult(
@@ -440,8 +566,106 @@ def _build_part(job: tuple, progress: Callable[[int], None] | None = None) -> Pa
     )
 
 
-def _shards_intact(folder: Path, manifest: dict) -> bool:
-    return all(
-        (folder / s["file"]).exists() and (folder / s["file"]).stat().st_size == s["bytes"]
-        for s in manifest["shards"]
-    )
+def format_batch(fmt, batch, src: Source, detector: str, reject) -> list[pa.Table]:
+    """Format and assemble one raw batch. When the batch fails as a whole (a record nested
+    too deep, text Arrow cannot encode, a template that raises on one record), it is retried
+    record by record and only the failing records are quarantined, with the error as reason.
+    Rejections are held back until an attempt succeeds, so no record is counted twice."""
+    held: list[tuple] = []
+    try:
+        cols = fmt(batch, lambda *a: held.append(a))
+        tables = [assemble(cols, src, detector)] if len(cols["instruction"]) else []
+    except (OSError, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - any per-record failure becomes a quarantine entry
+        if len(batch) == 1:
+            reason = f"{type(e).__name__}: {str(e)[:300]}".replace("\n", " ")
+            reject(_raw_text(batch), batch.file, batch.rows[0], batch.lines[0], f"record failed: {reason}")
+            return []
+        return [t for one in _singles(batch) for t in format_batch(fmt, one, src, detector, reject)]
+    for args in held:
+        reject(*args)
+    return tables
+
+
+def _singles(batch):
+    from connectors.base import RawBatch
+
+    if batch.columns is not None:
+        for i in range(len(batch)):
+            yield RawBatch(
+                batch.file,
+                rows=[batch.rows[i]],
+                lines=[batch.lines[i]],
+                columns={k: [v[i]] for k, v in batch.columns.items()},
+            )
+    else:
+        for rec, row, line in zip(batch.records, batch.rows, batch.lines, strict=True):
+            yield RawBatch(batch.file, records=[rec], rows=[row], lines=[line])
+
+
+def _raw_text(batch) -> str:
+    """The raw record for a quarantine entry, even when it cannot be serialised as it is."""
+    record = batch.as_records()[0]
+    try:
+        text = json.dumps(record, ensure_ascii=False, default=str)
+    except (RecursionError, ValueError, TypeError):
+        text = f"<record of {len(record)} fields that cannot be printed: nested too deep>"
+    return text[:20000]
+
+
+def file_digests(path: Path, chunk: int = 1 << 22) -> dict:
+    """sha256 (for the dataset card) and xxh3-128 (for fast integrity checks), one read."""
+    sha, xx = hashlib.sha256(), xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            sha.update(block)
+            xx.update(block)
+    return {"sha256": sha.hexdigest(), "xxh3": xx.hexdigest()}
+
+
+def shard_digest(path: Path, chunk: int = 1 << 22) -> str:
+    """xxh3-128 of a file: fast enough to check every shard before saying "up to date"."""
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def damaged_shards(folder: Path, manifest: dict) -> list[str]:
+    """Shards of a version that are missing, or whose size or xxh3 differs from the manifest."""
+    bad = []
+    for s in manifest["shards"]:
+        path = folder / s["file"]
+        try:
+            if path.stat().st_size != s["bytes"] or shard_digest(path) != s.get("xxh3"):
+                bad.append(f"{s['file']} (content differs from the manifest)")
+        except OSError:
+            bad.append(f"{s['file']} (missing)")
+    return bad
+
+
+def verify_store(store: Store) -> list[str]:
+    """Problems with a dataset's committed version (sources and mixtures alike): an
+    unreadable pointer or manifest, missing shards, shards whose bytes differ from the
+    xxh3 in the manifest. Empty when it is intact."""
+    try:
+        version = store.current(lease=False)
+    except StoreError as e:
+        return [str(e)]
+    if version is None:
+        return ["not built"]
+    try:
+        manifest = json.loads((version.path / "manifest.json").read_text())
+        shards = manifest["shards"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return [f"{version.id}/manifest.json unreadable ({type(e).__name__})"]
+    problems = [f"{version.id}/{p}" for p in damaged_shards(version.path, {"shards": shards})]
+    if "ids_sha256" in manifest:  # a mixture's lineage file
+        from connectors.base import sha256_file
+
+        ids = version.path / "ids.parquet"
+        if not ids.exists() or sha256_file(ids) != manifest["ids_sha256"]:
+            problems.append(f"{version.id}/ids.parquet (content differs from the manifest)")
+    return problems

@@ -10,13 +10,13 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from connectors import CONNECTORS
 from forge.errors import CatalogError
 from forge.paths import builtin_dir
+from forge.store import StoreError, check_name
 from forge.vocab import CATEGORIES, DATASET_LANGS, GENS, TASKS
 from formatters import FORMATTERS
+from formatters.safeyaml import YamlInputError, load_yaml_file
 
 REQUIRED = ("connector", "formatter", "lang", "task", "gen", "description")
 KNOWN = set(REQUIRED) | {
@@ -103,6 +103,10 @@ def _check_choice(path: Path, entry: str, fld: str, value, choices) -> None:
 
 
 def parse_source(path: Path, name: str, spec) -> Source:
+    try:
+        check_name("source", name)
+    except StoreError as e:
+        raise CatalogError(f"{path}: {e}") from None
     if not isinstance(spec, dict):
         raise CatalogError(f"{path}: source {name!r}: expected a mapping, found {type(spec).__name__}")
     for key in spec:
@@ -167,11 +171,9 @@ def parse_source(path: Path, name: str, spec) -> Source:
 
 def load_file(path: Path) -> dict[str, Source]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise CatalogError(f"{path}: invalid YAML: {e}") from e
-    except OSError as e:
-        raise CatalogError(f"{path}: cannot read: {e.strerror}") from e
+        data = load_yaml_file(path)
+    except YamlInputError as e:
+        raise CatalogError(str(e)) from None
     if not isinstance(data, dict) or not isinstance(data.get("sources"), dict):
         raise CatalogError(f"{path}: expected a top-level 'sources:' mapping")
     return {name: parse_source(path, str(name), spec) for name, spec in data["sources"].items()}

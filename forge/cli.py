@@ -30,6 +30,19 @@ CatalogOpt = Annotated[
 HomeOpt = Annotated[
     Path | None, typer.Option("--home", help="Data home (default $FORGE_HOME or ./forge_data).")
 ]
+NoWaitOpt = Annotated[
+    bool,
+    typer.Option("--no-wait", help="Fail at once if another forge process is writing the same dataset."),
+]
+KeepOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--keep-versions", min=1, help="Versions to keep per dataset (default $FORGE_KEEP_VERSIONS or 2)."
+    ),
+]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace --out when it holds an earlier forge output.")
+]
 
 
 def _home(home: Path | None) -> Path:
@@ -39,7 +52,7 @@ def _home(home: Path | None) -> Path:
 
 
 def _fail(message: str, code: int = 1):
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -113,14 +126,22 @@ def build(
         float, typer.Option(help="Fail when more than this share of raw records is quarantined.")
     ] = 0.01,
     detector: Annotated[str, typer.Option(help="Language detector: fast | langdetect.")] = "fast",
+    no_wait: NoWaitOpt = False,
+    keep_versions: KeepOpt = None,
     catalog: CatalogOpt = None,
     home: HomeOpt = None,
 ):
-    """Build sources: raw files -> unified, tagged Parquet shards + manifest."""
+    """Build sources: raw files -> unified, tagged Parquet shards + manifest, as a new version."""
     from forge.build import build_source
     from forge.catalog import load_catalog
 
+    if not (0.0 <= max_quarantine <= 1.0):  # NaN fails both comparisons
+        _fail(f"--max-quarantine must be a fraction between 0 and 1 (0.01 = 1%), got {max_quarantine}")
+    if detector not in ("fast", "langdetect"):
+        _fail(f"--detector must be fast or langdetect, got {detector!r}")
     cat = load_catalog(catalog)
+    for name in names:
+        cat.get(name)  # an unknown name fails before anything is built
     h = _home(home)
     results, failed = [], []
     for name in names:
@@ -137,10 +158,13 @@ def build(
                     max_quarantine=max_quarantine,
                     detector=detector,
                     progress=lambda n, t=task: prog.advance(t, n),
+                    wait=not no_wait,
+                    say=lambda msg: err.print(msg, highlight=False),
+                    keep=keep_versions,
                 )
             except ForgeError as e:
                 failed.append(name)
-                err.print(f"[bold red]error:[/] {e}", highlight=False)
+                err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
                 continue
         results.append(r)
         if r.status == "up-to-date":
@@ -173,17 +197,60 @@ def build(
 
 
 @app.command()
+def verify(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Sources or mixtures (default: every one built).")
+    ] = None,
+    home: HomeOpt = None,
+):
+    """Check every shard and manifest of built sources and mixtures against their hashes."""
+    from forge.build import verify_store
+    from forge.paths import mixture_store, source_store
+    from forge.store import NAME_RE
+
+    h = _home(home)
+    stores = []
+    for kind, make in (("sources", source_store), ("mixtures", mixture_store)):
+        root = h / kind
+        found = sorted(p.name for p in root.iterdir() if NAME_RE.match(p.name)) if root.is_dir() else []
+        stores += [make(n, h) for n in found if not names or n in names]
+    missing = set(names or []) - {s.name for s in stores}
+    if missing:
+        _fail(f"nothing built under {h} named {', '.join(sorted(missing))}")
+    damaged = 0
+    for store in stores:
+        problems = verify_store(store)
+        if problems == ["not built"]:
+            console.print(f"-       {store.kind} {escape(store.name)}: no committed version", highlight=False)
+        elif problems:
+            damaged += 1
+            err.print(
+                f"[bold red]damaged[/] {store.kind} {escape(store.name)}: {escape('; '.join(problems))}",
+                highlight=False,
+            )
+        else:
+            console.print(
+                f"ok      {store.kind} {escape(store.name)} ({store.current_id()})", highlight=False
+            )
+    if damaged:
+        _fail(f"{damaged} of {len(stores)} damaged; the next `forge build`/`forge mix` of each rebuilds it")
+    console.print(f"{len(stores)} verified, all intact")
+
+
+@app.command()
 def mix(
     name: Annotated[str, typer.Argument(help="Mixture name (mixtures/NAME.yaml).")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print realised counts; write nothing.")] = False,
     seed: Annotated[int | None, typer.Option(help="Override the mixture's seed.")] = None,
+    no_wait: NoWaitOpt = False,
+    keep_versions: KeepOpt = None,
     catalog: CatalogOpt = None,
     home: HomeOpt = None,
 ):
-    """Sample a mixture and write it as Parquet shards + a lineage manifest."""
+    """Sample a mixture and write it as Parquet shards + a lineage manifest (a new version)."""
     from forge.catalog import load_catalog
     from forge.mixture import materialize, resolve
-    from forge.paths import mixture_dir
+    from forge.paths import mixture_store
 
     h = _home(home)
     m = resolve(name, load_catalog(catalog), home=h, seed=seed)
@@ -208,10 +275,14 @@ def mix(
         return
     with _progress() as prog:
         prog.add_task(f"mix {name}", total=None)
-        manifest = materialize(m, h)
+        manifest = materialize(
+            m, h, wait=not no_wait, say=lambda msg: err.print(msg, highlight=False), keep=keep_versions
+        )
     console.print(
-        f"wrote {manifest['rows']:,} records to {mixture_dir(name, h)} "
-        f"(fingerprint {manifest['fingerprint'][:16]}, lineage ids.parquet)"
+        f"wrote {manifest['rows']:,} records to {mixture_store(name, h).path / manifest['version']} "
+        f"(fingerprint {manifest['fingerprint'][:16]}, lineage ids.parquet; sources "
+        + ", ".join(f"{s}@{v}" for s, v in manifest["source_versions"].items())
+        + ")"
     )
 
 
@@ -303,22 +374,27 @@ def publish(
     out: Annotated[
         Path | None, typer.Option("--out", help="Staging folder (default: data home/publish/OWNER--NAME).")
     ] = None,
+    overwrite: OverwriteOpt = False,
     catalog: CatalogOpt = None,
     home: HomeOpt = None,
 ):
     """Stage a Hub-ready dataset folder (configs per source and mixture, dataset card) and upload it."""
     from forge.catalog import load_catalog
-    from forge.publish import collect_targets, stage, upload
+    from forge.publish import collect_targets, stage, staged_files, upload
 
     h = _home(home)
     if repo.count("/") != 1:
         _fail(f"--repo must be OWNER/NAME, got {repo!r}")
+    if files_per_commit < 1:
+        _fail(f"--files-per-commit must be a positive integer, got {files_per_commit}")
+    shard_bytes = _parse_size(max_shard_size)
     configs = collect_targets(targets, load_catalog(catalog), h, allow_missing_license)
     folder = out or (h / "publish" / repo.replace("/", "--"))
     with _progress() as prog:
         prog.add_task(f"stage {repo}", total=None)
-        stage(configs, repo, folder, _parse_size(max_shard_size), h)
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+        # the default staging folder is forge's own; a user's --out is replaced only when asked
+        stage(configs, repo, folder, shard_bytes, h, overwrite=overwrite or out is None)
+    files = staged_files(folder)
     t = Table(title=f"staged {folder}")
     for col in ("config", "kind", "rows", "shards"):
         t.add_column(col)
@@ -342,11 +418,22 @@ def publish(
     console.print(f"uploaded {len(files)} files ({size / 1e6:.1f} MB) in {len(urls)} commit(s): {urls[-1]}")
 
 
+def _json_option(flag: str, text: str | None):
+    import json
+
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        _fail(f"{flag}: not valid JSON ({e})")
+
+
 def _parse_size(text: str) -> int:
     import re
 
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?B?)\s*", text.upper())
-    if not m:
+    if not m or float(m.group(1)) <= 0:
         _fail(f"--max-shard-size: cannot read {text!r}; use e.g. 500MB or 2GB")
     unit = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9}[m.group(2)]
     return int(float(m.group(1)) * unit)
@@ -423,6 +510,7 @@ def filter_cmd(
             "--quality", help="Quality step, e.g. min_output_chars=5, no_echo, ngram_repeat=0.3 (repeatable)."
         ),
     ] = None,
+    overwrite: OverwriteOpt = False,
     home: HomeOpt = None,
 ):
     """Write the records matching a tag query (and passing quality steps) as a dataset folder."""
@@ -435,7 +523,9 @@ def filter_cmd(
     except ValueError as e:
         _fail(str(e))
     sources = source or built_sources(h)
-    manifest = filter_to_folder(query, sources, out, steps, h, {"kind": "filter", "quality": quality or []})
+    manifest = filter_to_folder(
+        query, sources, out, steps, h, {"kind": "filter", "quality": quality or []}, overwrite=overwrite
+    )
     console.print(
         f"wrote {manifest['rows']:,} records matching {escape(query)} to {out}"
         + (
@@ -461,6 +551,7 @@ def dedup(
     drop_contaminated: Annotated[
         bool, typer.Option(help="Also drop records that near-duplicate an eval item.")
     ] = False,
+    overwrite: OverwriteOpt = False,
     catalog: CatalogOpt = None,
     home: HomeOpt = None,
 ):
@@ -468,6 +559,8 @@ def dedup(
     from forge.catalog import load_catalog
     from forge.dedup import run
 
+    if not (0.0 < threshold <= 1.0):
+        _fail(f"--threshold must be a similarity in (0, 1], got {threshold}")
     cat = load_catalog(catalog)
     prio = {s: cat.get(s).priority for s in sources}
     with _progress() as prog:
@@ -481,6 +574,7 @@ def dedup(
             priorities=prio,
             against=against,
             drop_contaminated=drop_contaminated,
+            overwrite=overwrite,
         )
     console.print(
         f"{m['input_rows']:,} records -> kept {m['rows']:,}, dropped {m['dropped']:,} {m['dropped_reasons']}"
@@ -586,7 +680,6 @@ def train(
     home: HomeOpt = None,
 ):
     """Fine-tune a model with PEFT on a named mixture, streaming, tokenizing and packing on the fly."""
-    import json
 
     from forge.catalog import load_catalog
     from forge.mixture import resolve
@@ -601,7 +694,7 @@ def train(
         model=model,
         output_dir=str(out),
         peft=peft,
-        peft_config=json.loads(peft_config) if peft_config else None,
+        peft_config=_json_option("--peft-config", peft_config),
         quantization=quantization,
         max_steps=max_steps,
         batch_size=batch_size,
@@ -693,12 +786,39 @@ def merge(
     console.print(f"merged model saved to {out}")
 
 
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the full traceback of an error (or set FORGE_DEBUG=1).")
+    ] = False,
+):
+    if debug:
+        os.environ["FORGE_DEBUG"] = "1"
+
+
 def main() -> None:
+    """Every failure ends in one line naming what went wrong; --debug or FORGE_DEBUG=1 adds
+    the traceback."""
     try:
         app()
-    except ForgeError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
+    except KeyboardInterrupt:
+        err.print("[bold red]interrupted[/]; nothing half-written was committed", highlight=False)
+        sys.exit(130)
+    except Exception as e:
+        if os.environ.get("FORGE_DEBUG", "") not in ("", "0"):
+            raise
+        err.print(f"[bold red]error:[/] {escape(_one_line(e))}", highlight=False)
         sys.exit(1)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, ForgeError):
+        return text
+    if isinstance(e, OSError) and e.filename:
+        text = f"{e.filename}: {e.strerror or text}"
+    # not an error forge anticipated: say so, and where the traceback is
+    return f"{type(e).__name__}: {text[:500]} (run with --debug for the traceback)"
 
 
 if __name__ == "__main__":

@@ -280,21 +280,23 @@ def run(
     priorities: dict[str, int] | None = None,
     against: list | None = None,
     drop_contaminated: bool = False,
+    overwrite: bool = False,
 ) -> dict:
     """Deduplicate `sources` together into a derived dataset folder `out`:
     part-00000.parquet (kept), dropped.parquet (every removed record + reason, dup_of,
     kind, similarity), contamination.json (when `against` eval files are given), manifest.json."""
     import json
-    import os
     import shutil
     from pathlib import Path
 
     import pyarrow.parquet as pq
 
     from forge.select import shard_files
+    from forge.store import check_out, prepare_out
 
     priorities = priorities or {}
     files = shard_files(sources, home)
+    check_out(Path(out), overwrite)  # before the expensive part, so a refusal comes at once
     ids, srcs, keys, sigs, prompt_sigs = [], [], [], [], []
     for batch in _scan(files, ["id", "source", "instruction", "input", "output"]):
         table = pa.Table.from_batches([batch])
@@ -339,70 +341,72 @@ def run(
     contaminated_rows = set(contaminated_idx) if drop_contaminated else set()
 
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    from forge.schema import RECORD_SCHEMA
+    tmp = prepare_out(out, overwrite)
+    try:
+        from forge.schema import RECORD_SCHEMA
 
-    dropped_schema = (
-        RECORD_SCHEMA.append(pa.field("reason", pa.string()))
-        .append(pa.field("dup_of", pa.string()))
-        .append(pa.field("similarity", pa.float32()))
-    )
-    kept_w = pq.ParquetWriter(tmp / "part-00000.parquet", RECORD_SCHEMA, compression="zstd")
-    drop_w = pq.ParquetWriter(tmp / "dropped.parquet", dropped_schema, compression="zstd")
-    at = 0
-    reasons: dict[str, int] = {}
-    for batch in _scan(files, RECORD_SCHEMA.names):
-        table = pa.Table.from_batches([batch]).cast(RECORD_SCHEMA)
-        idx = np.arange(at, at + table.num_rows)
-        at += table.num_rows
-        dup = result.dup_of[idx] >= 0
-        cont = np.array([i in contaminated_rows for i in idx], dtype=bool) & ~dup
-        drop = dup | cont
-        kept_w.write_table(table.filter(pa.array(~drop)))
-        if drop.any():
-            d_idx = idx[drop]
-            why = [
-                f"{result.kind[i]} duplicate"
-                if result.dup_of[i] >= 0
-                else "contaminated: near-duplicates an eval item"
-                for i in d_idx
-            ]
-            for w in why:
-                reasons[w] = reasons.get(w, 0) + 1
-            dropped = table.filter(pa.array(drop))
-            dropped = dropped.append_column("reason", pa.array(why, pa.string()))
-            dropped = dropped.append_column(
-                "dup_of",
-                pa.array(
-                    [ids[result.dup_of[i]] if result.dup_of[i] >= 0 else None for i in d_idx], pa.string()
-                ),
-            )
-            dropped = dropped.append_column("similarity", pa.array(result.sim[d_idx], pa.float32()))
-            drop_w.write_table(dropped)
-    kept_w.close()
-    drop_w.close()
-    manifest = {
-        "name": out.name,
-        "kind": "dedup",
-        "sources": sources,
-        "input_rows": n,
-        "dropped": sum(reasons.values()),
-        "dropped_reasons": reasons,
-        "params": {
-            "near": near,
-            "threshold": threshold,
-            "shingle": SHINGLE,
-            "bins": K,
-            "bands": BANDS,
-            "rows_per_band": ROWS,
-        },
-        "contaminated": len(contamination),
-        "against": [str(a) for a in against or []],
-    }
-    if against:
-        (tmp / "contamination.json").write_text(json.dumps(contamination, ensure_ascii=False, indent=1))
-    from forge.select import finish_derived
+        dropped_schema = (
+            RECORD_SCHEMA.append(pa.field("reason", pa.string()))
+            .append(pa.field("dup_of", pa.string()))
+            .append(pa.field("similarity", pa.float32()))
+        )
+        kept_w = pq.ParquetWriter(tmp / "part-00000.parquet", RECORD_SCHEMA, compression="zstd")
+        drop_w = pq.ParquetWriter(tmp / "dropped.parquet", dropped_schema, compression="zstd")
+        at = 0
+        reasons: dict[str, int] = {}
+        for batch in _scan(files, RECORD_SCHEMA.names):
+            table = pa.Table.from_batches([batch]).cast(RECORD_SCHEMA)
+            idx = np.arange(at, at + table.num_rows)
+            at += table.num_rows
+            dup = result.dup_of[idx] >= 0
+            cont = np.array([i in contaminated_rows for i in idx], dtype=bool) & ~dup
+            drop = dup | cont
+            kept_w.write_table(table.filter(pa.array(~drop)))
+            if drop.any():
+                d_idx = idx[drop]
+                why = [
+                    f"{result.kind[i]} duplicate"
+                    if result.dup_of[i] >= 0
+                    else "contaminated: near-duplicates an eval item"
+                    for i in d_idx
+                ]
+                for w in why:
+                    reasons[w] = reasons.get(w, 0) + 1
+                dropped = table.filter(pa.array(drop))
+                dropped = dropped.append_column("reason", pa.array(why, pa.string()))
+                dropped = dropped.append_column(
+                    "dup_of",
+                    pa.array(
+                        [ids[result.dup_of[i]] if result.dup_of[i] >= 0 else None for i in d_idx], pa.string()
+                    ),
+                )
+                dropped = dropped.append_column("similarity", pa.array(result.sim[d_idx], pa.float32()))
+                drop_w.write_table(dropped)
+        kept_w.close()
+        drop_w.close()
+        manifest = {
+            "name": out.name,
+            "kind": "dedup",
+            "sources": sources,
+            "input_rows": n,
+            "dropped": sum(reasons.values()),
+            "dropped_reasons": reasons,
+            "params": {
+                "near": near,
+                "threshold": threshold,
+                "shingle": SHINGLE,
+                "bins": K,
+                "bands": BANDS,
+                "rows_per_band": ROWS,
+            },
+            "contaminated": len(contamination),
+            "against": [str(a) for a in against or []],
+        }
+        if against:
+            (tmp / "contamination.json").write_text(json.dumps(contamination, ensure_ascii=False, indent=1))
+        from forge.select import finish_derived
 
-    return finish_derived(tmp, out, manifest)
+        return finish_derived(tmp, out, manifest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -40,15 +40,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
-from forge.build import read_manifest
+from forge.build import Built, open_built
 from forge.catalog import Catalog, unknown_message
 from forge.errors import MixtureError, QueryError
-from forge.paths import builtin_dir, source_dir
+from forge.paths import builtin_dir, mixture_store
 from forge.sampling import Schedule, largest_remainder
+from forge.store import check_name
+from formatters.safeyaml import YamlInputError, load_yaml_file
 
 STRATEGIES = ("concat", "rates", "proportional")
+MAX_EXAMPLES = 1_000_000_000  # a mixture larger than this is a typo (size: 1e11), not a plan
 STOPS = ("first_exhausted", "all_exhausted")
 TOP_KEYS = {"name", "description", "strategy", "seed", "size", "stop", "temperature", "cap", "components"}
 COMPONENT_KEYS = {"source", "where", "mixture", "weight", "max_examples", "epochs"}
@@ -90,6 +92,11 @@ class Mixture:
     seed: int
     build_hashes: dict[str, str] = field(default_factory=dict)
     rowsets: list = field(default_factory=list)  # per leaf: matching row positions, or None for all rows
+    pinned: dict[str, Built] = field(default_factory=dict)  # source -> the version this mixture reads
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {name: b.version for name, b in sorted(self.pinned.items())}
 
     @property
     def total(self) -> int:
@@ -115,9 +122,9 @@ def _err(path: Path, key: str, msg: str) -> MixtureError:
 
 def load_spec(path: Path) -> dict:
     try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise MixtureError(f"{path}: invalid YAML: {e}") from e
+        spec = load_yaml_file(path)
+    except YamlInputError as e:
+        raise MixtureError(str(e)) from None
     if not isinstance(spec, dict):
         raise MixtureError(f"{path}: expected a mapping at the top level")
     for key in spec:
@@ -130,11 +137,11 @@ def load_spec(path: Path) -> dict:
         raise _err(path, "stop", f"{spec['stop']!r} is not one of {', '.join(STOPS)}")
     for key in ("size", "cap"):
         v = spec.get(key)
-        if v is not None and (not isinstance(v, int) or v <= 0):
-            raise _err(path, key, f"expected a positive integer, found {v!r}")
+        if v is not None and (not _is_int(v) or v <= 0 or v > MAX_EXAMPLES):
+            raise _err(path, key, f"expected a positive integer up to {MAX_EXAMPLES:,}, found {v!r}")
     t = spec.get("temperature", 1.0)
-    if not isinstance(t, int | float) or t <= 0:
-        raise _err(path, "temperature", f"expected a positive number, found {t!r}")
+    if not _is_number(t) or t <= 0 or t > 1000:
+        raise _err(path, "temperature", f"expected a finite number in (0, 1000], found {t!r}")
     if not isinstance(spec.get("seed", 0), int):
         raise _err(path, "seed", f"expected an integer, found {spec.get('seed')!r}")
     comps = spec.get("components")
@@ -157,27 +164,37 @@ def load_spec(path: Path) -> dict:
                 path, where, "give exactly one of source / mixture (optionally with where), or where alone"
             )
         w = c.get("weight", 1.0)
-        if not isinstance(w, int | float) or w < 0:
-            raise _err(path, f"{where}.weight", f"expected a non-negative number, found {w!r}")
+        if not _is_number(w) or w < 0 or w > 1e12:
+            raise _err(path, f"{where}.weight", f"expected a finite non-negative number, found {w!r}")
         for key in ("max_examples", "epochs"):
             v = c.get(key)
-            if v is not None and (not isinstance(v, int) or v <= 0):
-                raise _err(path, f"{where}.{key}", f"expected a positive integer, found {v!r}")
+            limit = MAX_EXAMPLES if key == "max_examples" else 10_000
+            if v is not None and (not _is_int(v) or v <= 0 or v > limit):
+                raise _err(
+                    path, f"{where}.{key}", f"expected a positive integer up to {limit:,}, found {v!r}"
+                )
     return spec
 
 
-def component_rows(source: str, where: str | None, home: Path | None) -> np.ndarray | int:
+def _is_number(v) -> bool:
+    import math
+
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def component_rows(built: Built, where: str | None) -> np.ndarray | int:
     """Row count of a built source, or the matching row positions when filtered."""
-    manifest = read_manifest(source, home)
-    if manifest is None:
-        raise MixtureError(f"source {source!r} is not built; run: forge build {source}")
     if where is None:
-        return int(manifest["rows"])
+        return int(built.manifest["rows"])
     import polars as pl
 
     from forge.query import parse
 
-    files = [str(source_dir(source, home) / s["file"]) for s in manifest["shards"]]
+    files = [str(p) for p in built.files()]
     if not files:
         return np.zeros(0, dtype=np.int64)
     lf = pl.scan_parquet(files).with_row_index("_row")
@@ -203,11 +220,13 @@ def resolve(
             f"{known[name]}: components: cycle in nested mixtures: {' -> '.join(_stack + (name,))}"
         )
     path = known[name]
+    check_name("mixture", name, str(path))
     spec = load_spec(path)
     strategy = spec.get("strategy", "rates")
     mix_seed = int(spec.get("seed", 0) if seed is None else seed)
     groups: list[tuple[dict, list[Leaf], list]] = []  # (component spec, leaves, filtered rows)
     builds: dict[str, str] = {}
+    pinned: dict[str, Built] = {}
     for i, comp in enumerate(spec["components"]):
         key = f"components[{i}]"
         if "mixture" in comp:
@@ -215,22 +234,25 @@ def resolve(
                 comp["mixture"], catalog, home=home, user_dir=user_dir, seed=mix_seed, _stack=_stack + (name,)
             )
             builds.update(sub.build_hashes)
+            pinned.update(sub.pinned)
             groups.append((comp, sub.leaves, sub.rowsets))
             continue
-        sources = [comp["source"]] if "source" in comp else _built_sources(catalog, home)
+        sources = [comp["source"]] if "source" in comp else _built_sources(catalog, home, pinned)
         leaves, rowsets = [], []
         for s in sources:
             if s not in catalog:
                 raise _err(path, f"{key}.source", unknown_message("source", s, catalog.names()))
+            # every source is pinned once per mixture: all its components read the same version
+            built = pinned.get(s) or open_built(s, home)
+            if built is None:
+                raise _err(path, f"{key}.source", f"source {s!r} is not built; run: forge build {s}")
+            pinned[s] = built
             try:
-                rows = component_rows(s, comp.get("where"), home)
+                rows = component_rows(built, comp.get("where"))
             except QueryError as e:
                 raise _err(path, f"{key}.where", str(e)) from e
-            except MixtureError as e:
-                raise _err(path, f"{key}.source", str(e)) from e
             n = int(rows) if isinstance(rows, int) else len(rows)
-            manifest = read_manifest(s, home)
-            builds[s] = manifest["build_hash"]
+            builds[s] = built.manifest["build_hash"]
             if n == 0 and "where" not in comp:
                 raise _err(path, f"{key}.source", f"source {s!r} is built but has no records")
             if n:
@@ -250,11 +272,17 @@ def resolve(
         for leaf, c, rows in zip(leaves, split, rowsets, strict=True):
             leaves_out.append(Leaf(leaf.label, leaf.source, leaf.where, count=int(c), size=leaf.size))
             rowsets_out.append(rows)
-    return Mixture(name, path, spec, leaves_out, mix_seed, builds, rowsets_out)
+    return Mixture(name, path, spec, leaves_out, mix_seed, builds, rowsets_out, pinned)
 
 
-def _built_sources(catalog: Catalog, home: Path | None) -> list[str]:
-    return [s for s in catalog.names() if read_manifest(s, home) is not None]
+def _built_sources(catalog: Catalog, home: Path | None, pinned: dict[str, Built]) -> list[str]:
+    out = []
+    for s in catalog.names():
+        built = pinned.get(s) or open_built(s, home)
+        if built is not None:
+            pinned[s] = built
+            out.append(s)
+    return out
 
 
 def _group_counts(path: Path, spec: dict, strategy: str, groups) -> list[int]:
@@ -264,7 +292,15 @@ def _group_counts(path: Path, spec: dict, strategy: str, groups) -> list[int]:
     caps = np.array([c.get("max_examples") or np.inf for c, _, _ in groups], dtype=np.float64)
     if strategy == "concat":
         epochs = np.array([c.get("epochs", 1) for c, _, _ in groups], dtype=np.float64)
-        return [int(x) for x in np.minimum(sizes * epochs, caps)]
+        counts = np.minimum(sizes * epochs, caps)
+        if counts.sum() > MAX_EXAMPLES:
+            raise _err(
+                path,
+                "components",
+                f"the mixture would hold {int(counts.sum()):,} examples (more than {MAX_EXAMPLES:,}); "
+                f"lower epochs or set max_examples",
+            )
+        return [int(x) for x in counts]
     weights = np.array([float(c.get("weight", 1.0)) for c, _, _ in groups])
     if strategy == "proportional":
         cap = spec.get("cap")
@@ -285,6 +321,13 @@ def _group_counts(path: Path, spec: dict, strategy: str, groups) -> list[int]:
                 if spec.get("stop", "all_exhausted") == "first_exhausted"
                 else np.ceil(ratio.max())
             )
+        )
+    if total > MAX_EXAMPLES:
+        raise _err(
+            path,
+            "size" if spec.get("size") else "components",
+            f"the mixture would hold {total:,} examples (more than {MAX_EXAMPLES:,}); "
+            f"set a smaller size, or check the weights",
         )
     counts = largest_remainder(total, rates)
     return [int(x) for x in np.minimum(counts, caps)]
@@ -313,8 +356,8 @@ class RecordReader:
         for leaf in mix.leaves:
             if leaf.source in self.layout:
                 continue
-            manifest = read_manifest(leaf.source, home)
-            folder = source_dir(leaf.source, home)
+            built = mix.pinned[leaf.source]
+            manifest, folder = built.manifest, built.path
             groups = []  # (file, row group, first row, rows)
             start = 0
             for s in manifest["shards"]:
@@ -418,21 +461,48 @@ class MixtureStream:
             yield table
 
 
-def materialize(mix: Mixture, home: Path | None = None, shard_rows: int = 250_000) -> dict:
+def materialize(
+    mix: Mixture,
+    home: Path | None = None,
+    shard_rows: int = 250_000,
+    *,
+    wait: bool = True,
+    say=None,
+    keep: int | None = None,
+) -> dict:
     """Write the mixture as Parquet shards in stream order, plus its lineage manifest:
     ``ids.parquet`` holds (position, id, component, source, raw_file, raw_row) for every
-    example, so any training example traces back to its raw file and row."""
-    import os
+    example, so any training example traces back to its raw file and row. Written as a new
+    version of the mixture under its writer lock (forge.store); the manifest names the
+    version of every source it read."""
     import shutil
 
-    from forge.build import ShardWriter, write_json_atomic
-    from forge.paths import mixture_dir
+    store = mixture_store(mix.name, home)
+    with store.lock(wait=wait, say=say):
+        vid, tmp = store.new_tmp()
+        try:
+            manifest = _write_mixture(mix, home, tmp, shard_rows, vid)
+            store.commit(vid, tmp, keep)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return manifest
 
-    out = mixture_dir(mix.name, home)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{mix.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+
+def read_materialized(name: str, home: Path | None = None) -> tuple[Path, dict] | None:
+    """The current version folder of a materialised mixture and its manifest, pinned."""
+    import json
+
+    version = mixture_store(name, home).current()
+    if version is None:
+        return None
+    return version.path, json.loads((version.path / "manifest.json").read_text())
+
+
+def _write_mixture(mix: Mixture, home: Path | None, tmp: Path, shard_rows: int, vid: str) -> dict:
+    from forge import faults
+    from forge.build import ShardWriter, write_json_atomic
+
     writer = ShardWriter(tmp, shard_rows)
     lineage_schema = pa.schema(
         [
@@ -492,15 +562,13 @@ def materialize(mix: Mixture, home: Path | None = None, shard_rows: int = 250_00
             for leaf in mix.leaves
         ],
         "build_hashes": mix.build_hashes,
+        "source_versions": mix.versions,
+        "version": vid,
         "tag_counts": {k: dict(sorted(v.items())) for k, v in counts.items()},
         "shards": shards,
     }
     write_json_atomic(tmp / "manifest.json", manifest)
-    old = out.with_name(f".{mix.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    faults.point("mix:written")
     return manifest
 
 
@@ -509,25 +577,32 @@ TAG_KEYS = ("source", "lang", "task", "gen", "category")
 
 def stream_tag_counts(mix: Mixture, home: Path | None = None) -> tuple[dict, dict]:
     """Realised tag counts of the whole stream, and the target counts the component shares
-    imply (share of component i times the tag distribution of its records)."""
+    imply (share of component i times the tag distribution of its records).
+
+    Realised counts come from the sampling semantics, not a pass over the stream: component
+    i's c_i draws are c_i div n_i whole epochs plus the first c_i mod n_i records of the next
+    epoch's permutation (forge.sampling), so the cost is one read of each component's tag
+    columns however large the mixture."""
     from collections import Counter
 
+    import polars as pl
+
+    schedule = mix.schedule()
     realised = {k: Counter() for k in TAG_KEYS}
-    for table in MixtureStream(mix, home, columns=list(TAG_KEYS)):
-        for key in TAG_KEYS:
-            realised[key].update(table[key].to_pylist())
     target = {k: Counter() for k in TAG_KEYS}
-    for leaf, rows in zip(mix.leaves, mix.rowsets, strict=True):
+    for i, (leaf, rows) in enumerate(zip(mix.leaves, mix.rowsets, strict=True)):
         if leaf.count == 0:
             continue
-        manifest = read_manifest(leaf.source, home)
-        files = [str(source_dir(leaf.source, home) / s["file"]) for s in manifest["shards"]]
-        import polars as pl
-
+        files = [str(p) for p in mix.pinned[leaf.source].files()]
         df = pl.scan_parquet(files).select(list(TAG_KEYS)).collect()
         if rows is not None:
             df = df[rows]
+        epochs, rest = divmod(leaf.count, leaf.size)
+        partial = df[schedule._records(i, epochs * leaf.size, leaf.count)] if rest else df.clear()
         for key in TAG_KEYS:
             for value, n in df[key].value_counts().iter_rows():
                 target[key][value] += leaf.count * n / df.height
+                realised[key][value] += epochs * n
+            for value, n in partial[key].value_counts().iter_rows():
+                realised[key][value] += n
     return ({k: dict(v) for k, v in realised.items()}, {k: dict(v) for k, v in target.items()})

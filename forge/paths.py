@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from forge.store import Store
+
 _PKG = Path(__file__).resolve().parent
 
 
@@ -28,16 +30,14 @@ def data_home() -> Path:
     return Path(os.environ.get("FORGE_HOME", "forge_data")).resolve()
 
 
-def source_dir(name: str, home: Path | None = None) -> Path:
-    return (home or data_home()) / "sources" / name
+def source_store(name: str, home: Path | None = None) -> Store:
+    """The versioned folder of a built source (checks the name; never leaves the home)."""
+    return Store((home or data_home()) / "sources", name, "source")
 
 
-def quarantine_dir(name: str, home: Path | None = None) -> Path:
-    return (home or data_home()) / "quarantine" / name
-
-
-def mixture_dir(name: str, home: Path | None = None) -> Path:
-    return (home or data_home()) / "mixtures" / name
+def mixture_store(name: str, home: Path | None = None) -> Store:
+    """The versioned folder of a materialised mixture."""
+    return Store((home or data_home()) / "mixtures", name, "mixture")
 
 
 def hub_cache_dir(home: Path | None = None) -> Path:

@@ -25,10 +25,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
-from forge.build import read_manifest
+from forge.build import open_built
 from forge.catalog import Catalog
 from forge.errors import ForgeError
-from forge.paths import data_home, mixture_dir, source_dir
+from forge.paths import data_home
+from forge.store import MARKER, finish_out, prepare_out
 
 MAX_FILES_PER_COMMIT = 50
 RETRY_STATUS = {429, 500, 502, 503, 504}
@@ -59,33 +60,32 @@ def collect_targets(
 ) -> list[Config]:
     """Resolve each TARGET to configs: a built source, a mixture (with its sources), or a
     `forge filter` output folder."""
-    from forge.mixture import available, materialize, resolve
+    from forge.mixture import available, materialize, read_materialized, resolve
 
     configs: dict[str, Config] = {}
 
-    def add_source(name: str) -> None:
+    def add_source(name: str, built=None) -> None:
         if name in configs:
             return
-        m = read_manifest(name, home)
-        if m is None:
+        built = built or open_built(name, home)  # pinned: a rebuild meanwhile changes nothing here
+        if built is None:
             raise PublishError(f"source {name!r} is not built; run: forge build {name}")
+        m = built.manifest
         lic = catalog.get(name).license
-        configs[name] = Config(
-            name, "source", _parquet_files(source_dir(name, home), m), m["rows"], m, lic, [lic] if lic else []
-        )
+        configs[name] = Config(name, "source", built.files(), m["rows"], m, lic, [lic] if lic else [])
 
     for target in targets:
         if target in catalog:
             add_source(target)
         elif target in available():
             mix = resolve(target, catalog, home=home)
-            folder = mixture_dir(target, home)
-            mm_path = folder / "manifest.json"
-            mm = json.loads(mm_path.read_text()) if mm_path.exists() else None
-            if mm is None or mm.get("fingerprint") != mix.fingerprint():
-                mm = materialize(mix, home)
+            current = read_materialized(target, home)
+            if current is None or current[1].get("fingerprint") != mix.fingerprint():
+                materialize(mix, home)
+                current = read_materialized(target, home)
+            folder, mm = current
             for leaf in mix.leaves:
-                add_source(leaf.source)
+                add_source(leaf.source, mix.pinned[leaf.source])
             lics = sorted({configs[leaf.source].license or "" for leaf in mix.leaves})
             configs[target] = Config(
                 target, "mixture", _parquet_files(folder, mm), mm["rows"], mm, None, [x for x in lics if x]
@@ -158,18 +158,24 @@ def _write_config(cfg: Config, out: Path, max_shard_bytes: int) -> list[str]:
 
 
 def stage(
-    configs: list[Config], repo: str, out: Path, max_shard_bytes: int = 500 << 20, home: Path | None = None
+    configs: list[Config],
+    repo: str,
+    out: Path,
+    max_shard_bytes: int = 500 << 20,
+    home: Path | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write the Hub-ready folder (atomically: a temp folder renamed into place)."""
+    """Write the Hub-ready folder (atomically: a temp folder renamed into place). `out` must
+    be new, empty, or an earlier forge staging folder (with overwrite)."""
     home = home or data_home()
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shard_names = {cfg.name: _write_config(cfg, tmp, max_shard_bytes) for cfg in configs}
-    (tmp / "README.md").write_text(dataset_card(configs, repo, shard_names, home), encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    tmp = prepare_out(out, overwrite)
+    try:
+        shard_names = {cfg.name: _write_config(cfg, tmp, max_shard_bytes) for cfg in configs}
+        (tmp / "README.md").write_text(dataset_card(configs, repo, shard_names, home), encoding="utf-8")
+        finish_out(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
 
 
@@ -311,11 +317,40 @@ def _retrying(call, token: str | None, what: str, sleep=time.sleep):
                 sleep(min(30.0, 0.5 * 2**attempt))
                 continue
             raise PublishError(_scrub(f"{what} failed (HTTP {status}): {e}", token)) from None
-        except OSError as e:
+        except _transport_errors() as e:  # refused, reset, timed out, DNS: worth retrying
             if attempt < RETRIES - 1:
                 sleep(min(30.0, 0.5 * 2**attempt))
                 continue
-            raise PublishError(_scrub(f"{what} failed: {e}", token)) from None
+            raise PublishError(
+                _scrub(
+                    f"{what} failed after {RETRIES} tries: cannot reach the Hub ({type(e).__name__}: {e})",
+                    token,
+                )
+            ) from None
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Network failures below HTTP: OSError, and the HTTP clients' own connection errors
+    (huggingface_hub talks through httpx in recent versions, requests in older ones)."""
+    errors: list[type[BaseException]] = [OSError]
+    try:
+        import httpx
+
+        errors.append(httpx.TransportError)
+    except ImportError:
+        pass
+    try:
+        import requests
+
+        errors += [requests.exceptions.ConnectionError, requests.exceptions.Timeout]
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def staged_files(folder: Path) -> list[Path]:
+    """The files of a staged folder that go to the Hub (not forge's own marker)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER)
 
 
 def upload(
@@ -343,7 +378,7 @@ def upload(
             token,
             f"create branch {revision}",
         )
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    files = staged_files(folder)
     # data first, card last: the card only appears once every file it names is there
     files.sort(key=lambda p: p.name == "README.md")
     batches = [files[i : i + files_per_commit] for i in range(0, len(files), files_per_commit)]

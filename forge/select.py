@@ -6,30 +6,33 @@ pushed down, so only matching row groups and the needed columns are read.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import polars as pl
 
-from forge.build import read_manifest, write_json_atomic
+from forge.build import open_built, write_json_atomic
 from forge.errors import ForgeError
-from forge.paths import data_home, source_dir
+from forge.paths import data_home
 from forge.query import parse
+from forge.store import CURRENT, NAME_RE, finish_out, prepare_out
 
 
 def built_sources(home: Path | None = None) -> list[str]:
     root = (home or data_home()) / "sources"
-    return sorted(p.name for p in root.iterdir() if (p / "manifest.json").exists()) if root.exists() else []
+    if not root.exists():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / CURRENT).exists() and NAME_RE.match(p.name))
 
 
 def shard_files(sources: list[str], home: Path | None = None) -> list[str]:
+    """The shard paths of each source's current version, pinned for this process."""
     files = []
     for s in sources:
-        m = read_manifest(s, home)
-        if m is None:
+        built = open_built(s, home)
+        if built is None:
             raise ForgeError(f"source {s!r} is not built; run: forge build {s}")
-        files += [str(source_dir(s, home) / sh["file"]) for sh in m["shards"]]
+        files += [str(p) for p in built.files()]
     return files
 
 
@@ -83,21 +86,30 @@ def filter_to_folder(
     steps: list | None = None,
     home: Path | None = None,
     extra: dict | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Write the records matching `query` that pass the quality `steps` as a dataset folder:
     part-00000.parquet (kept), dropped.parquet (every record a step removed, with its reason),
     manifest.json. Streams: the query runs as a pushed-down scan sunk straight to Parquet, and
     the quality steps then read that file batch by batch."""
+
+    files = shard_files(sources, home)  # pinned before anything is written
+    tmp = prepare_out(out, overwrite)
+    try:
+        return _filter_into(tmp, query, files, out, steps, sources, extra)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _filter_into(tmp: Path, query: str, files: list[str], out: Path, steps, sources, extra) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from forge import quality
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     matched = tmp / ("matched.parquet" if steps else "part-00000.parquet")
-    select(query, sources, home).sink_parquet(matched, compression="zstd")
+    pl.scan_parquet(files).filter(parse(query)).sink_parquet(matched, compression="zstd")
     reasons: dict[str, int] = {}
     if steps:
         reader = pq.ParquetFile(matched)
@@ -144,8 +156,5 @@ def finish_derived(tmp: Path, out: Path, manifest: dict) -> dict:
         },
     }
     write_json_atomic(tmp / "manifest.json", manifest)
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out)
+    finish_out(tmp, out)
     return manifest

@@ -17,6 +17,12 @@ def shared(rel: str) -> Path:
     return path
 
 
+def current(home: Path, kind: str, name: str) -> Path:
+    """The committed version folder of a built source (kind "sources") or mixture ("mixtures")."""
+    root = home / kind / name
+    return root / (root / "CURRENT").read_text().strip()
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     h = tmp_path / "forge_home"

@@ -99,8 +99,10 @@ def test_manifest_contents(home, catalog):
 
 def test_no_temp_files_left(home, catalog):
     build_source(catalog.get("alpaca"), home=home, sample=True)
-    leftovers = [p for p in (home / "sources").iterdir() if p.name.startswith(".")]
+    folder = home / "sources" / "alpaca"
+    leftovers = [p.name for p in folder.iterdir() if p.name.startswith(".") and p.name != ".lock"]
     assert leftovers == []
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "CURRENT", "v000001"]
 
 
 def test_missing_input_is_an_error(home, catalog, tmp_path):

@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from conftest import current
+
 from tests.conftest import REPO, shared
 from tests.hub_server import LocalHub
 
@@ -51,7 +53,7 @@ def test_build_downloads_from_hub_repo(tmp_path):
         assert first.returncode == 0, first.stderr
         downloads = [p for m, p, _ in hub.state.requests if m == "GET" and "/resolve/" in p]
         assert len(downloads) == 1 and downloads[0].endswith("/data/train.json")
-        manifest = json.loads((home / "sources" / "belle_hub" / "manifest.json").read_text())
+        manifest = json.loads((current(home, "sources", "belle_hub") / "manifest.json").read_text())
         assert manifest["rows"] == 1000 and manifest["raw"][0]["name"] == "data/train.json"
         assert manifest["origin"] == {
             "kind": "hub",

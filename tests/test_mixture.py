@@ -2,6 +2,7 @@ import textwrap
 
 import polars as pl
 import pytest
+from conftest import current
 
 from forge.errors import MixtureError
 from forge.mixture import MixtureStream, materialize, resolve
@@ -33,7 +34,7 @@ def test_same_seed_same_ids_and_seed_changes_order(built_samples, catalog):
 def test_materialize_writes_shards_and_lineage(built_samples, catalog):
     m = resolve("alpaca-belle-cot", catalog, home=built_samples)
     manifest = materialize(m, built_samples)
-    folder = built_samples / "mixtures" / "alpaca-belle-cot"
+    folder = current(built_samples, "mixtures", "alpaca-belle-cot")
     shards = pl.read_parquet(folder / "part-*.parquet")
     lineage = pl.read_parquet(folder / "ids.parquet")
     assert manifest["rows"] == shards.height == lineage.height == 131
@@ -98,7 +99,7 @@ def test_rates_and_nesting(built_samples, catalog, tmp_path):
     # outer splits 100 as 50/50; the inner half is split 3:1 (37.5/12.5, tie to the first)
     assert counts == {"alpaca": 38, "belle_0.5m": 12, "flan_cot[category == cot_inversion]": 50}
     ids = ids_of(outer, built_samples)
-    flan = pl.read_parquet(built_samples / "sources" / "flan_cot" / "*.parquet")
+    flan = pl.read_parquet(current(built_samples, "sources", "flan_cot") / "*.parquet")
     inv_ids = set(flan.filter(pl.col("category") == "cot_inversion")["id"].to_list())
     assert len([i for i in ids if i in inv_ids]) == 50
 
@@ -157,7 +158,7 @@ def test_proportional_caps_and_temperature(built_samples, catalog, tmp_path):
     belle_ids = [
         i
         for i in ids
-        if i in set(pl.read_parquet(built_samples / "sources" / "belle_0.5m" / "*.parquet")["id"])
+        if i in set(pl.read_parquet(current(built_samples, "sources", "belle_0.5m") / "*.parquet")["id"])
     ]
     assert len(set(belle_ids[:27])) == 27
 
@@ -178,7 +179,9 @@ def test_max_examples_and_epochs_in_concat(built_samples, catalog, tmp_path):
     assert [leaf.count for leaf in m.leaves] == [64, 10]
     ids = ids_of(m, built_samples)
     alpaca = [
-        i for i in ids if i in set(pl.read_parquet(built_samples / "sources" / "alpaca" / "*.parquet")["id"])
+        i
+        for i in ids
+        if i in set(pl.read_parquet(current(built_samples, "sources", "alpaca") / "*.parquet")["id"])
     ]
     assert len(alpaca) == 64 and len(set(alpaca)) == 32 and len(set(alpaca[:32])) == 32
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import datasets
 import polars as pl
 import pytest
+from conftest import current
 from huggingface_hub import DatasetCard
 
 from forge.build import build_source
@@ -23,7 +24,7 @@ def cli(args, env, cwd=REPO):
 
 
 def source_rows(home, name):
-    return pl.read_parquet(home / "sources" / name / "*.parquet")
+    return pl.read_parquet(current(home, "sources", name) / "*.parquet")
 
 
 @pytest.fixture
@@ -40,12 +41,14 @@ def test_staged_folder_loads_every_config_offline(staged):
         ds = datasets.load_dataset(str(folder), name, split="train")
         expected = source_rows(home, name)
         assert (
-            ds.num_rows == expected.height == (pl.read_parquet(home / "sources" / name / "*.parquet").height)
+            ds.num_rows
+            == expected.height
+            == (pl.read_parquet(current(home, "sources", name) / "*.parquet").height)
         )
         assert ds.column_names == expected.columns
         assert ds["id"] == expected["id"].to_list() and ds["output"] == expected["output"].to_list()
     mix = datasets.load_dataset(str(folder), "alpaca-belle-cot", split="train")
-    lineage = pl.read_parquet(home / "mixtures" / "alpaca-belle-cot" / "ids.parquet")
+    lineage = pl.read_parquet(current(home, "mixtures", "alpaca-belle-cot") / "ids.parquet")
     assert mix["id"] == lineage["id"].to_list()
     assert datasets.load_dataset(str(folder), "default", split="train").num_rows == 32 + 27 + 72
 
@@ -144,7 +147,7 @@ def test_upload_batches_retry_and_pull_round_trip(built_samples, tmp_path):
         staged = sorted(
             str(p.relative_to(built_samples / "publish" / "me--abc"))
             for p in (built_samples / "publish" / "me--abc").rglob("*")
-            if p.is_file()
+            if p.is_file() and p.name != ".forge-output"
         )
         assert sorted(uploaded) == staged and uploaded[-1] == "README.md"
         assert all(c["authorization"] == f"Bearer {TOKEN}" for c in commits)

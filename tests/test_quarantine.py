@@ -1,13 +1,14 @@
 import json
 
 import pytest
+from conftest import current
 
 from forge.build import build_source
 from forge.errors import BuildError
 
 
 def quarantined(home, source):
-    path = home / "quarantine" / source / "quarantine.jsonl"
+    path = current(home, "sources", source) / "quarantine.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -49,7 +50,10 @@ def test_threshold_fails_the_build_and_keeps_old_shards(home, catalog, tmp_path)
     with pytest.raises(BuildError, match=r"1 of 11 raw records quarantined \(9.1% > --max-quarantine 1.0%\)"):
         build_source(catalog.get("belle_0.5m"), home=home, from_path=raw)
     assert (ok.out_dir / ok.shards[0]["file"]).exists()
-    assert quarantined(home, "belle_0.5m")[0]["line"] == 11
+    # the rejected build's quarantine is kept apart; the live version keeps its own (none here)
+    failed = home / "sources" / "belle_0.5m" / "failed-build" / "quarantine.jsonl"
+    assert [json.loads(x)["line"] for x in failed.read_text().splitlines()] == [11]
+    assert not (current(home, "sources", "belle_0.5m") / "quarantine.jsonl").exists()
 
 
 def test_truncated_json_array(home, catalog, tmp_path):

@@ -7,6 +7,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
+from conftest import current
 
 import forge
 from forge.build import build_source
@@ -187,7 +188,7 @@ def test_near_dedup_recall_and_precision_on_planted_duplicates(home, catalog, tm
     dropped = pl.read_parquet(tmp_path / "dd" / "dropped.parquet")
     planted_rows = {n_orig + j for j in range(len(copies))}
     pair_of = {n_orig + j: c["_of"] for j, c in enumerate(copies)}
-    ids = pl.read_parquet(home / "sources" / "belle_0.5m" / "*.parquet").select("id", "raw_row")
+    ids = pl.read_parquet(current(home, "sources", "belle_0.5m") / "*.parquet").select("id", "raw_row")
     row_of = dict(zip(ids["id"], ids["raw_row"], strict=True))
     found = set()
     false = 0

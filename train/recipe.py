@@ -101,8 +101,76 @@ class TrainArgs:
     deepspeed: str | None = None  # JSON file
 
 
+def _check_numbers(args: TrainArgs) -> None:
+    """Numeric options, checked before anything is loaded (NaN fails every comparison)."""
+    import math
+
+    positive = ("max_steps", "batch_size", "grad_accum", "cutoff_len", "pack_buffer", "lora_r", "lora_alpha")
+    positive += ("num_virtual_tokens", "encoder_hidden_size", "adalora_init_r", "adalora_delta_t")
+    for name in positive:
+        v = getattr(args, name)
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+    for name in ("warmup_steps", "eval_size", "eval_steps", "save_steps", "adalora_tinit", "adalora_tfinal"):
+        v = getattr(args, name)
+        if not isinstance(v, int) or v < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be zero or a positive integer, got {v}")
+    if not (math.isfinite(args.learning_rate) and 0 < args.learning_rate <= 10):
+        raise ValueError(f"--learning-rate must be a finite number in (0, 10], got {args.learning_rate}")
+    for name in ("lora_dropout", "weight_decay"):
+        v = getattr(args, name)
+        if not (0 <= v < 1):
+            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {v}")
+    if args.quantization not in (None, 4, 8):
+        raise ValueError(f"--quantization takes 4 or 8, got {args.quantization}")
+    if args.overlong not in ("truncate", "drop"):
+        raise ValueError(f"--overlong takes truncate or drop, got {args.overlong!r}")
+
+
+def _check_paths(args: TrainArgs) -> None:
+    """A --model that looks like a local path must be a model folder; checkpoints must exist."""
+    model = Path(args.model).expanduser()
+    looks_local = model.exists() or args.model.startswith((".", "/", "~")) or args.model.count("/") > 1
+    if looks_local:
+        if not model.is_dir():
+            raise ValueError(
+                f"--model {args.model}: no such folder (give a model folder or a Hub id OWNER/NAME)"
+            )
+        if not (model / "config.json").is_file():
+            raise ValueError(
+                f"--model {args.model}: not a model folder (no config.json); "
+                f"give the folder save_pretrained wrote, or a Hub id"
+            )
+    if args.resume_from:
+        ckpt = Path(args.resume_from)
+        if not (ckpt / "data_state.json").is_file():
+            raise ValueError(
+                f"--resume-from {args.resume_from}: not a forge checkpoint (no data_state.json); "
+                f"give a checkpoint-N folder of an earlier run"
+            )
+
+
+def _check_peft_config(config) -> None:
+    import peft
+
+    if not isinstance(config, dict):
+        raise ValueError(f"--peft-config must be a JSON object, got {type(config).__name__}")
+    kind = config.get("peft_type")
+    known = sorted(t.value for t in peft.PeftType)
+    if kind not in known:
+        raise ValueError(f"--peft-config: peft_type {kind!r} is not one of {', '.join(known)}")
+    try:
+        peft.get_peft_config(dict(config))
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"--peft-config ({kind}): {e}") from None
+
+
 def check_args(args: TrainArgs) -> None:
     """Refuse impossible combinations in one line, before any model is loaded."""
+    _check_numbers(args)
+    _check_paths(args)
+    if args.peft_config is not None:
+        _check_peft_config(args.peft_config)
     if args.peft not in PEFT_METHODS and not args.peft_config:
         raise ValueError(
             f"--peft {args.peft!r}: choose one of {', '.join(PEFT_METHODS)} or pass --peft-config JSON"

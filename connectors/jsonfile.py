@@ -72,8 +72,8 @@ def sniff(path: Path, encoding: str = "utf-8") -> str:
     if first.startswith("["):
         return "array"
     try:
-        return "jsonl" if isinstance(orjson.loads(first), dict) else "document"
-    except orjson.JSONDecodeError:
+        return "jsonl" if isinstance(_loads_lenient(first), dict) else "document"
+    except ValueError:
         return "document"
 
 

@@ -270,12 +270,11 @@ def write_json_atomic(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def _kill_with_parent() -> None:
+def _kill_with_parent(parent: int) -> None:
     """Worker initializer: exit as soon as the parent is gone (kill -9 included), instead of
-    building on as an orphan. Parent death re-parents us, so getppid() changes."""
+    building on as an orphan. Parent death re-parents us, so getppid() changes; the parent's
+    pid comes as an argument in case it died before this ran."""
     import threading
-
-    parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -408,7 +407,10 @@ def _build_version(
 
         # spawn, not fork: polars and Arrow keep thread pools that do not survive a fork
         with ProcessPoolExecutor(
-            n_workers, mp_context=mp.get_context("spawn"), initializer=_kill_with_parent
+            n_workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_kill_with_parent,
+            initargs=(os.getpid(),),
         ) as pool:
             results = []
             for r in pool.map(_build_part, jobs):
@@ -501,10 +503,11 @@ class PartResult:
     reasons: dict
 
 
-def plan_parts(files: list, target_bytes: int = PART_BYTES) -> list[list]:
+def plan_parts(files: list, target_bytes: int | None = None) -> list[list]:
     """Group files, in order, into parts of about target_bytes. Parts are built
     independently (in parallel when there are several) and the grouping depends only on
     the input, so the output is the same whatever the number of workers."""
+    target_bytes = target_bytes or PART_BYTES
     parts: list[list] = [[]]
     size = 0
     for f in files:

@@ -331,14 +331,15 @@ def _retrying(call, token: str | None, what: str, sleep=time.sleep):
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
     """Network failures below HTTP: OSError, and the HTTP clients' own connection errors
-    (huggingface_hub talks through httpx in recent versions, requests in older ones)."""
-    errors: list[type[BaseException]] = [OSError]
-    try:
-        import httpx
+    (huggingface_hub talks through httpx/httpx2 in recent versions, requests in older ones)."""
+    import importlib
 
-        errors.append(httpx.TransportError)
-    except ImportError:
-        pass
+    errors: list[type[BaseException]] = [OSError]
+    for name in ("httpx", "httpx2"):  # huggingface_hub 2.x ships its HTTP client as httpx2
+        try:
+            errors.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            pass
     try:
         import requests
 

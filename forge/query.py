@@ -57,11 +57,18 @@ def _column(name: str) -> pl.Expr:
     return pl.col(name)
 
 
+MAX_DEPTH = 64  # nested parentheses / not
+MAX_TOKENS = 4096
+
+
 class _Parser:
     def __init__(self, text: str):
         self.text = text
         self.toks = _tokens(text)
+        if len(self.toks) > MAX_TOKENS:
+            raise QueryError(f"query has {len(self.toks):,} tokens; at most {MAX_TOKENS:,} are allowed")
         self.i = 0
+        self.depth = 0
 
     def peek(self, value: str | None = None):
         if self.i >= len(self.toks):
@@ -101,14 +108,21 @@ class _Parser:
         return e
 
     def factor(self) -> pl.Expr:
-        if self.peek("not"):
-            self.i += 1
-            return ~self.factor()
-        if self.peek("("):
-            self.i += 1
-            e = self.expr()
-            self.expect(")")
-            return e
+        if self.peek("not") or self.peek("("):
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                pos = self.toks[self.i][2]
+                raise QueryError(f"query nested deeper than {MAX_DEPTH} levels at position {pos}")
+            try:
+                if self.peek("not"):
+                    self.i += 1
+                    return ~self.factor()
+                self.i += 1
+                e = self.expr()
+                self.expect(")")
+                return e
+            finally:
+                self.depth -= 1
         return self.compare()
 
     def value(self, numeric: bool):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,10 @@ from forge.mixture import Mixture, MixtureStream
 from train.data import IGNORE, StreamStats, TokenizeConfig, pad_batch, stream_examples
 from train.families import family_of, present_targets
 from train.packing import PackStats, collate_packed, mask_style, pack
+
+# bitsandbytes logs at import, on CPUs with avx512_bf16, that an optional kernel fetched from the
+# Hub is missing; forge never fetches kernels at run time, so the line is noise before every error
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 PEFT_METHODS = ("lora", "qlora", "dora", "adalora", "ia3", "prefix", "p_tuning", "prompt")
 PROMPT_STYLE = ("prefix", "p_tuning", "prompt")  # virtual tokens: no packing, no merge

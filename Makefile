@@ -20,8 +20,9 @@ demo: install
 	$(VENV)/bin/forge train --mixture alpaca-belle-cot --model $(FORGE_HOME)/tiny-llama --max-steps 30 --learning-rate 0.01
 	@echo
 	@echo "Everything went under $(FORGE_HOME):"
-	@echo "  sources/   built Parquet shards + manifests    quarantine/  rejected raw records"
-	@echo "  mixtures/  alpaca-belle-cot shards + lineage     runs/        adapter + run_manifest.json"
+	@echo "  sources/NAME/vNNNNNN/   Parquet shards, manifest, quarantine.jsonl (CURRENT names the live one)"
+	@echo "  mixtures/NAME/vNNNNNN/  alpaca-belle-cot shards + ids.parquet lineage"
+	@echo "  runs/                   adapter + run_manifest.json"
 
 test: install
 	$(VENV)/bin/ruff check .

@@ -1,26 +1,59 @@
 #!/usr/bin/env bash
 # Create .venv and install forge with everything the demo and the tests need.
 # torch is pinned to the CPU wheel this kind of machine keeps on disk (a looser pin pulls a
-# multi-GB CUDA build). When PyPI cannot be reached, install from a local wheelhouse
-# ($FORGE_WHEELS, default ~/.cache/forge-wheels) instead.
+# multi-GB CUDA build). The install is tried against the configured package index first;
+# when that fails (no network), it is retried from a local wheelhouse ($FORGE_WHEELS,
+# default ~/.cache/forge-wheels), which every successful online install refreshes.
 set -euo pipefail
 VENV=${VENV:-.venv}
 TORCH=${TORCH:-torch==2.13.0}
 WHEELS=${FORGE_WHEELS:-$HOME/.cache/forge-wheels}
 PY=${PY:-python3}
+EXTRAS=".[dev,quant,report,track]"
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-pip_offline=()
-if ! "$PY" - <<'PYEOF' 2>/dev/null; then
-import socket
-socket.create_connection(("pypi.org", 443), timeout=3).close()
-PYEOF
-  if [ -d "$WHEELS" ]; then
-    echo "PyPI unreachable: installing from $WHEELS" >&2
-    pip_offline=(--no-index --find-links "$WHEELS")
-  else
-    echo "PyPI unreachable and no wheelhouse at $WHEELS" >&2
+PIP=("$VENV/bin/pip" --disable-pip-version-check)
+
+online_install() {
+  "${PIP[@]}" install -q --retries 1 --timeout 20 "$TORCH" &&
+    "${PIP[@]}" install -q --retries 1 --timeout 20 -e "$EXTRAS"
+}
+
+offline_install() {
+  if [ ! -d "$WHEELS" ]; then
+    echo "install failed and there is no wheelhouse at $WHEELS (run once with network)" >&2
+    return 1
   fi
+  echo "package index unreachable: installing from the wheelhouse $WHEELS" >&2
+  "${PIP[@]}" install -q --no-index --find-links "$WHEELS" "$TORCH" &&
+    "${PIP[@]}" install -q --no-index --find-links "$WHEELS" -e "$EXTRAS"
+}
+
+refresh_wheelhouse() {
+  # pin exactly what is installed now, plus what an offline editable install builds with
+  # (hatchling and editables); sdists (langdetect) are built into wheels here, once
+  local reqs stamp
+  reqs=$(mktemp)
+  "${PIP[@]}" freeze --exclude-editable | grep -v '^-e ' >"$reqs"
+  printf 'hatchling\neditables\nsetuptools\nwheel\n' >>"$reqs"
+  stamp=$(sha256sum "$reqs" | cut -c1-16)
+  if [ -f "$WHEELS/.stamp" ] && [ "$(cat "$WHEELS/.stamp")" = "$stamp" ]; then
+    rm -f "$reqs"
+    return 0
+  fi
+  mkdir -p "$WHEELS"
+  if "${PIP[@]}" wheel -q --retries 1 --timeout 20 -w "$WHEELS" -r "$reqs" >/dev/null; then
+    echo "$stamp" >"$WHEELS/.stamp"
+  else
+    echo "note: could not refresh the wheelhouse $WHEELS (offline installs may fail)" >&2
+  fi
+  rm -f "$reqs"
+}
+
+if online_install 2>/tmp/forge-install-$$.log; then
+  refresh_wheelhouse
+else
+  tail -3 /tmp/forge-install-$$.log >&2
+  offline_install
 fi
-"$VENV/bin/pip" install -q "${pip_offline[@]}" "$TORCH"
-"$VENV/bin/pip" install -q "${pip_offline[@]}" -e ".[dev,quant,report,track]"
+rm -f /tmp/forge-install-$$.log

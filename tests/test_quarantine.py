@@ -44,16 +44,21 @@ def test_jsonl_bad_lines_are_quarantined_with_file_line_reason(home, catalog, tm
 
 def test_threshold_fails_the_build_and_keeps_old_shards(home, catalog, tmp_path):
     raw = tmp_path / "d.jsonl"
-    raw.write_text('{"instruction": "a", "output": "b"}\n' * 10)
+    raw.write_text('{"instruction": "a", "output": "b"}\n' * 200 + "{oops\n")  # 0.5% bad: built
     ok = build_source(catalog.get("belle_0.5m"), home=home, from_path=raw)
+    live_quarantine = (current(home, "sources", "belle_0.5m") / "quarantine.jsonl").read_bytes()
+    assert [json.loads(x)["line"] for x in live_quarantine.decode().splitlines()] == [201]
     raw.write_text('{"instruction": "a", "output": "b"}\n' * 10 + "{oops\n")
-    with pytest.raises(BuildError, match=r"1 of 11 raw records quarantined \(9.1% > --max-quarantine 1.0%\)"):
+    with pytest.raises(
+        BuildError, match=r"1 of 11 raw records quarantined \(9.1% > --max-quarantine 1.0%\).*unchanged"
+    ):
         build_source(catalog.get("belle_0.5m"), home=home, from_path=raw)
     assert (ok.out_dir / ok.shards[0]["file"]).exists()
     # the rejected build's quarantine is kept apart; the live version keeps its own (none here)
     failed = home / "sources" / "belle_0.5m" / "failed-build" / "quarantine.jsonl"
     assert [json.loads(x)["line"] for x in failed.read_text().splitlines()] == [11]
-    assert not (current(home, "sources", "belle_0.5m") / "quarantine.jsonl").exists()
+    # and the live version's quarantine still matches the live shards, byte for byte
+    assert (current(home, "sources", "belle_0.5m") / "quarantine.jsonl").read_bytes() == live_quarantine
 
 
 def test_truncated_json_array(home, catalog, tmp_path):

@@ -597,6 +597,7 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None) ->
     manifest = {
         "mixture": mix.name,
         "mixture_fingerprint": mix.fingerprint(),
+        "source_versions": mix.versions,  # the exact build of every source this run read
         "data_fingerprint": counts["data_fingerprint"],
         "tokenizer_sha256": tokenizer_hash(tokenizer),
         "base_model": args.model,

@@ -142,9 +142,14 @@ def decode_line(raw: bytes, encoding: str, reject: Reject, file: str, row: int, 
         return None
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def hash_file(path: Path, *hashers, chunk: int = 1 << 22) -> list[str]:
+    """Feed a file to every hasher in one read; their hex digests, in order."""
     with open(path, "rb") as f:
         while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+            for h in hashers:
+                h.update(block)
+    return [h.hexdigest() for h in hashers]
+
+
+def sha256_file(path: Path) -> str:
+    return hash_file(path, hashlib.sha256())[0]

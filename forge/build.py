@@ -349,24 +349,9 @@ def build_source(
                     version=current.id,
                 )
             vid, tmp = store.new_tmp()
+            job = _Job(src, files, raw, bhash, origin, t0, max_quarantine, detector, shard_rows, workers)
             try:
-                return _build_version(
-                    src,
-                    store,
-                    vid,
-                    tmp,
-                    files,
-                    raw,
-                    bhash,
-                    origin,
-                    t0,
-                    max_quarantine,
-                    detector,
-                    shard_rows,
-                    progress,
-                    workers,
-                    keep,
-                )
+                return _build_version(job, store, vid, tmp, progress, keep)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -379,24 +364,33 @@ def build_source(
         raise
 
 
-def _build_version(
-    src,
-    store,
-    vid,
-    tmp,
-    files,
-    raw,
-    bhash,
-    origin,
-    t0,
-    max_quarantine,
-    detector,
-    shard_rows,
-    progress,
-    workers,
-    keep,
-) -> BuildResult:
+@dataclass
+class _Job:
+    """What one build of one source works from, decided before the writer lock is taken."""
+
+    src: Source
+    files: list
+    raw: list[dict]
+    bhash: str
+    origin: object
+    t0: float
+    max_quarantine: float
+    detector: str
+    shard_rows: int
+    workers: int | None
+
+
+def _build_version(job: _Job, store: Store, vid: str, tmp: Path, progress, keep: int | None) -> BuildResult:
+    """Build every part into `tmp`, check the quarantine share, write the manifest, commit."""
     from forge import faults
+
+    src, files, raw, bhash, origin, t0 = job.src, job.files, job.raw, job.bhash, job.origin, job.t0
+    max_quarantine, detector, shard_rows, workers = (
+        job.max_quarantine,
+        job.detector,
+        job.shard_rows,
+        job.workers,
+    )
 
     parts = plan_parts(files)
     jobs = [(src, part_files, i, tmp, tmp, detector, shard_rows) for i, part_files in enumerate(parts)]
@@ -617,23 +611,19 @@ def _raw_text(batch) -> str:
     return text[:20000]
 
 
-def file_digests(path: Path, chunk: int = 1 << 22) -> dict:
+def file_digests(path: Path) -> dict:
     """sha256 (for the dataset card) and xxh3-128 (for fast integrity checks), one read."""
-    sha, xx = hashlib.sha256(), xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            sha.update(block)
-            xx.update(block)
-    return {"sha256": sha.hexdigest(), "xxh3": xx.hexdigest()}
+    from connectors.base import hash_file
+
+    sha, xx = hash_file(path, hashlib.sha256(), xxhash.xxh3_128())
+    return {"sha256": sha, "xxh3": xx}
 
 
-def shard_digest(path: Path, chunk: int = 1 << 22) -> str:
+def shard_digest(path: Path) -> str:
     """xxh3-128 of a file: fast enough to check every shard before saying "up to date"."""
-    h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    from connectors.base import hash_file
+
+    return hash_file(path, xxhash.xxh3_128())[0]
 
 
 def damaged_shards(folder: Path, manifest: dict) -> list[str]:

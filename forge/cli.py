@@ -70,6 +70,27 @@ def _progress():
     )
 
 
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _train_progress(enabled: bool):
+    """A progress bar with loss, learning rate, tokens/s and ETA, on a terminal; elsewhere (a
+    pipe, a CI log) one plain line per logged step instead."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=err,
+        transient=False,
+        disable=not (enabled and err.is_terminal),
+    )
+
+
 def _location(s) -> str:
     if s.hub:
         return f"hub:{s.hub.repo}"
@@ -254,16 +275,23 @@ def mix(
 
     h = _home(home)
     m = resolve(name, load_catalog(catalog), home=h, seed=seed)
-    t = Table(
-        title=f"mixture {name} ({m.spec.get('strategy', 'rates')}, seed {m.seed}, {m.total:,} examples)"
+    console.print(
+        f"mixture {escape(name)} ({m.spec.get('strategy', 'rates')}, seed {m.seed}, {m.total:,} examples)",
+        highlight=False,
     )
-    for col in ("component", "records", "draws", "share"):
+    t = Table()
+    for col in ("component", "records", "draws", "share", "epochs"):
         t.add_column(col)
     for leaf in m.leaves:
         t.add_row(
-            escape(leaf.label), f"{leaf.size:,}", f"{leaf.count:,}", f"{leaf.count / max(m.total, 1):.1%}"
+            escape(leaf.label),
+            f"{leaf.size:,}",
+            f"{leaf.count:,}",
+            f"{leaf.count / max(m.total, 1):.1%}",
+            f"{leaf.epochs:.2f}",
         )
     console.print(t)
+    _mix_warnings(m)
     if dry_run:
         from forge.mixture import stream_tag_counts
 
@@ -284,6 +312,26 @@ def mix(
         + ", ".join(f"{s}@{v}" for s, v in manifest["source_versions"].items())
         + ")"
     )
+
+
+def _mix_warnings(m) -> None:
+    """What a user should know before training on a mixture: repeats, shortfall, empty outputs."""
+    from forge.mixture import empty_output_counts
+
+    for line in m.repeat_warnings():
+        err.print(f"[yellow]warning:[/] repeats: {escape(line)}", highlight=False)
+    if m.shortfall:
+        err.print(
+            f"[yellow]warning:[/] {m.shortfall:,} examples short of size {m.spec['size']:,}: caps "
+            f"(max_examples) hold components back and redistribute is false",
+            highlight=False,
+        )
+    for label, n in empty_output_counts(m).items():
+        err.print(
+            f"[yellow]warning:[/] {escape(label)}: {n:,} records have an empty output; "
+            f"forge train drops them (a model tuned on them learns to answer with nothing)",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -619,10 +667,15 @@ def train(
     quantization: Annotated[
         int | None, typer.Option(help="Load the base in 4 or 8 bits (bitsandbytes).")
     ] = None,
-    max_steps: int = 30,
+    max_steps: Annotated[int, typer.Option(help="Optimizer steps (ignored with --epochs).")] = 30,
+    epochs: Annotated[
+        int | None, typer.Option(help="Passes over the mixture; sets the exact number of steps.")
+    ] = None,
     batch_size: int = 8,
     grad_accum: int = 1,
-    learning_rate: float = 3e-3,
+    learning_rate: Annotated[
+        float, typer.Option(help="Peak learning rate; 2e-4 suits LoRA on 1B-13B models.")
+    ] = 2e-4,
     cutoff_len: int = 512,
     overlong: Annotated[
         str, typer.Option(help="Over-long records: truncate (the response tail) or drop.")
@@ -697,6 +750,7 @@ def train(
         peft_config=_json_option("--peft-config", peft_config),
         quantization=quantization,
         max_steps=max_steps,
+        epochs=epochs,
         batch_size=batch_size,
         grad_accum=grad_accum,
         learning_rate=learning_rate,
@@ -742,32 +796,69 @@ def train(
         _fail(str(e))
     # under torchrun / accelerate launch every rank runs this; only the first one talks
     say = console.print if os.environ.get("RANK", "0") == "0" else (lambda *_a, **_k: None)
+    if epochs is not None and epochs < 1:
+        _fail(f"--epochs must be a positive integer, got {epochs}")
+    talk = os.environ.get("RANK", "0") == "0"
     say(
         f"training {model} with {peft} on mixture {mixture} ({m.total:,} examples, "
-        f"fingerprint {m.fingerprint()[:12]}) for {max_steps} steps"
+        f"fingerprint {m.fingerprint()[:12]}) "
+        + (f"for {epochs} epoch(s)" if epochs else f"for {max_steps} steps")
+        + f", learning rate {learning_rate:g}"
         + (f", packing to {cutoff_len} tokens" if packing else "")
     )
+    with _train_progress(enabled=talk) as prog:
+        bar = prog.add_task("train", total=None, info="")
 
-    def show(step, loss, eff):
-        say(f"step {step:>4}  loss {loss:.4f}" + (f"  packing {eff:.1%}" if eff else ""))
+        def show(entry: dict) -> None:
+            if "eval_loss" in entry:
+                prog.console.print(
+                    f"step {entry['step']:>4}  eval loss {entry['eval_loss']:.4f}", highlight=False
+                )
+                return
+            line = (
+                f"step {entry['step']:>4}/{entry['max_steps']}  loss {entry['loss']:.4f}  "
+                f"lr {entry['learning_rate']:.2e}  {entry['tokens_per_s']:,.0f} tok/s  "
+                f"ETA {_clock(entry['eta_s'])}"
+                + (f"  packing {entry['packing']:.1%}" if entry["packing"] else "")
+            )
+            prog.update(
+                bar, completed=entry["step"], total=entry["max_steps"], info=line[line.index("loss") :]
+            )
+            if not prog.live.is_started or not err.is_terminal:
+                say(line, highlight=False)
 
-    try:
-        manifest = run(args, m, h, on_log=show)
-    except ValueError as e:
-        _fail(str(e))
-    losses = manifest["losses"]
+        try:
+            manifest = run(args, m, h, on_log=show if talk else None)
+        except ValueError as e:
+            _fail(str(e))
+    win = manifest["loss_windows"]
     say(
-        f"[bold]done[/]: loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} logged steps, "
-        f"{manifest['examples_seen']:,} examples"
+        f"[bold]done[/]: loss {win['first']:.4f} -> {win['last']:.4f} (means of the first and last "
+        f"{win['window']} logged steps), {manifest['batches']} steps, {manifest['examples_seen']:,} examples"
         + (f" on {manifest['world_size']} ranks" if manifest["world_size"] > 1 else "")
         + f", {manifest['seconds']}s"
         + (
-            f", packing efficiency {manifest['packing_efficiency']:.1%}"
+            f", packing efficiency {manifest['packing_efficiency']:.1%} (real tokens / row slots)"
             if manifest["packing_efficiency"]
             else ""
         )
-        + f"\nadapter: {out / 'adapter'}\nrun manifest: {out / 'run_manifest.json'}"
     )
+    if manifest["truncated"] or manifest["dropped_overlong"] or manifest["empty_outputs_dropped"]:
+        say(
+            f"records: {manifest['truncated']:,} truncated to {cutoff_len} tokens "
+            f"({manifest['tokens_cut']:,} tokens cut), {manifest['dropped_overlong']:,} dropped as over-long, "
+            f"{manifest['empty_outputs_dropped']:,} dropped for an empty output"
+        )
+    shares = manifest["composition"]
+    if shares:
+        say(
+            "trained token share (sampled): "
+            + ", ".join(
+                f"{escape(str(k))} {v['trained_share']:.1%} ({v['sampled_share']:.1%})"
+                for k, v in shares.items()
+            )
+        )
+    say(f"adapter: {out / 'adapter'}\nrun manifest: {out / 'run_manifest.json'}")
 
 
 @app.command()

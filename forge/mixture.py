@@ -9,6 +9,8 @@ A mixture file:
     stop: all_exhausted       # first_exhausted | all_exhausted (when size is not given)
     temperature: 1.0          # proportional only: rate ~ min(n, cap) ** (1 / T)
     cap: null                 # proportional only: default per-component cap
+    redistribute: true        # with size: what a capped component cannot give goes to the others
+    repeat_warning: 2.0       # warn when a component is drawn more than this many times over
     components:
       - source: alpaca        # a built source ...
         weight: 1.0
@@ -23,7 +25,10 @@ How strategies set the draw counts c_i (the sampling itself is in forge.sampling
   rates         rate_i = weight_i / sum(weight). N = size, or for first_exhausted the
                 largest N at which no component repeats, for all_exhausted the smallest N
                 at which every component is used whole (smaller ones cycle). c_i is the
-                largest-remainder split of N by rate, then capped by max_examples_i.
+                largest-remainder split of N by rate, then capped by max_examples_i. With
+                `size`, a cap's shortfall is split again among the components still below
+                their caps, by weight, until the mixture holds N (redistribute: false keeps
+                the shortfall and reports it).
   proportional  rate_i ~ weight_i * min(n_i, cap_i) ** (1 / temperature), then as rates.
 Nested mixtures are flattened to leaf components: a sub-mixture's share is split among its
 leaves in proportion to its own counts.
@@ -52,7 +57,20 @@ from formatters.safeyaml import YamlInputError, load_yaml_file
 STRATEGIES = ("concat", "rates", "proportional")
 MAX_EXAMPLES = 1_000_000_000  # a mixture larger than this is a typo (size: 1e11), not a plan
 STOPS = ("first_exhausted", "all_exhausted")
-TOP_KEYS = {"name", "description", "strategy", "seed", "size", "stop", "temperature", "cap", "components"}
+TOP_KEYS = {
+    "name",
+    "description",
+    "strategy",
+    "seed",
+    "size",
+    "stop",
+    "temperature",
+    "cap",
+    "components",
+    "redistribute",
+    "repeat_warning",
+}
+REPEAT_WARNING = 2.0
 COMPONENT_KEYS = {"source", "where", "mixture", "weight", "max_examples", "epochs"}
 
 
@@ -82,6 +100,11 @@ class Leaf:
     count: int = 0
     size: int = 0
 
+    @property
+    def epochs(self) -> float:
+        """How many times over the component is drawn (above 1: its records repeat)."""
+        return self.count / self.size if self.size else 0.0
+
 
 @dataclass
 class Mixture:
@@ -93,6 +116,22 @@ class Mixture:
     build_hashes: dict[str, str] = field(default_factory=dict)
     rowsets: list = field(default_factory=list)  # per leaf: matching row positions, or None for all rows
     pinned: dict[str, Built] = field(default_factory=dict)  # source -> the version this mixture reads
+
+    @property
+    def shortfall(self) -> int:
+        """Examples short of the requested size (caps with redistribute: false)."""
+        size = self.spec.get("size")
+        return max(0, int(size) - self.total) if size else 0
+
+    def repeat_warnings(self) -> list[str]:
+        """One line per component drawn more than repeat_warning times over."""
+        limit = float(self.spec.get("repeat_warning", REPEAT_WARNING))
+        return [
+            f"{leaf.label}: {leaf.count:,} draws from {leaf.size:,} records = {leaf.epochs:.1f} epochs "
+            f"(each record about {leaf.epochs:.0f} times; repeat_warning is {limit:g})"
+            for leaf in self.leaves
+            if leaf.epochs > limit
+        ]
 
     @property
     def versions(self) -> dict[str, str]:
@@ -142,6 +181,11 @@ def load_spec(path: Path) -> dict:
     t = spec.get("temperature", 1.0)
     if not _is_number(t) or t <= 0 or t > 1000:
         raise _err(path, "temperature", f"expected a finite number in (0, 1000], found {t!r}")
+    if not isinstance(spec.get("redistribute", True), bool):
+        raise _err(path, "redistribute", f"expected true or false, found {spec['redistribute']!r}")
+    rw = spec.get("repeat_warning", REPEAT_WARNING)
+    if not _is_number(rw) or rw <= 0:
+        raise _err(path, "repeat_warning", f"expected a positive number, found {rw!r}")
     if not isinstance(spec.get("seed", 0), int):
         raise _err(path, "seed", f"expected an integer, found {spec.get('seed')!r}")
     comps = spec.get("components")
@@ -329,8 +373,16 @@ def _group_counts(path: Path, spec: dict, strategy: str, groups) -> list[int]:
             f"the mixture would hold {total:,} examples (more than {MAX_EXAMPLES:,}); "
             f"set a smaller size, or check the weights",
         )
-    counts = largest_remainder(total, rates)
-    return [int(x) for x in np.minimum(counts, caps)]
+    counts = np.minimum(largest_remainder(total, rates), caps)
+    if spec.get("size") and spec.get("redistribute", True):
+        # water-filling: a capped component's shortfall goes to the others by weight, again
+        # and again until the size is reached or every component with weight is at its cap
+        while (short := total - int(counts.sum())) > 0:
+            open_ = (counts < caps) & (rates > 0)
+            if not open_.any():
+                break
+            counts = np.minimum(counts + largest_remainder(short, np.where(open_, rates, 0.0)), caps)
+    return [int(x) for x in counts]
 
 
 class RecordReader:
@@ -558,9 +610,12 @@ def _write_mixture(mix: Mixture, home: Path | None, tmp: Path, shard_rows: int, 
                 "where": leaf.where,
                 "size": leaf.size,
                 "count": leaf.count,
+                "epochs": round(leaf.epochs, 4),
             }
             for leaf in mix.leaves
         ],
+        "shortfall": mix.shortfall,
+        "warnings": mix.repeat_warnings(),
         "build_hashes": mix.build_hashes,
         "source_versions": mix.versions,
         "version": vid,
@@ -606,3 +661,22 @@ def stream_tag_counts(mix: Mixture, home: Path | None = None) -> tuple[dict, dic
             for value, n in partial[key].value_counts().iter_rows():
                 realised[key][value] += n
     return ({k: dict(v) for k, v in realised.items()}, {k: dict(v) for k, v in target.items()})
+
+
+def empty_output_counts(mix: Mixture) -> dict[str, int]:
+    """Per component: records whose output is empty or whitespace (prompt-only corpora such
+    as InstructionWild). The trainer drops them; mix warns so the user knows before training."""
+    import polars as pl
+
+    out = {}
+    for leaf, rows in zip(mix.leaves, mix.rowsets, strict=True):
+        files = [str(p) for p in mix.pinned[leaf.source].files()]
+        if not files:
+            continue
+        col = pl.scan_parquet(files).select(pl.col("output").str.strip_chars().str.len_chars() == 0)
+        empty = col.collect().to_series().to_numpy()
+        if rows is not None:
+            empty = empty[rows]
+        if (n := int(empty.sum())) > 0:
+            out[leaf.label] = n
+    return out

@@ -11,6 +11,9 @@ Over-long records (cutoff_len), policy `overlong`:
                       left to learn and is dropped and counted
   drop                drop every record longer than cutoff_len, and count it
 Both apply to multi-turn records: the whole conversation is one sequence.
+
+Records whose output is empty or whitespace (prompt-only corpora) are dropped and counted:
+training on them teaches the model to answer with nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 
 import numpy as np
@@ -45,8 +48,11 @@ class StreamStats:
     records: int = 0
     dropped_overlong: int = 0
     truncated: int = 0
+    tokens_cut: int = 0  # tokens removed from the truncated records
+    empty_outputs: int = 0  # records dropped because their output is empty
     tokens: int = 0
     trained_tokens: int = 0
+    component_tokens: dict = field(default_factory=dict)  # mixture component -> tokens kept
 
 
 def tokenize_records(records: list[dict], tokenizer, cfg: TokenizeConfig, stats: StreamStats) -> list[dict]:
@@ -127,15 +133,29 @@ def assemble(
     keep = n_trained > 0  # a record whose prompt alone fills cutoff_len has nothing to learn
     if cfg.overlong == "drop":
         keep &= ~over
+    empty = np.fromiter((not (r.get("output") or "").strip() for r in records), bool, n_records)
     stats.records += n_records
-    stats.truncated += int((over & keep).sum())
-    stats.dropped_overlong += int((~keep).sum())
+    stats.empty_outputs += int(empty.sum())
+    stats.truncated += int((over & keep & ~empty).sum())
+    stats.tokens_cut += int((record_length - keep_length)[over & keep & ~empty].sum())
+    stats.dropped_overlong += int((~keep & ~empty).sum())
+    keep &= ~empty
     stats.tokens += int(keep_length[keep].sum())
     stats.trained_tokens += int(n_trained[keep].sum())
+    components = [r.get("_component") for r in records]
+    for k in np.flatnonzero(keep).tolist():
+        stats.component_tokens[components[k]] = stats.component_tokens.get(components[k], 0) + int(
+            keep_length[k]
+        )
     return [
         # copies, not views: a view would pin the whole batch's arrays for as long as the
         # packer holds any one of its examples
-        {"input_ids": ids[b : b + n].copy(), "labels": labels[b : b + n].copy(), "id": records[k]["id"]}
+        {
+            "input_ids": ids[b : b + n].copy(),
+            "labels": labels[b : b + n].copy(),
+            "id": records[k]["id"],
+            "component": components[k],
+        }
         for k, b, n in zip(
             np.flatnonzero(keep).tolist(),
             record_start[keep].tolist(),
@@ -169,6 +189,8 @@ def stream_examples(
     pending: deque = deque()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="forge-encode") as pool:
         for table in mixture_stream:
+            if "_component" in table.column_names and "_component" not in columns:
+                columns.append("_component")
             # slices bound memory: a stream block can hold 65k records
             for start in range(0, table.num_rows, TOKENIZE_BATCH):
                 records = table.slice(start, TOKENIZE_BATCH).select(columns).to_pylist()

@@ -75,9 +75,12 @@ class TrainArgs:
     quantization: int | None = None  # 4 | 8 (bitsandbytes)
     compute_dtype: str = "float32"
     max_steps: int = 30
+    epochs: int | None = None  # passes over the mixture; sets max_steps exactly (counted first)
     batch_size: int = 8
     grad_accum: int = 1
-    learning_rate: float = 3e-3
+    # 2e-4: the usual LoRA rate for 1B-13B models (the QLoRA paper's, and LLaMA-Factory's and
+    # axolotl's examples); tiny random models learn visibly only at ~1e-2
+    learning_rate: float = 2e-4
     warmup_steps: int = 0
     lr_scheduler: str = "cosine"  # any transformers SchedulerType: linear, cosine, constant, ...
     weight_decay: float = 0.0
@@ -116,6 +119,8 @@ def _check_numbers(args: TrainArgs) -> None:
         v = getattr(args, name)
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+    if args.epochs is not None and (not isinstance(args.epochs, int) or args.epochs < 1):
+        raise ValueError(f"--epochs must be a positive integer, got {args.epochs}")
     for name in ("warmup_steps", "eval_size", "eval_steps", "save_steps", "adalora_tinit", "adalora_tfinal"):
         v = getattr(args, name)
         if not isinstance(v, int) or v < 0:
@@ -269,55 +274,78 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         self.trained_tokens = 0
         self.skip_batches = 0
         self.trace: list[list[str]] = []  # record ids per batch, for tests and lineage
+        self.component_tokens: dict[str, int] = {}  # tokens handed to the model, per mixture component
 
     def _passes(self, rank: int, world: int, worker: int, workers: int):
-        """One example stream per pass over the mixture; the Trainer stops at max_steps."""
-        while True:
+        """One example stream per pass over the mixture: args.epochs of them, or until the
+        Trainer stops at max_steps."""
+        done = 0
+        while self.args.epochs is None or done < self.args.epochs:
+            done += 1
             stream = MixtureStream(
                 self.mix, self.home, rank=rank, world_size=world, worker=worker, num_workers=workers
             )
             stream.position = self.start
-            before = self.stats.records - self.stats.dropped_overlong
+            before = self._kept()
             yield stream_examples(_until(stream, self.stop), self.tokenizer, self.cfg, self.stats)
             if self.stop is not None:
                 return
-            if self.stats.records - self.stats.dropped_overlong == before:  # or the next pass spins forever
+            if self._kept() == before:  # or the next pass spins forever
                 raise ValueError(
                     f"rank {rank} of {world}: a whole pass over mixture {self.mix.name!r} gave no examples "
                     f"({self.stats.dropped_overlong:,} dropped by --cutoff-len {self.cfg.cutoff_len} "
-                    f"with --overlong {self.cfg.overlong}; or the mixture has fewer records than ranks)"
+                    f"with --overlong {self.cfg.overlong}, {self.stats.empty_outputs:,} with an empty "
+                    f"output; or the mixture has fewer records than ranks)"
                 )
 
-    def __iter__(self):
+    def _kept(self) -> int:
+        return self.stats.records - self.stats.dropped_overlong - self.stats.empty_outputs
+
+    def _batches(self):
+        """Lists of packed rows (or of examples, unpacked), batch_size each."""
         info = torch.utils.data.get_worker_info()
         rank, world = _rank_world()
         passes = self._passes(rank, world, info.id if info else 0, info.num_workers if info else 1)
-        pad = self.tokenizer.pad_token_id
         if self.args.packing:
             # each pass is packed on its own: the buffer never mixes two epochs, so every record is
             # trained on once per epoch before the next epoch begins
             rows = chain.from_iterable(
                 pack(p, self.args.cutoff_len, self.args.pack_buffer, stats=self.pack_stats) for p in passes
             )
-            batches = _chunks(rows, self.args.batch_size)
-            make = lambda rs: collate_packed(rs, pad, mask=self.mask)  # noqa: E731
-            ids_of = lambda rs: [i for r in rs for i in r["ids"]]  # noqa: E731
-        else:
-            batches = _chunks(chain.from_iterable(passes), self.args.batch_size)
-            make = lambda exs: pad_batch(exs, pad)  # noqa: E731
-            ids_of = lambda exs: [e["id"] for e in exs]  # noqa: E731
-        for n, items in enumerate(batches):
+            return _chunks(rows, self.args.batch_size)
+        return _chunks(chain.from_iterable(passes), self.args.batch_size)
+
+    def count_batches(self) -> int:
+        """Batches in this dataset's passes (args.epochs must be set): a dry run of tokenizing
+        and packing on a fresh copy, so the Trainer knows its exact number of steps."""
+        probe = MixtureDataset(
+            self.mix, self.home, self.tokenizer, self.cfg, self.args, self.start, self.stop, self.mask
+        )
+        return sum(1 for _ in probe._batches())
+
+    def __iter__(self):
+        pad = self.tokenizer.pad_token_id
+        packed = self.args.packing
+        for n, items in enumerate(self._batches()):
             if n < self.skip_batches:  # resume: replay the stream, skip what was consumed
                 continue
-            ids = ids_of(items)
+            ids = [i for r in items for i in r["ids"]] if packed else [e["id"] for e in items]
             for i in ids:
                 self.id_hash.update(i.encode())
             self.examples += len(ids)
             self.tokens += sum(len(x["input_ids"]) for x in items)
             self.trained_tokens += sum(int(np.count_nonzero(x["labels"] != IGNORE)) for x in items)
+            for x in items:
+                pieces = (
+                    zip(x["components"], x["seq_lens"], strict=True)
+                    if packed
+                    else [(x["component"], len(x["input_ids"]))]
+                )
+                for component, n_tokens in pieces:
+                    self.component_tokens[component] = self.component_tokens.get(component, 0) + n_tokens
             self.batches = n + 1
             self.trace.append(ids)
-            yield make(items)
+            yield collate_packed(items, pad, mask=self.mask) if packed else pad_batch(items, pad)
 
 
 def _until(stream: MixtureStream, stop: int | None):
@@ -529,16 +557,34 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None) ->
         eval_set = _EvalList(list(eval_ds))
     losses: list[float] = []
     evals: list[float] = []
+    clock = {"start": time.perf_counter(), "tokens": 0}
 
     class StreamLog(TrainerCallback):
+        def on_train_begin(self, _args, state, _control, **_kw):
+            clock.update(start=time.perf_counter(), tokens=dataset.tokens, step=state.global_step)
+
         def on_log(self, _args, state, _control, logs=None, **_kw):
             if logs and "loss" in logs:
                 logs["packing_efficiency"] = round(dataset.pack_stats.efficiency, 4) if args.packing else None
                 losses.append(float(logs["loss"]))
+                elapsed = max(time.perf_counter() - clock["start"], 1e-9)
+                done = max(state.global_step - clock.get("step", 0), 1)
+                entry = {
+                    "step": state.global_step,
+                    "max_steps": state.max_steps,
+                    "loss": float(logs["loss"]),
+                    "learning_rate": float(logs.get("learning_rate", 0.0)),
+                    "tokens_per_s": (dataset.tokens - clock["tokens"]) / elapsed,
+                    "eta_s": elapsed / done * max(state.max_steps - state.global_step, 0),
+                    "packing": logs.get("packing_efficiency"),
+                }
+                logs["tokens_per_s"] = round(entry["tokens_per_s"], 1)
                 if on_log:
-                    on_log(state.global_step, float(logs["loss"]), logs.get("packing_efficiency"))
+                    on_log(entry)
             if logs and "eval_loss" in logs:
                 evals.append(float(logs["eval_loss"]))
+                if on_log:
+                    on_log({"step": state.global_step, "eval_loss": float(logs["eval_loss"])})
 
         def on_optimizer_step(self, _args, state, _control, model=None, **_kw):
             if args.peft == "adalora":  # AdaLoRA re-allocates ranks from the current gradients
@@ -567,7 +613,21 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None) ->
         def get_eval_dataloader(self, eval_dataset=None):
             return torch.utils.data.DataLoader(eval_dataset or self.eval_dataset, batch_size=None)
 
-    targs = training_arguments(args)
+    targs = training_arguments(args)  # sets up the process group under torchrun / accelerate
+    if args.epochs:
+        # exact: count the batches of the requested passes first (per-epoch packing makes the
+        # count a pure function of the mixture); ranks agree on the smallest count
+        n = dataset.count_batches()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            t = torch.tensor([n], device=targs.device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+            n = int(t.item())
+        if n == 0:
+            raise ValueError(f"--epochs {args.epochs}: the mixture gives no batch on this rank")
+        args.max_steps = targs.max_steps = -(-n // args.grad_accum)
+        if args.peft == "adalora":  # its rank schedule is laid out over the run's steps
+            for config in model.peft_config.values():
+                config.total_step = args.max_steps
     if args.resume_from:
         state = json.loads((Path(args.resume_from) / "data_state.json").read_text())
         if state["fingerprint"] != mix.fingerprint():
@@ -612,6 +672,10 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None) ->
         "records_tokenized": counts["records_tokenized"],  # dropped/truncated count among these
         "dropped_overlong": counts["dropped_overlong"],
         "truncated": counts["truncated"],
+        "tokens_cut": counts["tokens_cut"],  # removed from the truncated records
+        "empty_outputs_dropped": counts["empty_outputs"],
+        "composition": composition(counts["sampled_tokens"], counts["component_tokens"]),
+        "loss_windows": loss_windows(losses),
         "packing_efficiency": round(counts["pack_tokens"] / counts["pack_slots"], 4)
         if args.packing and counts["pack_slots"]
         else None,
@@ -646,6 +710,10 @@ def _gather_counts(dataset: MixtureDataset, world: int) -> dict:
         "records_tokenized": dataset.stats.records,
         "dropped_overlong": dataset.stats.dropped_overlong,
         "truncated": dataset.stats.truncated,
+        "tokens_cut": dataset.stats.tokens_cut,
+        "empty_outputs": dataset.stats.empty_outputs,
+        "sampled_tokens": dict(dataset.stats.component_tokens),
+        "component_tokens": dict(dataset.component_tokens),
         "pack_tokens": dataset.pack_stats.tokens,
         "pack_slots": dataset.pack_stats.slots,
         "data_fingerprint": dataset.id_hash.hexdigest(),
@@ -654,11 +722,46 @@ def _gather_counts(dataset: MixtureDataset, world: int) -> dict:
         return local
     every: list[dict] = [{} for _ in range(world)]
     torch.distributed.all_gather_object(every, local)
-    total = {k: sum(c[k] for c in every) for k in local if k != "data_fingerprint"}
+    per_component = ("sampled_tokens", "component_tokens")
+    total = {k: sum(c[k] for c in every) for k in local if k != "data_fingerprint" and k not in per_component}
+    for key in per_component:
+        merged: dict[str, int] = {}
+        for c in every:
+            for label, n in c[key].items():
+                merged[label] = merged.get(label, 0) + n
+        total[key] = merged
     total["data_fingerprint"] = xxhash.xxh64(
         "".join(c["data_fingerprint"] for c in every).encode()
     ).hexdigest()
     return total
+
+
+def composition(sampled: dict[str, int], trained: dict[str, int]) -> dict[str, dict]:
+    """Per mixture component: tokens the stream sampled (after the cutoff policy) and tokens
+    the model was trained on, with their shares. Packing keeps the two shares close."""
+    total_s, total_t = max(sum(sampled.values()), 1), max(sum(trained.values()), 1)
+    return {
+        label: {
+            "sampled_tokens": sampled.get(label, 0),
+            "trained_tokens": trained.get(label, 0),
+            "sampled_share": round(sampled.get(label, 0) / total_s, 4),
+            "trained_share": round(trained.get(label, 0) / total_t, 4),
+        }
+        for label in sorted(set(sampled) | set(trained), key=str)
+    }
+
+
+def loss_windows(losses: list[float]) -> dict:
+    """Mean loss over the first and the last window of logged steps (a tenth of the run, at
+    least 1 and at most 50 steps): single steps are too noisy to compare."""
+    if not losses:
+        return {"window": 0, "first": None, "last": None}
+    w = max(1, min(50, len(losses) // 10))
+    return {
+        "window": w,
+        "first": round(sum(losses[:w]) / w, 4),
+        "last": round(sum(losses[-w:]) / w, 4),
+    }
 
 
 class _EvalList(torch.utils.data.Dataset):

@@ -422,6 +422,12 @@ def publish(
     out: Annotated[
         Path | None, typer.Option("--out", help="Staging folder (default: data home/publish/OWNER--NAME).")
     ] = None,
+    full_sources: Annotated[
+        bool,
+        typer.Option(
+            "--full-sources", help="With a mixture: publish its sources whole, not just the records it drew."
+        ),
+    ] = False,
     overwrite: OverwriteOpt = False,
     catalog: CatalogOpt = None,
     home: HomeOpt = None,
@@ -436,7 +442,7 @@ def publish(
     if files_per_commit < 1:
         _fail(f"--files-per-commit must be a positive integer, got {files_per_commit}")
     shard_bytes = _parse_size(max_shard_size)
-    configs = collect_targets(targets, load_catalog(catalog), h, allow_missing_license)
+    configs = collect_targets(targets, load_catalog(catalog), h, allow_missing_license, full_sources)
     folder = out or (h / "publish" / repo.replace("/", "--"))
     with _progress() as prog:
         prog.add_task(f"stage {repo}", total=None)

@@ -3,8 +3,14 @@
 Staging writes a folder that is already a valid Hub dataset repo:
 
     data/<config>/train-00000-of-00003.parquet ...   one config per source, one per mixture
+    lineage/<mixture>/ids.parquet                    a mixture's lineage (position, id, source, raw row)
     README.md                                        YAML header (configs, languages, licenses,
                                                      task categories, size) + dataset card
+
+Publishing a mixture stages exactly its records (its own config, which is also `default`), and
+for each of its sources only the records the mixture drew (--full-sources: all of them). A
+source named as a target on its own is published whole. Licenses are Hub license ids
+(custom terms: `other` with license_name/license_link); no local path reaches the card.
 
 `datasets.load_dataset(folder, config)` reads it exactly as the Hub would serve it. Upload
 goes through huggingface_hub's HfApi: create_repo, then create_commit in batches that stay
@@ -22,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
@@ -49,6 +57,35 @@ class Config:
     manifest: dict
     license: str | None = None
     licenses: list[str] = field(default_factory=list)
+    keep_ids: set[str] | None = None  # only these records (a source subset a mixture drew)
+    full_rows: int | None = None  # the source's rows when this config is a subset
+    extra: dict[str, Path] = field(default_factory=dict)  # path in the repo -> local file
+    homepage: str | None = None
+
+
+# Hub license ids forge's catalog values map to; anything else is published as `other`
+HUB_LICENSE_IDS = {
+    "apache-2.0",
+    "mit",
+    "cc-by-4.0",
+    "cc-by-sa-3.0",
+    "cc-by-sa-4.0",
+    "cc-by-nc-4.0",
+    "cc-by-nc-sa-4.0",
+    "cc-by-nc-nd-4.0",
+    "cc0-1.0",
+    "gpl-2.0",
+    "gpl-3.0",
+    "lgpl-3.0",
+    "agpl-3.0",
+    "bsd-2-clause",
+    "bsd-3-clause",
+    "odc-by",
+    "odbl",
+    "openrail",
+    "unlicense",
+}
+MIN_LANG_SHARE = 0.01  # a language is listed in the card when at least 1% of the rows have it
 
 
 def _parquet_files(folder: Path, manifest: dict) -> list[Path]:
@@ -56,23 +93,44 @@ def _parquet_files(folder: Path, manifest: dict) -> list[Path]:
 
 
 def collect_targets(
-    targets: list[str], catalog: Catalog, home: Path, allow_missing_license: bool = False
+    targets: list[str],
+    catalog: Catalog,
+    home: Path,
+    allow_missing_license: bool = False,
+    full_sources: bool = False,
 ) -> list[Config]:
-    """Resolve each TARGET to configs: a built source, a mixture (with its sources), or a
-    `forge filter` output folder."""
+    """Resolve each TARGET to configs: a built source, a mixture (with its sources, cut to
+    the records it drew unless full_sources), or a `forge filter` output folder."""
+    import polars as pl
+
     from forge.mixture import available, materialize, read_materialized, resolve
 
     configs: dict[str, Config] = {}
+    whole = {t for t in targets if t in catalog}  # sources asked for by name: published whole
 
-    def add_source(name: str, built=None) -> None:
+    def add_source(name: str, built=None, keep_ids: set[str] | None = None) -> None:
         if name in configs:
             return
         built = built or open_built(name, home)  # pinned: a rebuild meanwhile changes nothing here
         if built is None:
             raise PublishError(f"source {name!r} is not built; run: forge build {name}")
         m = built.manifest
-        lic = catalog.get(name).license
-        configs[name] = Config(name, "source", built.files(), m["rows"], m, lic, [lic] if lic else [])
+        src = catalog.get(name)
+        lic = src.license
+        rows, full = (len(keep_ids), m["rows"]) if keep_ids is not None else (m["rows"], None)
+        configs[name] = Config(
+            name,
+            "source",
+            built.files(),
+            rows,
+            m,
+            lic,
+            [lic] if lic else [],
+            keep_ids,
+            full,
+            {},
+            src.homepage,
+        )
 
     for target in targets:
         if target in catalog:
@@ -84,11 +142,22 @@ def collect_targets(
                 materialize(mix, home)
                 current = read_materialized(target, home)
             folder, mm = current
+            used = pl.read_parquet(folder / "ids.parquet", columns=["id", "source"]).unique()
             for leaf in mix.leaves:
-                add_source(leaf.source, mix.pinned[leaf.source])
+                keep = None
+                if not full_sources and leaf.source not in whole:
+                    keep = set(used.filter(pl.col("source") == leaf.source)["id"].to_list())
+                add_source(leaf.source, mix.pinned[leaf.source], keep)
             lics = sorted({configs[leaf.source].license or "" for leaf in mix.leaves})
             configs[target] = Config(
-                target, "mixture", _parquet_files(folder, mm), mm["rows"], mm, None, [x for x in lics if x]
+                target,
+                "mixture",
+                _parquet_files(folder, mm),
+                mm["rows"],
+                mm,
+                None,
+                [x for x in lics if x],
+                extra={f"lineage/{target}/ids.parquet": folder / "ids.parquet"},
             )
         elif Path(target).is_dir() and (Path(target) / "manifest.json").exists():
             fm = json.loads((Path(target) / "manifest.json").read_text())
@@ -138,8 +207,16 @@ def _write_config(cfg: Config, out: Path, max_shard_bytes: int) -> list[str]:
     names = [f"train-{i:05d}-of-{n_shards:05d}.parquet" for i in range(n_shards)]
     writer, shard, in_shard = None, 0, 0
     schema = pq.read_schema(cfg.files[0]) if cfg.files else None
+    keep = pa.array(sorted(cfg.keep_ids), pa.string()) if cfg.keep_ids is not None else None
+    subset_counts: dict[str, dict] = {k: {} for k in ("lang", "task", "gen", "category")}
     for f in cfg.files:
         for batch in pq.ParquetFile(f).iter_batches(batch_size=8192):
+            if keep is not None:  # a source cut to the records a mixture drew
+                batch = batch.filter(pc.is_in(batch.column("id"), value_set=keep))
+                for key in subset_counts:
+                    for item in pc.value_counts(batch.column(key)).to_pylist():
+                        value = item["values"]
+                        subset_counts[key][value] = subset_counts[key].get(value, 0) + item["counts"]
             while batch.num_rows:
                 if writer is None:
                     writer = pq.ParquetWriter(folder / names[shard], schema, compression="zstd")
@@ -154,6 +231,11 @@ def _write_config(cfg: Config, out: Path, max_shard_bytes: int) -> list[str]:
         writer.close()
     for name in names[shard + 1 :]:  # rounding left a shard empty: write it with the schema
         pq.write_table(schema.empty_table(), folder / name)
+    if keep is not None:  # the card describes the rows published, not the whole source
+        cfg.manifest = {
+            **cfg.manifest,
+            "tag_counts": {k: dict(sorted(v.items())) for k, v in subset_counts.items()},
+        }
     return names
 
 
@@ -171,6 +253,10 @@ def stage(
     tmp = prepare_out(out, overwrite)
     try:
         shard_names = {cfg.name: _write_config(cfg, tmp, max_shard_bytes) for cfg in configs}
+        for cfg in configs:
+            for repo_path, local in cfg.extra.items():
+                (tmp / repo_path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(local, tmp / repo_path)
         (tmp / "README.md").write_text(dataset_card(configs, repo, shard_names, home), encoding="utf-8")
         finish_out(tmp, out)
     except BaseException:
@@ -181,12 +267,18 @@ def stage(
 
 def _card_metadata(configs: list[Config]) -> dict:
     sources = [c for c in configs if c.kind == "source"]
-    langs = sorted(
-        {lang for c in configs for lang in c.manifest.get("tag_counts", {}).get("lang", {}) if lang != "und"}
-    )
+    mixtures = [c for c in configs if c.kind == "mixture"]
     licenses = sorted({lic for c in configs for lic in c.licenses})
     yaml_configs = []
-    if sources:
+    if mixtures:  # the mixture is what was asked for: it is what load_dataset(repo) gives
+        yaml_configs.append(
+            {
+                "config_name": "default",
+                "default": True,
+                "data_files": [{"split": "train", "path": f"data/{mixtures[0].name}/*.parquet"}],
+            }
+        )
+    elif sources:
         yaml_configs.append(
             {
                 "config_name": "default",
@@ -198,22 +290,47 @@ def _card_metadata(configs: list[Config]) -> dict:
         yaml_configs.append(
             {"config_name": c.name, "data_files": [{"split": "train", "path": f"data/{c.name}/*.parquet"}]}
         )
-    total = sum(c.rows for c in sources) or sum(c.rows for c in configs)
+    published = mixtures[:1] or sources or configs  # the rows load_dataset(repo) gives
+    total = sum(c.rows for c in published)
+    ids = sorted({_hub_license(x) for x in licenses}) or ["other"]
     meta = {
         "configs": yaml_configs,
-        "language": langs,
-        "license": [_hub_license(x) for x in licenses]
-        if len(licenses) > 1
-        else (_hub_license(licenses[0]) if licenses else "other"),
+        "language": _languages(published),
+        "license": ids if len(ids) > 1 else ids[0],
         "task_categories": ["text-generation"],
         "size_categories": [_size_category(total)],
         "tags": ["instruction-tuning", "forge"],
     }
+    custom = [x for x in licenses if _hub_license(x) == "other"]
+    if custom:  # the Hub's fields for terms that have no license id
+        meta["license_name"] = _slug(custom[0])
+        links = [c.homepage for c in configs if c.license == custom[0] and c.homepage]
+        if links:
+            meta["license_link"] = links[0]
     return meta
 
 
-def _hub_license(spdx: str) -> str:
-    return spdx.lower()
+def _languages(configs: list[Config]) -> list[str]:
+    """Languages of at least MIN_LANG_SHARE of the rows: detection on a stray record or two
+    (a Danish-looking line in an English corpus) does not make a dataset Danish."""
+    counts: dict[str, int] = {}
+    for c in configs:
+        for lang, n in c.manifest.get("tag_counts", {}).get("lang", {}).items():
+            counts[lang] = counts.get(lang, 0) + n
+    total = sum(counts.values()) or 1
+    return sorted(k for k, n in counts.items() if k != "und" and n / total >= MIN_LANG_SHARE)
+
+
+def _hub_license(value: str) -> str:
+    """A catalog license (SPDX-style, or free text for custom terms) as a Hub license id."""
+    lowered = value.strip().lower()
+    return lowered if lowered in HUB_LICENSE_IDS else "other"
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:64] or "custom"
 
 
 def dataset_card(configs: list[Config], repo: str, shard_names: dict[str, list[str]], home: Path) -> str:
@@ -239,8 +356,13 @@ def dataset_card(configs: list[Config], repo: str, shard_names: dict[str, list[s
         "|---|---|---|---|---|",
     ]
     for c in configs:
+        rows = (
+            f"{c.rows:,}"
+            if c.full_rows is None
+            else f"{c.rows:,} of {c.full_rows:,} (those the mixture drew)"
+        )
         lines.append(
-            f"| `{c.name}` | {c.kind} | {c.rows:,} | {len(shard_names[c.name])} | {', '.join(c.licenses) or '—'} |"
+            f"| `{c.name}` | {c.kind} | {rows} | {len(shard_names[c.name])} | {', '.join(c.licenses) or '—'} |"
         )
     lines += [
         "",
@@ -262,12 +384,10 @@ def dataset_card(configs: list[Config], repo: str, shard_names: dict[str, list[s
     for c in configs:
         m = c.manifest
         if c.kind == "source":
-            origin = m.get("origin", {})
-            where = origin.get("repo") or origin.get("urls") or origin.get("path") or "?"
             lines += [
                 f"### `{c.name}`",
                 "",
-                f"- origin: {where}" + (f" @ {origin['revision']}" if origin.get("revision") else ""),
+                f"- origin: {_public_origin(m.get('origin', {}))}",
                 f"- license: {c.license or 'not stated'}",
                 f"- build hash: `{m['build_hash']}` (schema v{m['schema_version']}, connector {m['connector']['name']} "
                 f"v{m['connector']['version']}, formatter {m['formatter']['name']} v{m['formatter']['version']})",
@@ -299,6 +419,21 @@ def dataset_card(configs: list[Config], repo: str, shard_names: dict[str, list[s
         "",
     ]
     return "\n".join(lines)
+
+
+def _public_origin(origin: dict) -> str:
+    """Where a source's raw files came from, as far as it is public: a Hub repo or URLs. A
+    local path names the publisher's machine, not the data, and stays out of the card."""
+    if origin.get("repo"):
+        return f"https://huggingface.co/datasets/{origin['repo']}" + (
+            f" @ {origin['revision']}" if origin.get("revision") else ""
+        )
+    if origin.get("urls"):
+        urls = origin["urls"] if isinstance(origin["urls"], list) else [origin["urls"]]
+        return ", ".join(urls)
+    if origin.get("kind") == "sample":
+        return "the small sample shipped with forge"
+    return "local copies of the raw files (checksums below)"
 
 
 def _scrub(text: str, token: str | None) -> str:

@@ -142,7 +142,7 @@ def test_upload_batches_retry_and_pull_round_trip(built_samples, tmp_path):
         assert r.returncode == 0, r.stderr
         assert hub.state.created[0]["name"] == "abc" and hub.state.created[0]["type"] == "dataset"
         commits = hub.state.commits
-        assert len(commits) == 3  # 6 files, 2 per commit (the 429 was retried, not counted)
+        assert len(commits) == 4  # 7 files (6 + the mixture's lineage), 2 per commit; the 429 retried
         uploaded = [path for c in commits for _, path in c["operations"]]
         staged = sorted(
             str(p.relative_to(built_samples / "publish" / "me--abc"))
@@ -150,6 +150,7 @@ def test_upload_batches_retry_and_pull_round_trip(built_samples, tmp_path):
             if p.is_file() and p.name != ".forge-output"
         )
         assert sorted(uploaded) == staged and uploaded[-1] == "README.md"
+        assert "lineage/alpaca-belle-cot/ids.parquet" in uploaded
         assert all(c["authorization"] == f"Bearer {TOKEN}" for c in commits)
         assert TOKEN not in r.stdout + r.stderr
         repo = tmp_path / "hub" / "datasets" / "me" / "abc"
@@ -176,3 +177,54 @@ def test_failed_upload_never_shows_the_token(built_samples, tmp_path):
         assert "commit 1/1 to me/broken failed (HTTP 500)" in r.stderr
         assert TOKEN not in r.stdout + r.stderr and "Traceback" not in r.stderr
         assert len([x for x in hub.state.requests if "/commit/" in x[1]]) == 5  # retried with backoff
+
+
+def test_publishing_a_mixture_stages_only_what_it_drew(built_samples, tmp_path, monkeypatch):
+    """A rates mixture drawing 30 of flan_cot's 72 records and every alpaca record: the staged
+    repo holds the mixture (the default config), its lineage, and per source only the drawn
+    records; licenses are Hub ids, custom terms become `other`, and no local path shows."""
+    (tmp_path / "mixtures").mkdir()
+    (tmp_path / "mixtures" / "small.yaml").write_text(
+        "strategy: rates\nsize: 62\ncomponents:\n  - {source: flan_cot}\n  - {source: alpaca}\n"
+    )
+    (tmp_path / "catalog.yaml").write_text(
+        (REPO / "catalog.yaml")
+        .read_text()
+        .replace("license: CC-BY-NC-4.0", "license: non-commercial research only (custom)", 1)
+    )
+    monkeypatch.chdir(tmp_path)
+    from forge.catalog import load_catalog
+
+    cat = load_catalog(tmp_path / "catalog.yaml")
+    assert cat.get("alpaca").license == "non-commercial research only (custom)"
+    configs = collect_targets(["small"], cat, built_samples)
+    folder = stage(configs, "me/small", tmp_path / "staged", home=built_samples)
+
+    lineage = pl.read_parquet(current(built_samples, "mixtures", "small") / "ids.parquet")
+    assert pl.read_parquet(folder / "lineage" / "small" / "ids.parquet").equals(lineage)
+    mix = datasets.load_dataset(str(folder), "small", split="train")
+    assert mix["id"] == lineage["id"].to_list() and mix.num_rows == 62
+    assert datasets.load_dataset(str(folder), split="train")["id"] == mix["id"]  # default = the mixture
+    flan = datasets.load_dataset(str(folder), "flan_cot", split="train")
+    drawn = set(lineage.filter(pl.col("source") == "flan_cot")["id"].to_list())
+    assert set(flan["id"]) == drawn and flan.num_rows == len(drawn) == 31 < 72
+
+    text = (folder / "README.md").read_text()
+    meta = DatasetCard.load(folder / "README.md").data.to_dict()
+    assert validate_card_metadata(text) == []
+    assert meta["license"] == ["apache-2.0", "other"]
+    assert meta["license_name"] == "non-commercial-research-only-custom"
+    assert meta["license_link"].startswith("https://")
+    assert str(tmp_path) not in text and str(built_samples) not in text and "/home/" not in text
+    assert "31 of 72 (those the mixture drew)" in text
+    assert meta["size_categories"] == ["n<1K"] and meta["language"] == ["en"]
+
+
+def test_card_languages_need_a_minimum_share(built_samples, catalog, tmp_path):
+    from forge.publish import MIN_LANG_SHARE, _languages
+
+    configs = collect_targets(["alpaca", "belle_0.5m"], catalog, built_samples)
+    assert _languages(configs) == ["en", "zh"]
+    configs[0].manifest = {**configs[0].manifest, "tag_counts": {"lang": {"en": 999, "da": 1}}}
+    configs = configs[:1]
+    assert 1 / 1000 < MIN_LANG_SHARE and _languages(configs) == ["en"]  # one Danish-looking line is noise

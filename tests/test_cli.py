@@ -105,3 +105,29 @@ def test_forge_train_every_peft_method_then_merge(sample_home, tiny_model, tmp_p
         assert merged.exit_code == 0, merged.output
         assert (tmp_path / "merged" / "config.json").is_file()
         assert (tmp_path / "merged" / "run_manifest.json").is_file()
+
+
+def test_forge_train_reports_what_a_user_needs(sample_home, tiny_model, tmp_path):
+    """Step lines with loss, learning rate, tokens/s and ETA; the eval loss when computed; a
+    summary over windowed means with per-component token shares; 2e-4 by default."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from forge.cli import app
+
+    args = ["train", "--mixture", "alpaca-belle-cot", "--model", str(tiny_model), "--max-steps", "4"]
+    args += ["--batch-size", "2", "--eval-size", "8", "--eval-steps", "2", "--home", str(sample_home)]
+    args += ["--output-dir", str(tmp_path / "run")]
+    r = CliRunner().invoke(app, args, env={"COLUMNS": "250"})
+    assert r.exit_code == 0, r.output
+    out = r.output
+    assert "learning rate 0.0002" in out  # the LoRA default, not 3e-3
+    steps = re.findall(r"step +(\d)/4  loss [\d.]+  lr ([\d.e+-]+)  [\d,]+ tok/s  ETA \d+:\d\d", out)
+    assert [s for s, _ in steps] == ["1", "2", "3", "4"]
+    assert float(steps[0][1]) <= 2e-4
+    assert len(re.findall(r"step +[24]  eval loss [\d.]+", out)) == 2
+    assert re.search(
+        r"done: loss [\d.]+ -> [\d.]+ \(means of the first and last 1 logged steps\), 4 steps", out
+    )
+    assert re.search(r"trained token share \(sampled\): alpaca [\d.]+% \([\d.]+%\)", " ".join(out.split()))

@@ -17,7 +17,7 @@ demo: install
 	$(VENV)/bin/forge build alpaca belle_0.5m flan_cot cot_zh --sample
 	$(VENV)/bin/forge mix alpaca-belle-cot
 	$(VENV)/bin/forge tiny-model $(FORGE_HOME)/tiny-llama
-	$(VENV)/bin/forge train --mixture alpaca-belle-cot --model $(FORGE_HOME)/tiny-llama --max-steps 30 --learning-rate 0.01
+	$(VENV)/bin/forge train train/recipes/tiny.yaml
 	@echo
 	@echo "Everything went under $(FORGE_HOME):"
 	@echo "  sources/NAME/vNNNNNN/   Parquet shards, manifest, quarantine.jsonl (CURRENT names the live one)"

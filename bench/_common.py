@@ -82,3 +82,22 @@ sources:
   bench_belle:
     {{description: bench, connector: json, connector_options: {{format: jsonl}}, formatter: columns, local: {belle}, lang: CN, task: MT, gen: SI}}
 """
+
+
+def work_dir(prefix: str, keep: bool) -> Path:
+    """A fresh temporary work folder, removed when the benchmark exits (also on an error or
+    Ctrl-C) unless --keep was given."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    if keep:
+        atexit.register(lambda: print(f"work folder kept: {path}"))
+    else:
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def add_keep(ap) -> None:
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (default: removed at exit)")

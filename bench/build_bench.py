@@ -16,10 +16,8 @@ detector. Each runs in its own process, so peak RSS is its own. Usage:
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
-from _common import SHARED, now, repeat_files, run_child, table
+from _common import SHARED, add_keep, now, repeat_files, run_child, table, work_dir
 
 FLAN = ["aqua", "creak", "ecqa", "gsm8k", "qasc", "sensemaking", "strategyqa"]
 
@@ -93,8 +91,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--copies", type=int, default=30)
     ap.add_argument("--small-copies", type=int, default=8, help="second forge run, to show memory is flat")
+    add_keep(ap)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="forge-bench-build-"))
+    work = work_dir("forge-bench-build-", args.keep)
     results = []
     for copies in sorted({args.small_copies, args.copies}):
         inp = work / f"in-{copies}"

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
-from _common import SHARED, now, repeat_files, run_child, table
+from _common import SHARED, add_keep, now, repeat_files, run_child, table, work_dir
 
 CHILD = """
 from pathlib import Path
@@ -65,8 +64,9 @@ def csv_repeat(src: Path, copies: int, out: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=1_000_000)
+    add_keep(ap)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="forge-bench-conn-"))
+    work = work_dir("forge-bench-conn-", args.keep)
     cases = [  # name, connector, options, sample, records per copy, builder
         ("JSONL (BELLE dev1K)", "json", {"format": "jsonl"}, SHARED / "belle" / "dev1K.json", 1000, "lines"),
         (

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_keep, work_dir  # noqa: E402
 
 
 def main() -> None:
@@ -30,6 +33,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--smoke", action="store_true", help="tiny model on CPU, 3 steps: the code path only")
     ap.add_argument("--attn", default="sdpa", help="sdpa | eager | flash_attention_2 (needs flash-attn)")
+    add_keep(ap)
     args = ap.parse_args()
     gpu = torch.cuda.is_available()
     if not gpu and not args.smoke:
@@ -45,7 +49,7 @@ def main() -> None:
     from train.recipe import TrainArgs, run
     from train.tiny import sample_texts, train_tokenizer
 
-    work = Path(tempfile.mkdtemp(prefix="forge-gpu-bench-"))
+    work = work_dir("forge-gpu-bench-", args.keep)
     home = work / "home"
     cat = load_catalog()
     shared = REPO.parent / "shared" / "corpora"

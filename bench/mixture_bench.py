@@ -13,10 +13,8 @@ Each measurement runs in its own process, so peak RSS is its own.
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
-from _common import now, run_child, table
+from _common import add_keep, now, run_child, table, work_dir
 
 SHARES = [0.4, 0.3, 0.2, 0.06, 0.04]
 
@@ -104,6 +102,7 @@ def main() -> None:
     ap.add_argument("--ids", type=int, default=10_000_000)
     ap.add_argument("--anchor-ids", type=int, default=1_000_000)
     ap.add_argument("--records", type=int, default=200_000, help="records over the 5 built sources (part 2)")
+    add_keep(ap)
     args = ap.parse_args()
     results = []
     ours = run_child(OURS_IDS.format(total=args.ids, shares=SHARES))
@@ -112,7 +111,7 @@ def main() -> None:
         ("id stream", "forge Schedule", ours),
         ("id stream", "interleave_datasets (map-style)", anchor),
     ]
-    root = Path(tempfile.mkdtemp(prefix="forge-bench-mix-"))
+    root = work_dir("forge-bench-mix-", args.keep)
     run_child(MAKE_SOURCES.format(root=str(root), shares=SHARES, records=args.records))
     ours_s = run_child(OURS_STREAM.format(root=str(root)))
     anchor_s = run_child(ANCHOR_STREAM.format(root=str(root), shares=SHARES))

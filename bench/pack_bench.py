@@ -19,11 +19,9 @@ so the pair is run once per size.
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
 from _common import BENCH_CATALOG as CATALOG
-from _common import SHARED, now, repeat_files, run_child, table
+from _common import SHARED, add_keep, now, repeat_files, run_child, table, work_dir
 
 BUILD = """
 from pathlib import Path
@@ -106,8 +104,9 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=3)
     ap.add_argument("--vocab-sizes", default="2000,32000")
     ap.add_argument("--repeat", type=int, default=2, help="runs per side; the fastest of each is kept")
+    add_keep(ap)
     args = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="forge-bench-pack-"))
+    root = work_dir("forge-bench-pack-", args.keep)
     repeat_files(
         [
             SHARED / "flan_cot" / f"{s}_train.tsv"

@@ -16,12 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from _common import BENCH_CATALOG as CATALOG
-from _common import REPO, SHARED, now, repeat_files, run_child, table
+from _common import REPO, SHARED, add_keep, now, repeat_files, run_child, table, work_dir
 
 sys.path.insert(0, str(REPO))
 
@@ -90,6 +88,7 @@ def lang_bench() -> list[tuple]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--copies", type=int, default=30)
+    add_keep(ap)
     args = ap.parse_args()
     print(f"tags benchmark, {now()}")
     lang = lang_bench()
@@ -101,7 +100,7 @@ def main() -> None:
     )
     print(f"speed ratio forge / langdetect: {lang[1][2] / lang[0][2]:.0f}x\n")
 
-    work = Path(tempfile.mkdtemp(prefix="forge-bench-tags-"))
+    work = work_dir("forge-bench-tags-", args.keep)
     repeat_files(
         [
             SHARED / "flan_cot" / f"{s}_train.tsv"

@@ -19,7 +19,7 @@ app = typer.Typer(
     help="forge: raw instruction corpora -> tagged Parquet catalog -> weighted mixtures -> PEFT fine-tunes.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # forge --install-completion bash|zsh|fish
 )
 console = Console(stderr=False)
 err = Console(stderr=True, soft_wrap=True)  # errors stay one line, whatever the width
@@ -40,6 +40,7 @@ KeepOpt = Annotated[
         "--keep-versions", min=1, help="Versions to keep per dataset (default $FORGE_KEEP_VERSIONS or 2)."
     ),
 ]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
 OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace --out when it holds an earlier forge output.")
 ]
@@ -68,6 +69,52 @@ def _progress():
         transient=True,
         disable=not err.is_terminal,
     )
+
+
+def _table(key: str, *cols: str) -> Table:
+    """A table that fits the terminal (80 columns in a pipe) by shortening cells with an
+    ellipsis, never by breaking the first column (names) across lines."""
+    t = Table(box=None, pad_edge=False, header_style="bold")
+    t.add_column(key, no_wrap=True, min_width=len(key))
+    for col in cols:
+        t.add_column(col, no_wrap=True, overflow="ellipsis")
+    return t
+
+
+def _show(t: Table) -> None:
+    """Print a _table, dropping columns from the right until the rest fits unbroken (names in
+    the first column are never cut); says which columns it left out."""
+    need = [max([len(c.header)] + [len(str(x)) for x in c._cells]) + 2 for c in t.columns]
+    keep = len(need)
+    while keep > 1 and sum(need[:keep]) > console.width:
+        keep -= 1
+    if keep < len(need):
+        hidden = [c.header for c in t.columns[keep:]]
+        t.columns[:] = t.columns[:keep]
+        console.print(t)
+        console.print(f"({', '.join(hidden)} hidden at {console.width} columns; --json has every field)")
+        return
+    console.print(t)
+
+
+def _fit(cells: dict, rows: list[dict]) -> list[str]:
+    """The leading columns (in the order given) whose full contents fit the console width:
+    columns are dropped from the right rather than names broken or cut."""
+    width, shown = 0, []
+    for name, cell in cells.items():
+        need = max([len(name)] + [len(str(cell(r))) for r in rows]) + 2
+        if shown and width + need > console.width:
+            break
+        shown.append(name)
+        width += need
+    return shown
+
+
+def _print_json(data) -> None:
+    """One JSON document on stdout, for programs (no colour, no wrapping)."""
+    import json
+
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
 
 
 def _clock(seconds: float) -> str:
@@ -104,33 +151,56 @@ def _location(s) -> str:
 
 
 @app.command()
-def sources(catalog: CatalogOpt = None, home: HomeOpt = None):
+def sources(catalog: CatalogOpt = None, home: HomeOpt = None, json_out: JsonOpt = False):
     """List the catalog: tags, license, location and build state of every source."""
     from forge.build import read_manifest
     from forge.catalog import load_catalog
 
     cat = load_catalog(catalog)
     h = _home(home)
-    t = Table(title=f"{len(cat.sources)} sources ({', '.join(str(f) for f in cat.files)})")
-    for col in ("source", "lang", "task", "gen", "category", "license", "location", "rows", "built"):
-        t.add_column(col, overflow="fold")
+    rows = []
     for name in cat.names():
         s = cat.get(name)
         m = read_manifest(name, h)
-        loc = _location(s)
-        built = f"{m['rows']:,} rows" if m else "-"
-        t.add_row(
-            name,
-            s.lang,
-            s.task,
-            s.gen,
-            s.category,
-            s.license or "?",
-            str(loc),
-            f"{s.rows:,}" if s.rows else "?",
-            built,
+        rows.append(
+            {
+                "source": name,
+                "lang": s.lang,
+                "task": s.task,
+                "gen": s.gen,
+                "category": s.category,
+                "license": s.license,
+                "location": _location(s),
+                "rows": s.rows,
+                "built_rows": m["rows"] if m else None,
+                "version": m.get("version") if m else None,
+            }
         )
-    console.print(t)
+    if json_out:
+        _print_json({"catalogs": [str(f) for f in cat.files], "sources": rows})
+        return
+    console.print(f"{len(rows)} sources ({', '.join(str(f) for f in cat.files)})", highlight=False)
+    cells = {
+        "source": lambda r: r["source"],
+        "lang": lambda r: r["lang"],
+        "task": lambda r: r["task"],
+        "gen": lambda r: r["gen"],
+        "category": lambda r: r["category"],
+        "built": lambda r: f"{r['built_rows']:,}" if r["built_rows"] is not None else "-",
+        "license": lambda r: r["license"] or "?",
+        "rows": lambda r: f"{r['rows']:,}" if r["rows"] else "?",
+        "location": lambda r: r["location"],
+    }
+    shown = _fit(cells, rows)
+    t = _table(*shown)
+    for r in rows:
+        t.add_row(*(cells[c](r) for c in shown))
+    _show(t)
+    if len(shown) < len(cells):
+        hidden = ", ".join(c for c in cells if c not in shown)
+        console.print(
+            f"({hidden} hidden at {console.width} columns; --json has every field)", highlight=False
+        )
 
 
 @app.command()
@@ -192,9 +262,8 @@ def build(
             console.print(
                 f"[green]{name}[/]: up to date ({r.rows:,} rows, build {r.build_hash[:12]}); nothing rewritten"
             )
-    t = Table(title=f"build summary (data home {h})")
-    for col in ("source", "status", "input", "rows", "quarantined", "shards", "langs", "seconds"):
-        t.add_column(col)
+    console.print(f"build summary (data home {h})", highlight=False)
+    t = _table("source", "status", "input", "rows", "quarantined", "shards", "langs", "seconds")
     for r in results:
         langs = ", ".join(
             f"{k}:{v}" for k, v in sorted(r.tag_counts.get("lang", {}).items(), key=lambda kv: -kv[1])[:4]
@@ -209,7 +278,7 @@ def build(
             langs,
             f"{r.seconds:.2f}",
         )
-    console.print(t)
+    _show(t)
     for r in results:
         if r.quarantine_file:
             console.print(f"quarantine: {r.quarantine_file}")
@@ -263,6 +332,7 @@ def mix(
     name: Annotated[str, typer.Argument(help="Mixture name (mixtures/NAME.yaml).")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print realised counts; write nothing.")] = False,
     seed: Annotated[int | None, typer.Option(help="Override the mixture's seed.")] = None,
+    json_out: JsonOpt = False,
     no_wait: NoWaitOpt = False,
     keep_versions: KeepOpt = None,
     catalog: CatalogOpt = None,
@@ -275,13 +345,37 @@ def mix(
 
     h = _home(home)
     m = resolve(name, load_catalog(catalog), home=h, seed=seed)
+    if json_out:
+        if not dry_run:
+            _fail("--json goes with --dry-run (a mix that writes prints its manifest path)")
+        from forge.mixture import empty_output_counts, stream_tag_counts
+
+        realised, target = stream_tag_counts(m, h)
+        _print_json(
+            {
+                "mixture": name,
+                "strategy": m.spec.get("strategy", "rates"),
+                "seed": m.seed,
+                "examples": m.total,
+                "fingerprint": m.fingerprint(),
+                "source_versions": m.versions,
+                "shortfall": m.shortfall,
+                "components": [
+                    {"label": x.label, "records": x.size, "draws": x.count, "epochs": round(x.epochs, 4)}
+                    for x in m.leaves
+                ],
+                "realised_tags": realised,
+                "target_tags": target,
+                "warnings": m.repeat_warnings(),
+                "empty_outputs": empty_output_counts(m),
+            }
+        )
+        return
     console.print(
         f"mixture {escape(name)} ({m.spec.get('strategy', 'rates')}, seed {m.seed}, {m.total:,} examples)",
         highlight=False,
     )
-    t = Table()
-    for col in ("component", "records", "draws", "share", "epochs"):
-        t.add_column(col)
+    t = _table("component", "records", "draws", "share", "epochs")
     for leaf in m.leaves:
         t.add_row(
             escape(leaf.label),
@@ -290,7 +384,7 @@ def mix(
             f"{leaf.count / max(m.total, 1):.1%}",
             f"{leaf.epochs:.2f}",
         )
-    console.print(t)
+    _show(t)
     _mix_warnings(m)
     if dry_run:
         from forge.mixture import stream_tag_counts
@@ -366,32 +460,50 @@ def templates(
     question: Annotated[str | None, typer.Option(help="Question for the sample record.")] = None,
     rationale: Annotated[str | None, typer.Option(help="Chain of thought for the sample record.")] = None,
     answer: Annotated[str | None, typer.Option(help="Answer for the sample record.")] = None,
+    json_out: JsonOpt = False,
 ):
     """List the template sets, or render a sample record with one template."""
     from forge.paths import templates_dir
     from formatters.cot import list_sets, render_sample
 
     tdir = templates_dir()
+    if render is None and json_out:
+        _print_json(
+            [
+                {
+                    "lang": ts.lang,
+                    "set": ts.name,
+                    "file": str(ts.path.relative_to(tdir)),
+                    "zero_shot": [a.id for a, _ in ts.zero_shot],
+                    "inversion": [a.id for a, _ in ts.inversion],
+                    "few_shot": [f["id"] for f in ts.few_shot],
+                }
+                for ts in list_sets(tdir)
+            ]
+        )
+        return
     if render is None:
-        t = Table(title=f"template sets in {tdir}")
-        for col in ("lang", "set", "zero_shot", "inversion", "few_shot", "file"):
-            t.add_column(col)
+        console.print(f"template sets in {tdir}", highlight=False)
+        t = _table("set", "lang", "zero_shot", "inversion", "few_shot", "file")
         for ts in list_sets(tdir):
             t.add_row(
-                ts.lang,
                 ts.name,
+                ts.lang,
                 str(len(ts.zero_shot)),
                 str(len(ts.inversion)),
                 str(len(ts.few_shot)),
                 str(ts.path.relative_to(tdir)),
             )
-        console.print(t)
+        _show(t)
         console.print(
             "render one: forge templates --render en.gsm8k.zs03 [--question ... --rationale ... --answer ...]"
         )
         return
     record = {"question": question, "chain_of_thought": rationale, "answer": answer}
     instruction, output = render_sample(tdir, render, record)
+    if json_out:
+        _print_json({"template": render, "instruction": instruction, "output": output})
+        return
     console.print(f"[bold]{escape(render)}[/] — instruction:", highlight=False)
     console.print(escape(instruction), highlight=False)
     console.print("[bold]output:[/]", highlight=False)
@@ -449,12 +561,11 @@ def publish(
         # the default staging folder is forge's own; a user's --out is replaced only when asked
         stage(configs, repo, folder, shard_bytes, h, overwrite=overwrite or out is None)
     files = staged_files(folder)
-    t = Table(title=f"staged {folder}")
-    for col in ("config", "kind", "rows", "shards"):
-        t.add_column(col)
+    console.print(f"staged {folder}", highlight=False)
+    t = _table("config", "kind", "rows", "shards")
     for c in configs:
         t.add_row(c.name, c.kind, f"{c.rows:,}", str(len(list((folder / "data" / c.name).glob("*.parquet")))))
-    console.print(t)
+    _show(t)
     size = sum(p.stat().st_size for p in files)
     if dry_run:
         console.print(f"dry run: would upload {len(files)} files ({size / 1e6:.1f} MB) to datasets/{repo}")
@@ -525,21 +636,22 @@ def stats(
     where: Annotated[
         str | None, typer.Option("--where", help='Tag query, e.g. "lang == zh and category == cot".')
     ] = None,
+    json_out: JsonOpt = False,
     home: HomeOpt = None,
 ):
     """Counts by tag and length histograms of built sources (optionally filtered)."""
     from forge.select import stats as compute
 
     s = compute(where, sources or None, _home(home))
+    if json_out:
+        _print_json({"where": where, **s})
+        return
     console.print(f"[bold]{s['rows']:,}[/] records" + (f" matching {escape(where)}" if where else ""))
     for key in ("source", "lang", "task", "gen", "category"):
-        t = Table(title=key, title_justify="left")
-        t.add_column(key)
-        t.add_column("records", justify="right")
-        t.add_column("share", justify="right")
+        t = _table(key, "records", "share")
         for k, v in s[key].items():
             t.add_row(escape(str(k)), f"{v:,}", f"{v / max(s['rows'], 1):.1%}")
-        console.print(t)
+        _show(t)
     for col in ("prompt_chars", "output_chars"):
         q = s["lengths"][col]
         console.print(f"[bold]{col}[/] " + "  ".join(f"{k} {v:,}" for k, v in q.items()))
@@ -657,161 +769,90 @@ def tiny_model(
     console.print(f"tiny model saved to {out.resolve()} (load it with --model {out})")
 
 
-@app.command()
+def _train_options() -> list:
+    """typer parameters for every TrainArgs field (train/config.py): one flag per option,
+    default None meaning "not given", so a recipe file's value stands unless a flag is set."""
+    import inspect
+
+    from train.config import base_type, default_of, flag, option_fields
+
+    params = []
+    for f in option_fields():
+        kind = base_type(f)
+        default = default_of(f)
+        shown = "auto" if f.name == "packing" else default
+        help_text = f.metadata["help"] + (f" (default: {shown})" if shown not in (None, []) else "")
+        if kind is bool:
+            decl = typer.Option(
+                f"{flag(f.name)}/--no-{f.name.replace('_', '-')}", help=help_text, show_default=False
+            )
+            annotation = Annotated[bool | None, decl]
+        else:
+            cli_type = {list: str, dict: str}.get(kind, kind)
+            decl = typer.Option(flag(f.name), help=help_text, show_default=False)
+            annotation = Annotated[cli_type | None, decl]
+        params.append(
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+        )
+    return params
+
+
 def train(
-    mixture: Annotated[str, typer.Option("--mixture", help="Mixture name to train on.")],
-    model: Annotated[str, typer.Option("--model", help="Local folder or Hub id of a causal LM.")],
-    output_dir: Annotated[
-        Path | None, typer.Option("--output-dir", help="Where the adapter and run manifest go.")
+    recipe: Annotated[
+        str | None,
+        typer.Argument(help="Recipe YAML file (or a shipped recipe name: tiny, smollm2-135m-lora ...)."),
     ] = None,
-    peft: Annotated[
-        str, typer.Option("--peft", help="lora | qlora | dora | adalora | ia3 | prefix | p_tuning | prompt")
-    ] = "lora",
-    peft_config: Annotated[
-        str | None, typer.Option(help="Any peft config as JSON (with peft_type); overrides --peft.")
-    ] = None,
-    quantization: Annotated[
-        int | None, typer.Option(help="Load the base in 4 or 8 bits (bitsandbytes).")
-    ] = None,
-    max_steps: Annotated[int, typer.Option(help="Optimizer steps (ignored with --epochs).")] = 30,
-    epochs: Annotated[
-        int | None, typer.Option(help="Passes over the mixture; sets the exact number of steps.")
-    ] = None,
-    batch_size: int = 8,
-    grad_accum: int = 1,
-    learning_rate: Annotated[
-        float, typer.Option(help="Peak learning rate; 2e-4 suits LoRA on 1B-13B models.")
-    ] = 2e-4,
-    cutoff_len: int = 512,
-    overlong: Annotated[
-        str, typer.Option(help="Over-long records: truncate (the response tail) or drop.")
-    ] = "truncate",
-    packing: Annotated[
-        bool, typer.Option("--packing/--no-packing", help="Pack sequences (block-diagonal attention).")
-    ] = True,
-    pack_buffer: int = 1000,
-    lora_r: int = 8,
-    lora_alpha: int = 16,
-    lora_dropout: float = 0.05,
-    target_modules: Annotated[
-        str | None, typer.Option(help="Comma-separated module names (default: family defaults).")
-    ] = None,
-    num_virtual_tokens: int = 8,
-    encoder_hidden_size: Annotated[int, typer.Option(help="p_tuning prompt encoder width.")] = 128,
-    adalora_init_r: int = 12,
-    adalora_tinit: Annotated[int, typer.Option(help="AdaLoRA warm-up steps before rank pruning.")] = 0,
-    adalora_tfinal: Annotated[int, typer.Option(help="AdaLoRA final steps at the target rank.")] = 0,
-    adalora_delta_t: Annotated[int, typer.Option(help="AdaLoRA steps between rank allocations.")] = 1,
-    compute_dtype: Annotated[
-        str, typer.Option(help="bitsandbytes compute dtype: float32 | bfloat16 | float16.")
-    ] = "float32",
-    warmup_steps: int = 0,
-    lr_scheduler: Annotated[
-        str, typer.Option(help="linear | cosine | constant | ... (transformers).")
-    ] = "cosine",
-    weight_decay: float = 0.0,
-    train_on_inputs: bool = False,
-    mask_history: bool = False,
-    template: Annotated[
-        str | None, typer.Option(help="alpaca | chat (default from the model family).")
-    ] = None,
-    bf16: bool = False,
-    fp16: bool = False,
-    gradient_checkpointing: bool = False,
-    attn_implementation: Annotated[
-        str | None, typer.Option(help="sdpa | eager | flash_attention_2 (GPU; packs by position_ids).")
-    ] = None,
-    eval_size: Annotated[int, typer.Option(help="Hold out the first N stream positions for evaluation.")] = 0,
-    eval_steps: int = 0,
-    save_steps: int = 0,
-    resume_from: Annotated[
-        str | None, typer.Option(help="Checkpoint folder to resume from (exact data position).")
-    ] = None,
-    report_to: Annotated[str | None, typer.Option(help="tensorboard, wandb, ... (comma-separated).")] = None,
-    trust_remote_code: bool = False,
-    fsdp: Annotated[
-        bool, typer.Option(help="Shard the model with FSDP (launch with torchrun/accelerate).")
+    config: Annotated[str | None, typer.Option("--config", help="Recipe YAML file (same as RECIPE).")] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the run summary as one JSON document.")
     ] = False,
-    fsdp_config: Annotated[str | None, typer.Option(help="FSDP config JSON file (implies --fsdp).")] = None,
-    deepspeed: Annotated[str | None, typer.Option(help="DeepSpeed config JSON file.")] = None,
-    seed: int = 0,
     catalog: CatalogOpt = None,
     home: HomeOpt = None,
+    **options,
 ):
-    """Fine-tune a model with PEFT on a named mixture, streaming, tokenizing and packing on the fly."""
+    """Fine-tune a model with PEFT on a named mixture, from a recipe file and/or flags (flags
+    win), streaming, tokenizing and packing on the fly. `forge train RUN/recipe.yaml` reruns a run."""
+    import json
 
     from forge.catalog import load_catalog
     from forge.mixture import resolve
+    from train.config import RecipeError, coerce, flag, make_args, resolve_recipe
 
     h = _home(home)
-    m = resolve(mixture, load_catalog(catalog), home=h)
-    out = output_dir or (h / "runs" / f"{mixture}-{peft}")
-    from train.recipe import TrainArgs, check_args, run
+    if recipe and config:
+        _fail("give the recipe once: as RECIPE or as --config, not both")
+    try:
+        path = resolve_recipe(recipe or config) if (recipe or config) else None
+        given = {k: coerce(k, v, flag(k)) for k, v in options.items() if v is not None}
+        args = make_args(path, given, h)
+    except RecipeError as e:
+        _fail(str(e))
+    if args.epochs is not None and args.epochs < 1:
+        _fail(f"--epochs must be a positive integer, got {args.epochs}")
+    m = resolve(args.mixture, load_catalog(catalog), home=h)
+    if args.output_dir is None:
+        args.output_dir = str(h / "runs" / f"{args.mixture}-{args.peft}")
+    out = Path(args.output_dir)
+    from train.recipe import check_args, resolve_packing, run
 
-    args = TrainArgs(
-        mixture=mixture,
-        model=model,
-        output_dir=str(out),
-        peft=peft,
-        peft_config=_json_option("--peft-config", peft_config),
-        quantization=quantization,
-        max_steps=max_steps,
-        epochs=epochs,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        learning_rate=learning_rate,
-        cutoff_len=cutoff_len,
-        overlong=overlong,
-        packing=packing,
-        pack_buffer=pack_buffer,
-        lora_r=lora_r,
-        lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout,
-        target_modules=target_modules.split(",") if target_modules else None,
-        num_virtual_tokens=num_virtual_tokens,
-        encoder_hidden_size=encoder_hidden_size,
-        adalora_init_r=adalora_init_r,
-        adalora_tinit=adalora_tinit,
-        adalora_tfinal=adalora_tfinal,
-        adalora_delta_t=adalora_delta_t,
-        compute_dtype=compute_dtype,
-        warmup_steps=warmup_steps,
-        lr_scheduler=lr_scheduler,
-        weight_decay=weight_decay,
-        train_on_inputs=train_on_inputs,
-        mask_history=mask_history,
-        template=template,
-        bf16=bf16,
-        fp16=fp16,
-        gradient_checkpointing=gradient_checkpointing,
-        attn_implementation=attn_implementation,
-        eval_size=eval_size,
-        eval_steps=eval_steps,
-        save_steps=save_steps,
-        resume_from=resume_from,
-        report_to=report_to.split(",") if report_to else [],
-        trust_remote_code=trust_remote_code,
-        fsdp=fsdp,
-        fsdp_config=fsdp_config,
-        deepspeed=deepspeed,
-        seed=seed,
-    )
+    # under torchrun / accelerate launch every rank runs this; only the first one talks
+    talk = os.environ.get("RANK", "0") == "0" and not json_out
+    say = console.print if talk else (lambda *_a, **_k: None)
+    note = resolve_packing(args)
     try:
         check_args(args)
     except ValueError as e:
         _fail(str(e))
-    # under torchrun / accelerate launch every rank runs this; only the first one talks
-    say = console.print if os.environ.get("RANK", "0") == "0" else (lambda *_a, **_k: None)
-    if epochs is not None and epochs < 1:
-        _fail(f"--epochs must be a positive integer, got {epochs}")
-    talk = os.environ.get("RANK", "0") == "0"
     say(
-        f"training {model} with {peft} on mixture {mixture} ({m.total:,} examples, "
+        f"training {args.model} with {args.peft} on mixture {args.mixture} ({m.total:,} examples, "
         f"fingerprint {m.fingerprint()[:12]}) "
-        + (f"for {epochs} epoch(s)" if epochs else f"for {max_steps} steps")
-        + f", learning rate {learning_rate:g}"
-        + (f", packing to {cutoff_len} tokens" if packing else "")
+        + (f"for {args.epochs} epoch(s)" if args.epochs else f"for {args.max_steps} steps")
+        + f", learning rate {args.learning_rate:g}"
+        + (f", packing to {args.cutoff_len} tokens" if args.packing is not False else "")
+        + (f" (recipe {path})" if path else "")
     )
+    if note:
+        say(f"note: {note}", highlight=False)
     with _train_progress(enabled=talk) as prog:
         bar = prog.add_task("train", total=None, info="")
 
@@ -834,9 +875,27 @@ def train(
                 say(line, highlight=False)
 
         try:
-            manifest = run(args, m, h, on_log=show if talk else None)
+            manifest = run(
+                args,
+                m,
+                h,
+                on_log=show if talk else (lambda _entry: None),
+                say=lambda msg: say(f"note: {msg}", highlight=False),
+            )
         except ValueError as e:
             _fail(str(e))
+    if json_out:
+        if os.environ.get("RANK", "0") == "0":
+            keys = ("mixture", "mixture_fingerprint", "source_versions", "examples_seen", "batches", "tokens")
+            keys += ("trained_tokens", "truncated", "tokens_cut", "dropped_overlong", "empty_outputs_dropped")
+            keys += ("composition", "loss_windows", "losses", "eval_losses", "packing_efficiency", "seconds")
+            summary = {k: manifest[k] for k in keys} | {
+                "adapter": str(out / "adapter"),
+                "run_manifest": str(out / "run_manifest.json"),
+                "recipe": str(out / "recipe.yaml"),
+            }
+            print(json.dumps(summary, ensure_ascii=False))
+        return
     win = manifest["loss_windows"]
     say(
         f"[bold]done[/]: loss {win['first']:.4f} -> {win['last']:.4f} (means of the first and last "
@@ -851,7 +910,7 @@ def train(
     )
     if manifest["truncated"] or manifest["dropped_overlong"] or manifest["empty_outputs_dropped"]:
         say(
-            f"records: {manifest['truncated']:,} truncated to {cutoff_len} tokens "
+            f"records: {manifest['truncated']:,} truncated to {args.cutoff_len} tokens "
             f"({manifest['tokens_cut']:,} tokens cut), {manifest['dropped_overlong']:,} dropped as over-long, "
             f"{manifest['empty_outputs_dropped']:,} dropped for an empty output"
         )
@@ -864,7 +923,31 @@ def train(
                 for k, v in shares.items()
             )
         )
-    say(f"adapter: {out / 'adapter'}\nrun manifest: {out / 'run_manifest.json'}")
+    say(
+        f"adapter: {out / 'adapter'}\nrun manifest: {out / 'run_manifest.json'}\n"
+        f"recipe: {out / 'recipe.yaml'} (rerun: forge train {out / 'recipe.yaml'})"
+    )
+
+
+def _register_train() -> None:
+    """The train command's signature: its fixed parameters plus one per TrainArgs field."""
+    import inspect
+    import typing
+
+    hints = typing.get_type_hints(train, include_extras=True)  # this module's annotations are strings
+    sig = inspect.signature(train)
+    fixed = [
+        p.replace(annotation=hints[p.name])
+        for p in sig.parameters.values()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    params = fixed + _train_options()
+    train.__signature__ = sig.replace(parameters=params)
+    train.__annotations__ = {p.name: p.annotation for p in params}
+    app.command()(train)
+
+
+_register_train()
 
 
 @app.command()
@@ -883,10 +966,24 @@ def merge(
     console.print(f"merged model saved to {out}")
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            console.print(f"forge {version('forge-instruct')}", highlight=False)
+        except PackageNotFoundError:
+            console.print("forge (not installed as a package)", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show the full traceback of an error (or set FORGE_DEBUG=1).")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print forge's version.", callback=_show_version, is_eager=True)
     ] = False,
 ):
     if debug:

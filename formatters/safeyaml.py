@@ -49,3 +49,14 @@ def load_yaml_file(path: Path):
         raise YamlInputError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
     except RecursionError:
         raise YamlInputError(f"{path}: YAML nested too deeply") from None
+
+
+def key_lines(path: Path) -> dict[str, int]:
+    """1-based line of each top-level key of a YAML mapping file (for error messages)."""
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8-sig"), Loader=_NoAliasLoader)  # noqa: S506
+    except (yaml.YAMLError, YamlInputError, RecursionError):
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {str(k.value): k.start_mark.line + 1 for k, _ in node.value}

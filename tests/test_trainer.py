@@ -289,7 +289,7 @@ def test_prompt_methods_cannot_merge(yes_mix, tiny_model, tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"peft": "prefix"}, "prefix adds virtual tokens before every sequence"),
+        ({"peft": "prefix", "packing": True}, "--packing: prefix adds virtual tokens before every sequence"),
         ({"peft": "qlora", "quantization": 8}, "qlora is LoRA on a 4-bit base"),
         ({"fp16": True}, "--fp16 needs a CUDA GPU"),
         ({"peft": "bogus"}, "--peft 'bogus': choose one of"),

@@ -1,7 +1,6 @@
 """The fine-tuning recipe: a mixture stream -> a PEFT adapter, through the transformers Trainer.
 
-Read it top to bottom:
-  TrainArgs        every knob, with the seeds' names (lora_r, adalora tinit/tfinal/delta_t ...)
+Read it top to bottom (the options themselves, TrainArgs, are defined once in train/config.py):
   check_args       impossible combinations, said in one line before anything loads
   MixtureDataset   the stream as a torch IterableDataset: each (rank, worker) reads its own slice
                    of the same global stream, tokenizes in batches and packs (train/packing.py)
@@ -24,7 +23,7 @@ import json
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from itertools import chain
 from pathlib import Path
 
@@ -34,6 +33,8 @@ import xxhash
 
 from forge.build import write_json_atomic
 from forge.mixture import Mixture, MixtureStream
+from forge.paths import data_home
+from train.config import PEFT_METHODS, PROMPT_STYLE, TrainArgs, dump_recipe
 from train.data import IGNORE, StreamStats, TokenizeConfig, pad_batch, stream_examples
 from train.families import family_of, present_targets
 from train.packing import PackStats, collate_packed, mask_style, pack
@@ -42,8 +43,6 @@ from train.packing import PackStats, collate_packed, mask_style, pack
 # Hub is missing; forge never fetches kernels at run time, so the line is noise before every error
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
-PEFT_METHODS = ("lora", "qlora", "dora", "adalora", "ia3", "prefix", "p_tuning", "prompt")
-PROMPT_STYLE = ("prefix", "p_tuning", "prompt")  # virtual tokens: no packing, no merge
 # --report-to name -> the packages transformers can log through (any one will do)
 TRACKERS = {
     "tensorboard": ("tensorboard", "tensorboardX"),
@@ -53,60 +52,6 @@ TRACKERS = {
     "clearml": ("clearml",),
     "trackio": ("trackio",),
 }
-
-
-@dataclass
-class TrainArgs:
-    mixture: str
-    model: str
-    output_dir: str
-    peft: str = "lora"
-    peft_config: dict | None = None  # pass-through: any peft config as a dict with peft_type
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    target_modules: list[str] | None = None
-    adalora_init_r: int = 12
-    adalora_tinit: int = 0
-    adalora_tfinal: int = 0
-    adalora_delta_t: int = 1
-    num_virtual_tokens: int = 8
-    encoder_hidden_size: int = 128
-    quantization: int | None = None  # 4 | 8 (bitsandbytes)
-    compute_dtype: str = "float32"
-    max_steps: int = 30
-    epochs: int | None = None  # passes over the mixture; sets max_steps exactly (counted first)
-    batch_size: int = 8
-    grad_accum: int = 1
-    # 2e-4: the usual LoRA rate for 1B-13B models (the QLoRA paper's, and LLaMA-Factory's and
-    # axolotl's examples); tiny random models learn visibly only at ~1e-2
-    learning_rate: float = 2e-4
-    warmup_steps: int = 0
-    lr_scheduler: str = "cosine"  # any transformers SchedulerType: linear, cosine, constant, ...
-    weight_decay: float = 0.0
-    cutoff_len: int = 512
-    overlong: str = "truncate"
-    packing: bool = True
-    pack_buffer: int = 1000
-    train_on_inputs: bool = False
-    mask_history: bool = False
-    template: str | None = None  # alpaca | chat; default from the model family
-    bf16: bool = False
-    fp16: bool = False
-    gradient_checkpointing: bool = False
-    attn_implementation: str | None = None  # sdpa (transformers' default) | eager | flash_attention_2 ...
-    eval_size: int = 0
-    eval_steps: int = 0
-    report_to: list[str] = field(default_factory=list)
-    seed: int = 0
-    logging_steps: int = 1
-    save_steps: int = 0
-    resume_from: str | None = None
-    trust_remote_code: bool = False
-    # passed through to transformers.TrainingArguments (launch with torchrun / accelerate launch)
-    fsdp: bool = False  # FSDP (transformers' default: version 2, fully_shard); implied by fsdp_config
-    fsdp_config: str | None = None  # JSON file
-    deepspeed: str | None = None  # JSON file
 
 
 def _check_numbers(args: TrainArgs) -> None:
@@ -175,8 +120,19 @@ def _check_peft_config(config) -> None:
         raise ValueError(f"--peft-config ({kind}): {e}") from None
 
 
+def resolve_packing(args: TrainArgs) -> str | None:
+    """packing None means auto: on unless the method adds virtual tokens. Returns the note to
+    print when auto turns it off (the model family is checked again once it is known)."""
+    if args.packing is None and args.peft in PROMPT_STYLE:
+        args.packing = False
+        return f"packing is off: {args.peft} adds virtual tokens before every sequence"
+    return None
+
+
 def check_args(args: TrainArgs) -> None:
     """Refuse impossible combinations in one line, before any model is loaded."""
+    if not args.mixture or not args.model:
+        raise ValueError("a run needs a mixture and a model (--mixture, --model, or recipe keys)")
     _check_numbers(args)
     _check_paths(args)
     if args.peft_config is not None:
@@ -189,7 +145,8 @@ def check_args(args: TrainArgs) -> None:
         raise ValueError("qlora is LoRA on a 4-bit base: --quantization must be 4")
     if args.peft in PROMPT_STYLE and args.packing:
         raise ValueError(
-            f"{args.peft} adds virtual tokens before every sequence, which packing cannot keep apart; use --no-packing"
+            f"--packing: {args.peft} adds virtual tokens before every sequence, which packing cannot keep "
+            f"apart; drop --packing (packing is off by default for {args.peft})"
         )
     if args.peft in PROMPT_STYLE and args.quantization:
         raise ValueError(f"{args.peft} with a quantized base is not supported by peft; drop --quantization")
@@ -416,17 +373,20 @@ def peft_config(args: TrainArgs, model):
     return peft.PromptTuningConfig(task_type=task, num_virtual_tokens=args.num_virtual_tokens)
 
 
-def build_model(args: TrainArgs):
+def build_model(args: TrainArgs, say=None):
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     family = family_of(getattr(config, "model_type", ""))
-    if args.packing and not family.packs:
-        import warnings
-
-        warnings.warn(f"{family.name}: {family.notes}; packing is off for this run", stacklevel=2)
+    if not family.packs:
+        if args.packing:
+            raise ValueError(f"--packing: {family.name} models cannot pack ({family.notes}); drop --packing")
+        if args.packing is None and say:
+            say(f"packing is off: {family.name}: {family.notes}")
         args.packing = False
+    elif args.packing is None:
+        args.packing = True
     if family.remote_code and not args.trust_remote_code:
         raise ValueError(
             f"{args.model}: the {family.name} family runs code from the model repo; pass --trust-remote-code"
@@ -536,12 +496,18 @@ def training_arguments(args: TrainArgs):
     )
 
 
-def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None) -> dict:
+def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None, say=None) -> dict:
+    """Train; `on_log` gets every logged step, `say` the notes (packing turned off, ...)."""
     from transformers import Trainer, TrainerCallback, set_seed
 
+    if args.output_dir is None:
+        args.output_dir = str(Path(home or data_home()) / "runs" / f"{args.mixture}-{args.peft}")
+    note = resolve_packing(args)
+    if note and say:
+        say(note)
     check_args(args)
     set_seed(args.seed)
-    model, tokenizer, family, template = build_model(args)
+    model, tokenizer, family, template = build_model(args, say)
     cfg = TokenizeConfig(
         cutoff_len=args.cutoff_len,
         train_on_inputs=args.train_on_inputs,
@@ -683,10 +649,13 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None) ->
         "eval_losses": evals,
         "seconds": round(seconds, 2),
         "args": asdict(args),
+        "recipe": "recipe.yaml",
         "versions": versions(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if rank == 0:
+        # the effective recipe: `forge train RUN/recipe.yaml` runs this again
+        (out / "recipe.yaml").write_text(dump_recipe(args), encoding="utf-8")
         tokenizer.save_pretrained(out / "adapter")
         write_json_atomic(out / "run_manifest.json", manifest)
         write_json_atomic(out / "adapter" / "run_manifest.json", manifest)

@@ -88,7 +88,7 @@ from pathlib import Path
 import datasets
 datasets.disable_progress_bars()
 root = Path({root!r})
-parts = [datasets.load_dataset("parquet", data_files=str(root / "home" / "sources" / f"src{{i}}" / "*.parquet"),
+parts = [datasets.load_dataset("parquet", data_files=str(root / "home" / "sources" / f"src{{i}}" / "v*" / "*.parquet"),
                                split="train", streaming=True) for i in range(len({shares}))]
 mixed = datasets.interleave_datasets(parts, probabilities={shares}, seed=0, stopping_strategy="first_exhausted")
 _ROWS = 0

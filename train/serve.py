@@ -1,0 +1,234 @@
+"""forge serve: an OpenAI-compatible HTTP API and a chat page over one loaded model.
+
+  GET  /                      the chat page (static/chat.html: plain HTML and JavaScript, no CDN)
+  GET  /health                {"status": "ok", "model": NAME}
+  GET  /v1/models             the one model
+  POST /v1/chat/completions   messages -> a reply (stream: true -> server-sent events)
+  POST /v1/completions        a raw text prompt -> a continuation (no template)
+
+Requests are answered one generation at a time (a lock queues them), so concurrent clients
+never share a batch or interleave output; the event loop stays free while a generation runs
+in a worker thread. A client that disconnects mid-stream cancels its generation. Bad
+requests get a 400 with an OpenAI-style error body, a wrong or missing key a 401.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from train.infer import Loaded, build_prompt, generate, record_from_messages, stream
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+class BadRequest(ValueError):
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+def _error(status: int, message: str, kind: str, param: str | None = None):
+    from starlette.responses import JSONResponse
+
+    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return JSONResponse(body, status_code=status)
+
+
+def _number(body: dict, key: str, default, lo: float, hi: float, kind=float):
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (lo <= value <= hi):
+        raise BadRequest(f"{key} must be a number in [{lo}, {hi}], got {value!r}", key)
+    if kind is int and int(value) != value:
+        raise BadRequest(f"{key} must be an integer, got {value!r}", key)
+    return kind(value)
+
+
+def _options(body: dict) -> dict:
+    stop = body.get("stop") or []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise BadRequest("stop must be a string or a list of strings", "stop")
+    return {
+        "max_new_tokens": _number(body, "max_tokens", 256, 1, 32768, int),
+        "temperature": _number(body, "temperature", 0.0, 0.0, 2.0),
+        "top_p": _number(body, "top_p", 1.0, 0.0, 1.0),
+        "seed": _number(body, "seed", 0, 0, 2**31 - 1, int),
+        "stop": stop,
+    }
+
+
+def create_app(loaded: Loaded, api_key: str | None = None):
+    from starlette.applications import Starlette
+    from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+    from starlette.responses import FileResponse, JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    lock = threading.Lock()  # one generation at a time: requests queue here
+
+    def authorized(request) -> bool:
+        return not api_key or request.headers.get("authorization", "") == f"Bearer {api_key}"
+
+    async def body_of(request) -> dict:
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            raise BadRequest("the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object")
+        return body
+
+    def check_context(prompt: list[int], options: dict) -> None:
+        limit = loaded.context_length
+        if len(prompt) + options["max_new_tokens"] > limit:
+            raise BadRequest(
+                f"the prompt ({len(prompt)} tokens) plus max_tokens ({options['max_new_tokens']}) exceed "
+                f"the model's context length of {limit} tokens",
+                "messages",
+            )
+
+    def run_one(prompt: list[int], options: dict):
+        with lock:
+            return generate(loaded, [prompt], **options)[0]
+
+    def streamed(prompt: list[int], options: dict, chunk, cancel: threading.Event):
+        """SSE lines for one generation; runs in a worker thread, holding the lock."""
+        stop = [s for s in options.pop("stop") if s]
+        hold = max((len(s) for s in stop), default=1) - 1  # a stop string may span two pieces
+        text, sent, produced = "", 0, 0
+        with lock:
+            for piece in stream(loaded, prompt, cancel=cancel, **options):
+                text += piece
+                produced += 1
+                cuts = [text.find(s) for s in stop if s in text]
+                if cuts:
+                    if min(cuts) > sent:
+                        yield f"data: {json.dumps(chunk(text[sent : min(cuts)], None))}\n\n"
+                    cancel.set()
+                    yield f"data: {json.dumps(chunk('', 'stop'))}\n\n"
+                    yield "data: [DONE]\n\n"
+                    return
+                if len(text) - hold > sent:
+                    yield f"data: {json.dumps(chunk(text[sent : len(text) - hold], None))}\n\n"
+                    sent = len(text) - hold
+            if len(text) > sent:
+                yield f"data: {json.dumps(chunk(text[sent:], None))}\n\n"
+            yield f"data: {json.dumps(chunk('', 'stop'))}\n\n"
+            yield "data: [DONE]\n\n"
+
+    async def completions(request, chat: bool):
+        if not authorized(request):
+            return _error(
+                401, "invalid or missing API key (Authorization: Bearer KEY)", "authentication_error"
+            )
+        try:
+            body = await body_of(request)
+            options = _options(body)
+            if chat:
+                messages = body.get("messages")
+                if not isinstance(messages, list) or not messages:
+                    raise BadRequest("messages must be a non-empty list", "messages")
+                for m in messages:
+                    if not (isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")):
+                        raise BadRequest("each message needs a role: system, user or assistant", "messages")
+                    if not isinstance(m.get("content"), str):
+                        raise BadRequest("each message needs a string content", "messages")
+                try:
+                    prompt = build_prompt(loaded, record_from_messages(messages))
+                except ValueError as e:
+                    raise BadRequest(str(e), "messages") from None
+            else:
+                text = body.get("prompt")
+                if not isinstance(text, str) or not text:
+                    raise BadRequest("prompt must be a non-empty string", "prompt")
+                prompt = loaded.tokenizer(text)["input_ids"]
+            check_context(prompt, options)
+        except BadRequest as e:
+            return _error(400, str(e), "invalid_request_error", e.param)
+        created, rid = int(time.time()), f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        kind = "chat.completion" if chat else "text_completion"
+        if body.get("stream"):
+
+            def chunk(piece: str, finish: str | None) -> dict:
+                if chat:
+                    choice = {
+                        "index": 0,
+                        "delta": {"content": piece} if piece else {},
+                        "finish_reason": finish,
+                    }
+                else:
+                    choice = {"index": 0, "text": piece, "finish_reason": finish}
+                return {"id": rid, "object": f"{kind}.chunk" if chat else kind, "created": created,
+                        "model": loaded.name, "choices": [choice]}  # fmt: skip
+
+            cancel = threading.Event()
+
+            async def events():
+                try:
+                    async for line in iterate_in_threadpool(streamed(prompt, dict(options), chunk, cancel)):
+                        yield line
+                finally:
+                    cancel.set()  # the client went away (or we are done): stop the model
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+        result = await run_in_threadpool(run_one, prompt, options)
+        if chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": result.text}}
+        else:
+            choice = {"index": 0, "text": result.text}
+        choice["finish_reason"] = result.finish_reason
+        usage = {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": len(result.tokens),
+            "total_tokens": result.prompt_tokens + len(result.tokens),
+        }
+        return JSONResponse(
+            {
+                "id": rid,
+                "object": kind,
+                "created": created,
+                "model": loaded.name,
+                "choices": [choice],
+                "usage": usage,
+            }
+        )
+
+    async def chat_completions(request):
+        return await completions(request, chat=True)
+
+    async def text_completions(request):
+        return await completions(request, chat=False)
+
+    async def models(request):
+        if not authorized(request):
+            return _error(
+                401, "invalid or missing API key (Authorization: Bearer KEY)", "authentication_error"
+            )
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": loaded.name, "object": "model", "created": 0, "owned_by": "forge"}],
+            }
+        )
+
+    async def health(request):
+        return JSONResponse({"status": "ok", "model": loaded.name})
+
+    async def page(request):
+        return FileResponse(STATIC / "chat.html", media_type="text/html")
+
+    return Starlette(
+        routes=[
+            Route("/", page),
+            Route("/health", health),
+            Route("/v1/models", models),
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/completions", text_completions, methods=["POST"]),
+        ]
+    )

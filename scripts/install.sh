@@ -55,8 +55,19 @@ refresh_wheelhouse() {
   rm -f "$reqs"
 }
 
+browser_for_tests() {
+  # headless Chromium + chromedriver for the chat page test; optional: the test skips without
+  # them. Only tried as root with apt and a reachable package index.
+  command -v chromium >/dev/null && command -v chromedriver >/dev/null && return 0
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 0
+  echo "installing chromium and chromium-driver for the browser test (optional)" >&2
+  { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1 ||
+    echo "note: could not install chromium; the browser test will be skipped" >&2
+}
+
 if online_install 2>/tmp/forge-install-$$.log; then
   refresh_wheelhouse
+  [ "${FORGE_BROWSER:-1}" = 0 ] || browser_for_tests
 else
   tail -3 /tmp/forge-install-$$.log >&2
   offline_install

@@ -1179,6 +1179,12 @@ def _options(
 def main() -> None:
     """Every failure ends in one line naming what went wrong; --debug or FORGE_DEBUG=1 adds
     the traceback."""
+    if os.environ.get("FORGE_DEBUG", "") in ("", "0"):
+        import warnings
+
+        # the libraries' deprecation notices speak to forge's developers, not its users
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.simplefilter("ignore", category)
     try:
         app()
     except KeyboardInterrupt:

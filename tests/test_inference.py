@@ -336,3 +336,31 @@ def test_chat_page_in_headless_chromium(smollm2, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_prompt_adapter_on_a_different_base_is_one_line(run_dir, tiny_model, tmp_path):
+    from train.tiny import make_tiny_model
+
+    home, _ = run_dir
+    other = make_tiny_model(tmp_path / "other", hidden=32, layers=1)
+    r = cli(
+        [
+            "train",
+            "tiny",
+            "--model",
+            str(tiny_model),
+            "--peft",
+            "prefix",
+            "--max-steps",
+            "1",
+            "--output-dir",
+            str(tmp_path / "p"),
+        ],
+        home,
+    )
+    assert r.returncode == 0, r.stderr
+    bad = cli(["predict", "alpaca", "--adapter", str(tmp_path / "p" / "adapter"), "--model", str(other),
+               "--out", str(tmp_path / "o.jsonl")], home)  # fmt: skip
+    assert bad.returncode == 1 and "does not fit the base" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

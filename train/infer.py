@@ -61,7 +61,9 @@ def load(
     """Load for inference. A run folder (or an adapter folder a run wrote) brings its base
     model and the template it was trained with; a merged model brings its template too."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # chat/predict/serve print their own lines; errors stay one line
     manifest = None
     if run:
         folder = Path(run)
@@ -105,7 +107,9 @@ def load(
         try:
             net = peft.PeftModel.from_pretrained(net, adapter)
         except (ValueError, RuntimeError, KeyError) as e:
-            raise LoadError(f"--adapter {adapter}: does not fit the base {model} ({str(e)[:200]})") from None
+            raise LoadError(
+                f"--adapter {adapter}: does not fit the base {model} ({' '.join(str(e).split())[:300]})"
+            ) from None
     net.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token

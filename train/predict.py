@@ -78,7 +78,9 @@ def _built_files(name: str, home: Path) -> list[Path]:
     if materialized is not None:
         folder, manifest = materialized
         return [folder / s["file"] for s in manifest["shards"]]
-    raise ValueError(f"{name}: not a file, a folder, a built source or a mixture (run forge mix {name} first)")
+    raise ValueError(
+        f"{name}: not a file, a folder, a built source or a mixture (run forge mix {name} first)"
+    )
 
 
 def done_ids(out: Path) -> set[str]:
@@ -126,10 +128,14 @@ def predict(
                 continue
             chunk.append(record)
             if len(chunk) == CHUNK:
-                _run_chunk(loaded, chunk, fh, summary, batch_size, max_new_tokens, temperature, top_p, seed, progress)
+                _run_chunk(
+                    loaded, chunk, fh, summary, batch_size, max_new_tokens, temperature, top_p, seed, progress
+                )
                 chunk = []
         if chunk:
-            _run_chunk(loaded, chunk, fh, summary, batch_size, max_new_tokens, temperature, top_p, seed, progress)
+            _run_chunk(
+                loaded, chunk, fh, summary, batch_size, max_new_tokens, temperature, top_p, seed, progress
+            )
     if rejected:
         with open(rejected_path, "a", encoding="utf-8") as fh:
             for entry in rejected:
@@ -139,7 +145,9 @@ def predict(
     return summary
 
 
-def _run_chunk(loaded, chunk, fh, summary, batch_size, max_new_tokens, temperature, top_p, seed, progress) -> None:
+def _run_chunk(
+    loaded, chunk, fh, summary, batch_size, max_new_tokens, temperature, top_p, seed, progress
+) -> None:
     prompts = [build_prompt(loaded, r) for r in chunk]
     order = sorted(range(len(chunk)), key=lambda i: len(prompts[i]))  # similar lengths, little padding
     for start in range(0, len(order), batch_size):

@@ -1,5 +1,10 @@
 """forge: the instruction-data engine (schema, catalog, build, tags, mixtures, CLI)."""
 
+# The submodule is imported first so that `forge.select` below stays the function: importing
+# a submodule for the first time binds its name on the package, which would otherwise replace
+# the function whenever some other module happened to import forge.select first.
+from forge import select as _select_module
+
 __version__ = "0.1.0"
 
 
@@ -9,6 +14,4 @@ def select(query=None, sources=None, home=None):
     >>> import forge
     >>> forge.select("lang == zh and category == cot").select("id", "instruction").collect()
     """
-    from forge.select import select as _select
-
-    return _select(query, sources, home)
+    return _select_module.select(query, sources, home)

@@ -717,6 +717,12 @@ def dedup(
     drop_contaminated: Annotated[
         bool, typer.Option(help="Also drop records that near-duplicate an eval item.")
     ] = False,
+    across_variants: Annotated[
+        bool,
+        typer.Option(
+            "--across-variants", help="Also dedup renderings of one raw record (templates, sources)."
+        ),
+    ] = False,
     overwrite: OverwriteOpt = False,
     catalog: CatalogOpt = None,
     home: HomeOpt = None,
@@ -741,6 +747,7 @@ def dedup(
             against=against,
             drop_contaminated=drop_contaminated,
             overwrite=overwrite,
+            across_variants=across_variants,
         )
     console.print(
         f"{m['input_rows']:,} records -> kept {m['rows']:,}, dropped {m['dropped']:,} {m['dropped_reasons']}"

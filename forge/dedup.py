@@ -1,7 +1,8 @@
 """Exact and near-duplicate removal, within and across sources, plus eval decontamination.
 
-Text of a record = instruction + input + output, normalized: lower case, punctuation
-removed, runs of whitespace collapsed to one space.
+Text of a record = the whole conversation (every history turn, then instruction + input +
+output), normalized: lower case, punctuation removed, runs of whitespace collapsed to one
+space. Two replies "You're welcome!" after different dialogues are not duplicates.
 
 Exact duplicates: equal xxh3-64 of the normalized text.
 
@@ -13,9 +14,16 @@ Near duplicates: MinHash with one-permutation hashing.
   LSH          16 bands x 4 rows: records sharing any band are candidates
   threshold    a candidate pair is a duplicate when >= 70% of the 64 bins agree (estimated
                Jaccard similarity of the shingle sets >= 0.7)
-Which copy survives (deterministic): the record whose source has the lowest catalog
-`priority` (default 100), then the lowest id. Every dropped record is kept in a side file
-with the id of the record it duplicates, its kind (exact/near) and the estimated similarity.
+Clusters are stars around survivors, so similarity is never chained: records are visited in
+survival order (the source's catalog `priority`, default 100, then the id); a record is
+dropped only when it has a verified edge (exact match, or estimated similarity >= threshold)
+to a record that survives, and that survivor is its `dup_of`. So every dropped record is
+within the threshold of the record named as its copy (A~B~C no longer drops C for A).
+
+Variants are not duplicates: records rendered from one raw record (same raw file bytes and
+row: a zero-shot and an inversion template, or flan_cot and cot_zh over one TSV row) never
+remove each other unless across_variants is set. Every dropped record is kept in a side
+file with the id of the record it duplicates, its kind (exact/near) and the similarity.
 
 Memory: signatures only (64 x 4 bytes per record), computed batch by batch; the text is
 streamed twice (once to sign, once to write kept and dropped records).
@@ -56,9 +64,18 @@ def normalize(texts: pa.Array) -> pa.Array:
 
 
 def record_texts(table: pa.Table) -> pa.Array:
+    """The normalized conversation of each record: history turns first, then the last turn."""
+    import polars as pl
+
     cols = [
         pc.fill_null(table.column(c), "").cast(pa.large_string()) for c in ("instruction", "input", "output")
     ]
+    if "history" in table.column_names:
+        turns = pl.Series(table.column("history").combine_chunks())
+        history = turns.list.eval(
+            pl.element().struct.field("user") + " " + pl.element().struct.field("assistant")
+        ).list.join(" ")
+        cols.insert(0, pc.fill_null(history.to_arrow(), "").cast(pa.large_string()))
     return normalize(pc.binary_join_element_wise(*cols, pa.scalar(" ", pa.large_string())).combine_chunks())
 
 
@@ -166,54 +183,68 @@ class DedupResult:
     sim: np.ndarray  # estimated similarity to the survivor (1.0 for exact)
 
 
-def _find(parent: np.ndarray, x: int) -> int:
-    root = x
-    while parent[root] != root:
-        root = parent[root]
-    while parent[x] != root:
-        parent[x], x = root, parent[x]
-    return root
-
-
 def decide(
-    rank: np.ndarray, exact: np.ndarray, sig: np.ndarray | None, threshold: float = THRESHOLD
+    rank: np.ndarray,
+    exact: np.ndarray,
+    sig: np.ndarray | None,
+    threshold: float = THRESHOLD,
+    origin: np.ndarray | None = None,
 ) -> DedupResult:
-    """rank: lower survives (priority, then id, already folded into one order)."""
+    """Star clustering. rank: lower survives (priority, then id, folded into one order).
+    origin: equal values mark variants of one raw record, which never drop each other."""
     n = len(rank)
     dup_of = np.full(n, -1, dtype=np.int64)
     kind = np.full(n, "", dtype=object)
     sim = np.zeros(n, dtype=np.float32)
-    # exact: within each key group the lowest rank survives
+    edges = [_exact_edges(rank, exact)]
+    if sig is not None and n:
+        pairs = candidate_pairs(band_keys(sig))
+        if len(pairs):
+            s = similarity(sig, pairs[:, 0], pairs[:, 1])
+            ok = s >= threshold
+            edges.append(np.column_stack([pairs[ok], np.round(s[ok] * K).astype(np.int64)]))
+    e = np.concatenate(edges) if edges else np.zeros((0, 3), np.int64)
+    if origin is not None and len(e):
+        e = e[origin[e[:, 0]] != origin[e[:, 1]]]  # variants of one raw record are kept
+    # each edge points from the later record (in survival order) to the earlier one
+    later = np.where(rank[e[:, 0]] > rank[e[:, 1]], e[:, 0], e[:, 1])
+    earlier = np.where(rank[e[:, 0]] > rank[e[:, 1]], e[:, 1], e[:, 0])
+    score = e[:, 2]  # agreeing bins out of K (K for exact matches)
+    by_later = np.argsort(later, kind="stable")
+    later, earlier, score = later[by_later], earlier[by_later], score[by_later]
+    starts = np.searchsorted(later, np.arange(n))
+    ends = np.searchsorted(later, np.arange(n), side="right")
+    for x in np.argsort(rank, kind="stable").tolist():
+        best, best_score = -1, -1
+        for k in range(starts[x], ends[x]):
+            y = int(earlier[k])
+            if dup_of[y] < 0 and (score[k] > best_score or (score[k] == best_score and rank[y] < rank[best])):
+                best, best_score = y, int(score[k])
+        if best >= 0:  # a verified edge to a survivor
+            dup_of[x] = best
+            kind[x] = "exact" if exact[x] == exact[best] else "near"
+            sim[x] = 1.0 if kind[x] == "exact" else best_score / K
+    return DedupResult(dup_of, kind, sim)
+
+
+def _exact_edges(rank: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """(i, j, K) for records with equal keys: each member to its group's first member and to
+    its predecessor (in survival order), enough for the star clustering to find a survivor."""
+    n = len(rank)
+    if n < 2:
+        return np.zeros((0, 3), np.int64)
     order = np.lexsort((rank, exact))
     ks = exact[order]
-    first = np.r_[True, ks[1:] != ks[:-1]]
+    same = ks[1:] == ks[:-1]
+    first = np.r_[True, ~same]
     head = order[np.maximum.accumulate(np.where(first, np.arange(n), 0))]
-    is_dup = ~first
-    dup_of[order[is_dup]] = head[is_dup]
-    kind[order[is_dup]] = "exact"
-    sim[order[is_dup]] = 1.0
-    if sig is None:
-        return DedupResult(dup_of, kind, sim)
-    alive = np.flatnonzero(dup_of < 0)
-    pairs = candidate_pairs(band_keys(sig[alive]))
-    if len(pairs):
-        a, b = alive[pairs[:, 0]], alive[pairs[:, 1]]
-        s = similarity(sig, a, b)
-        keep = s >= threshold
-        parent = np.arange(n)
-        for x, y in zip(a[keep], b[keep], strict=True):
-            rx, ry = _find(parent, int(x)), _find(parent, int(y))
-            if rx != ry:  # the root is always the lower-ranked member
-                if rank[rx] <= rank[ry]:
-                    parent[ry] = rx
-                else:
-                    parent[rx] = ry
-        roots = np.array([_find(parent, int(i)) for i in alive])
-        dups = alive[roots != alive]
-        dup_of[dups] = roots[roots != alive]
-        kind[dups] = "near"
-        sim[dups] = similarity(sig, dups, dup_of[dups])
-    return DedupResult(dup_of, kind, sim)
+    members = np.flatnonzero(~first)
+    pairs = np.concatenate(
+        [np.stack([order[members], head[members]], 1), np.stack([order[members], order[members - 1]], 1)]
+    )
+    pairs = np.unique(np.sort(pairs, axis=1), axis=0)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    return np.column_stack([pairs, np.full(len(pairs), K, np.int64)])
 
 
 def contaminated(
@@ -281,6 +312,7 @@ def run(
     against: list | None = None,
     drop_contaminated: bool = False,
     overwrite: bool = False,
+    across_variants: bool = False,
 ) -> dict:
     """Deduplicate `sources` together into a derived dataset folder `out`:
     part-00000.parquet (kept), dropped.parquet (every removed record + reason, dup_of,
@@ -291,18 +323,31 @@ def run(
 
     import pyarrow.parquet as pq
 
+    from forge.build import open_built
     from forge.select import shard_files
     from forge.store import check_out, prepare_out
 
     priorities = priorities or {}
     files = shard_files(sources, home)
     check_out(Path(out), overwrite)  # before the expensive part, so a refusal comes at once
-    ids, srcs, keys, sigs, prompt_sigs = [], [], [], [], []
-    for batch in _scan(files, ["id", "source", "instruction", "input", "output"]):
+    # a raw record is named by its raw file's bytes and its row, whichever source rendered it
+    raw_sha = {(s, r["name"]): r["sha256"] for s in sources for r in open_built(s, home).manifest["raw"]}
+    ids, srcs, keys, sigs, prompt_sigs, origins = [], [], [], [], [], []
+    columns = ["id", "source", "instruction", "input", "output", "history", "raw_file", "raw_row"]
+    for batch in _scan(files, columns):
         table = pa.Table.from_batches([batch])
         norm = record_texts(table)
         ids.extend(table["id"].to_pylist())
         srcs.extend(table["source"].to_pylist())
+        origins.extend(
+            xxhash.xxh3_64_intdigest(f"{raw_sha.get((s, f), s + f)}:{r}".encode())
+            for s, f, r in zip(
+                table["source"].to_pylist(),
+                table["raw_file"].to_pylist(),
+                table["raw_row"].to_pylist(),
+                strict=True,
+            )
+        )
         keys.append(exact_keys(norm))
         if near:
             sigs.append(signatures(norm))
@@ -320,7 +365,8 @@ def run(
     order = np.lexsort((np.array(ids, dtype=object).astype(str), prio))
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
-    result = decide(rank, exact, sig, threshold)
+    origin = None if across_variants else np.array(origins, dtype=np.uint64)
+    result = decide(rank, exact, sig, threshold, origin)
 
     contamination, contaminated_idx = [], []
     if against:
@@ -386,6 +432,7 @@ def run(
         drop_w.close()
         manifest = {
             "name": out.name,
+            "across_variants": across_variants,
             "kind": "dedup",
             "sources": sources,
             "input_rows": n,

@@ -230,12 +230,17 @@ def test_cross_source_priority_and_decontamination(home, tmp_path):
         build_source(cat.get(s), home=home)
     from forge.dedup import run
 
+    # both sources render the same raw file: renderings of one raw record are not duplicates
+    # of each other unless asked (across_variants)
+    same = run(["second", "first"], tmp_path / "variants", home=home, priorities={"first": 10, "second": 20})
+    assert same["dropped"] == 0 and same["rows"] == 120
     m = run(
         ["second", "first"],
         tmp_path / "dd",
         home=home,
         priorities={"first": 10, "second": 20},
         against=[shared("belle/eval_set.json")],
+        across_variants=True,
     )
     kept = pl.read_parquet(tmp_path / "dd" / "part-*.parquet")
     assert set(kept["source"]) == {"first"} and kept.height == 60

@@ -1,0 +1,111 @@
+"""Dedup drops only true duplicates: star clusters (no chaining), whole conversations,
+variants of one raw record kept apart."""
+
+import json
+import textwrap
+
+import numpy as np
+import polars as pl
+
+from forge.build import build_source
+from forge.catalog import load_catalog
+from forge.dedup import K, decide, normalize, run, signatures
+from forge.schema import RECORD_SCHEMA
+
+RECORD = RECORD_SCHEMA.names
+
+
+def test_chains_do_not_drop_a_record_for_one_it_does_not_resemble():
+    """A~B and B~C at 0.77, A~C at 0.53: B is a copy of A, C is not a copy of anything."""
+    a = np.zeros(K, np.uint32)
+    b = a.copy()
+    b[:15] = 1
+    c = b.copy()
+    c[15:30] = 2
+    sig = np.stack([a, b, c])
+    exact = np.array([1, 2, 3], np.uint64)
+    r = decide(np.arange(3), exact, sig, 0.7)
+    assert r.dup_of.tolist() == [-1, 0, -1]  # union-find made C a "copy" of A at 0.53
+    assert r.sim[1] == np.float32(49 / 64)
+
+
+def _chain_texts(n_chains: int, length: int = 60) -> list[str]:
+    rng = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(5000)]
+    texts = []
+    for _ in range(n_chains):
+        words = list(rng.choice(vocab, length))
+        for _step in range(4):  # each link changes a few words of the previous one
+            texts.append(" ".join(words))
+            for k in rng.choice(length, 6, replace=False):
+                words[k] = str(rng.choice(vocab))
+    return texts
+
+
+def test_no_dropped_record_is_below_the_threshold_to_its_survivor(home, tmp_path):
+    texts = _chain_texts(40)
+    lines = [json.dumps({"instruction": t, "input": "", "output": "ok"}) for t in texts]
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
+    cat = tmp_path / "catalog.yaml"
+    cat.write_text(
+        "sources:\n  chains:\n    {description: x, connector: json, formatter: columns, "
+        f"local: {tmp_path / 'c.jsonl'}, lang: EN, task: MT, gen: SI}}\n"
+    )
+    build_source(load_catalog(cat).get("chains"), home=home)
+    m = run(["chains"], tmp_path / "dd", home=home)
+    dropped = pl.read_parquet(tmp_path / "dd" / "dropped.parquet")
+    kept = pl.read_parquet(tmp_path / "dd" / "part-00000.parquet")
+    assert m["dropped"] == dropped.height > 0 and kept.height + dropped.height == len(texts)
+    by_id = {r["id"]: r for r in pl.concat([kept, dropped.select(kept.columns)]).iter_rows(named=True)}
+
+    def texts_of(ids):
+        return normalize(
+            pl.Series([by_id[i]["instruction"] + " " + by_id[i]["output"] for i in ids]).to_arrow()
+        )  # noqa: E731
+
+    sig_d, sig_s = signatures(texts_of(dropped["id"])), signatures(texts_of(dropped["dup_of"]))
+    estimated = (sig_d == sig_s).mean(axis=1)
+    assert (estimated >= 0.7).all(), estimated.min()
+    assert set(dropped["dup_of"]) <= set(kept["id"])  # every copy names a record that survives
+
+
+def test_exact_dedup_keys_on_the_whole_conversation(home, tmp_path):
+    rows = [
+        {"history": [{"user": "Can you fix my bike?", "assistant": "Sure, what is broken?"}],
+         "instruction": "Thanks", "output": "You're welcome!"},
+        {"history": [{"user": "Write me a poem about rain.", "assistant": "Drops on the roof..."}],
+         "instruction": "Thanks", "output": "You're welcome!"},
+        {"history": [{"user": "Can you fix my bike?", "assistant": "Sure, what is broken?"}],
+         "instruction": "Thanks", "output": "You're welcome!"},
+    ]  # fmt: skip
+    (tmp_path / "h.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cat = tmp_path / "catalog.yaml"
+    cat.write_text(
+        textwrap.dedent(f"""
+        sources:
+          chats:
+            description: dialogue endings
+            connector: json
+            formatter: columns
+            options: {{history: history}}
+            local: {tmp_path / "h.jsonl"}
+            lang: EN
+            task: MT
+            gen: HG
+        """)
+    )
+    build_source(load_catalog(cat).get("chats"), home=home)
+    m = run(["chats"], tmp_path / "dd", home=home, near=False)
+    assert m["dropped"] == 1  # the third repeats the first whole conversation; the second does not
+
+
+def test_renderings_of_one_raw_record_are_not_duplicates(home, catalog, tmp_path):
+    build_source(catalog.get("flan_cot"), home=home, sample=True)  # zero-shot + inversion per row
+    default = run(["flan_cot"], tmp_path / "a", home=home)
+    dropped = pl.read_parquet(tmp_path / "a" / "dropped.parquet")
+    everything = pl.concat([pl.read_parquet(tmp_path / "a" / "part-00000.parquet"), dropped.select(RECORD)])
+    origin = {r["id"]: (r["raw_file"], r["raw_row"]) for r in everything.iter_rows(named=True)}
+    # what is dropped by default copies another raw row; never its own other rendering
+    assert all(origin[i] != origin[d] for i, d in zip(dropped["id"], dropped["dup_of"], strict=True))
+    across = run(["flan_cot"], tmp_path / "b", home=home, across_variants=True)
+    assert across["dropped"] > default["dropped"]  # zero-shot and inversion share the text

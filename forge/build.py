@@ -43,6 +43,7 @@ from forge.store import FAILED, Store, StoreError
 from formatters import FORMATTERS
 
 DEFAULT_SHARD_ROWS = 250_000
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
 PART_BYTES = 64 << 20  # raw bytes per independently built part
 PARALLEL_MIN_BYTES = 32 << 20  # below this, worker start-up costs more than it saves
 ROW_GROUP_ROWS = 32_768
@@ -316,6 +317,12 @@ def build_source(
 
     for f in files:
         try:
+            with open(f.path, "rb") as fh:
+                if fh.read(len(LFS_POINTER)) == LFS_POINTER:
+                    raise BuildError(
+                        f"{src.name}: {f.path} is a Git LFS pointer, not the data; fetch the file "
+                        f"(git lfs pull) or point --from at the real one"
+                    )
             raw.append({"name": f.name, "sha256": sha256_file(f.path), "bytes": f.path.stat().st_size})
         except OSError as e:
             raise BuildError(f"{src.name}: cannot read {f.path}: {e.strerror}") from e

@@ -15,10 +15,35 @@ from forge.catalog import Source
 from forge.errors import BuildError
 from forge.paths import builtin_dir, hub_cache_dir
 
+# what a corpus folder holds besides its data: code, docs, configs, pictures, licences. Data
+# files themselves come with any name (Auto-CoT's have no suffix at all), so this is a deny list.
+NOT_DATA_SUFFIXES = {
+    ".py", ".pyc", ".sh", ".ipynb", ".md", ".rst", ".yaml", ".yml", ".toml", ".cfg", ".ini",
+    ".html", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".pdf", ".lock",
+}  # fmt: skip
+NOT_DATA_NAMES = {"license", "licence", "copying", "notice", "readme", "makefile", "dockerfile"}
+
+
+def is_data_file(path: Path) -> bool:
+    """Not a script, a document, a picture or a licence: a folder given with --from often holds
+    those beside the data, and they are not records."""
+    return path.suffix.lower() not in NOT_DATA_SUFFIXES and path.name.lower() not in NOT_DATA_NAMES
+
+
+def skipped_in(folder: Path) -> list[str]:
+    """Files of a folder that are not data (reported in the manifest, never read)."""
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and not is_data_file(p)
+    )
+
 
 def _expand(pattern: Path) -> list[Path]:
     if pattern.is_dir():
-        return sorted(p for p in pattern.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return sorted(
+            p for p in pattern.rglob("*") if p.is_file() and not p.name.startswith(".") and is_data_file(p)
+        )
     if any(ch in str(pattern) for ch in "*?["):
         return sorted(Path(p) for p in glob.glob(str(pattern), recursive=True) if Path(p).is_file())
     return [pattern] if pattern.is_file() else []
@@ -46,10 +71,11 @@ def resolve(
         files = _expand(Path(from_path))
         if not files:
             raise BuildError(f"{src.name}: no files at {from_path}")
-        return _named(files, Path(from_path) if Path(from_path).is_dir() else None), {
-            "kind": "path",
-            "path": str(from_path),
-        }
+        folder = Path(from_path) if Path(from_path).is_dir() else None
+        origin = {"kind": "path", "path": str(from_path)}
+        if folder is not None:
+            origin["skipped"] = skipped_in(folder)  # not data: never read, listed here
+        return _named(files, folder), origin
     if sample:
         if not src.sample:
             raise BuildError(f"{src.name}: the catalog has no shipped sample for this source")

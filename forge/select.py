@@ -128,6 +128,11 @@ def _filter_into(tmp: Path, query: str, files: list[str], out: Path, steps, sour
         kept_w.close()
         drop_w.close()
         matched.unlink()
+    else:  # every derived folder has its dropped.parquet, empty when nothing was dropped
+        schema = pq.read_schema(matched)
+        pq.write_table(
+            schema.append(pa.field("reason", pa.large_string())).empty_table(), tmp / "dropped.parquet"
+        )
     manifest = {
         "name": out.name,
         "query": query,

@@ -109,3 +109,31 @@ def test_renderings_of_one_raw_record_are_not_duplicates(home, catalog, tmp_path
     assert all(origin[i] != origin[d] for i, d in zip(dropped["id"], dropped["dup_of"], strict=True))
     across = run(["flan_cot"], tmp_path / "b", home=home, across_variants=True)
     assert across["dropped"] > default["dropped"]  # zero-shot and inversion share the text
+
+
+def test_from_folder_reads_data_files_only_and_lfs_pointers_say_so(home, catalog, tmp_path):
+    import pytest
+
+    from forge.errors import BuildError
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "part1.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
+    (folder / "convert.py").write_text("import json\nprint('not data')\n")
+    (folder / "README.md").write_text("# about\n")
+    r = build_source(catalog.get("belle_0.5m"), home=home, from_path=folder)
+    assert (r.rows, r.quarantined) == (1, 0)  # the script and the README were read as data before
+    origin = json.loads((r.out_dir / "manifest.json").read_text())["origin"]
+    assert origin["skipped"] == ["README.md", "convert.py"]
+    lfs = tmp_path / "big.jsonl.gz"
+    lfs.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n")
+    with pytest.raises(BuildError, match=r"is a Git LFS pointer, not the data"):
+        build_source(catalog.get("belle_0.5m"), home=home, from_path=lfs)
+
+
+def test_filter_without_quality_steps_still_writes_dropped(built_samples, tmp_path):
+    from forge.select import filter_to_folder
+
+    filter_to_folder("lang == en", ["alpaca"], tmp_path / "f", home=built_samples)
+    dropped = pl.read_parquet(tmp_path / "f" / "dropped.parquet")
+    assert dropped.height == 0 and "reason" in dropped.columns

@@ -71,12 +71,24 @@ def stats(query: str | None, sources: list[str] | None, home: Path | None = None
 
 
 def _histogram(s: pl.Series, bins: int = 12) -> list[tuple[int, int, int]]:
+    """(low, high, count) bins, low inclusive and high exclusive: equal bins up to the 99th
+    percentile, then one last bin from there to the longest value, labelled with its range."""
     if len(s) == 0:
         return []
     hi = max(1, int(s.quantile(0.99, "nearest")))
     width = max(1, -(-hi // bins))
-    counts = (s.clip(0, hi) // width).value_counts().sort(s.name)
-    return [(int(b) * width, int(b + 1) * width, int(n)) for b, n in counts.iter_rows()]
+    top = width * -(-hi // width)  # the regular bins end here
+    regular = s.filter(s < top)
+    counts = (regular // width).value_counts().sort(s.name) if len(regular) else None
+    out = (
+        [(int(b) * width, int(b + 1) * width, int(n)) for b, n in counts.iter_rows()]
+        if counts is not None
+        else []
+    )
+    over = int((s >= top).sum())
+    if over:
+        out.append((top, int(s.max()) + 1, over))
+    return out
 
 
 def filter_to_folder(

@@ -137,3 +137,14 @@ def test_filter_without_quality_steps_still_writes_dropped(built_samples, tmp_pa
     filter_to_folder("lang == en", ["alpaca"], tmp_path / "f", home=built_samples)
     dropped = pl.read_parquet(tmp_path / "f" / "dropped.parquet")
     assert dropped.height == 0 and "reason" in dropped.columns
+
+
+def test_stats_histogram_labels_its_last_bin_with_the_real_range():
+    from forge.select import _histogram
+
+    s = pl.Series("n", list(range(100)) + [5000])
+    bins = _histogram(s)
+    assert sum(n for _, _, n in bins) == 101
+    for lo, hi, n in bins:  # every value counted lies in the range its bin claims
+        assert n == int(((s >= lo) & (s < hi)).sum())
+    assert bins[-1][1] == 5001

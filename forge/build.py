@@ -240,11 +240,6 @@ class Built:
     def files(self) -> list[Path]:
         return [self.path / s["file"] for s in self.manifest["shards"]]
 
-    @property
-    def quarantine_file(self) -> Path | None:
-        q = self.path / "quarantine.jsonl"
-        return q if q.exists() else None
-
 
 def open_built(name: str, home: Path | None = None) -> Built | None:
     """The source's current version, pinned for this process (see forge.store), or None."""
@@ -400,7 +395,7 @@ def _build_version(job: _Job, store: Store, vid: str, tmp: Path, progress, keep:
     )
 
     parts = plan_parts(files)
-    jobs = [(src, part_files, i, tmp, tmp, detector, shard_rows) for i, part_files in enumerate(parts)]
+    jobs = [(src, part_files, i, tmp, detector, shard_rows) for i, part_files in enumerate(parts)]
     n_workers = min(workers or os.cpu_count() or 1, len(parts))
     if n_workers > 1 and sum(r["bytes"] for r in raw) >= PARALLEL_MIN_BYTES:
         import multiprocessing as mp
@@ -523,8 +518,8 @@ def plan_parts(files: list, target_bytes: int | None = None) -> list[list]:
 
 def _build_part(job: tuple, progress: Callable[[int], None] | None = None) -> PartResult:
     """connector -> formatter -> assemble -> shards, for one part's files."""
-    src, files, index, out_dir, qdir, detector, shard_rows = job
-    quarantine = Quarantine(src.name, qdir / f".quarantine-{index:03d}.jsonl")
+    src, files, index, out_dir, detector, shard_rows = job
+    quarantine = Quarantine(src.name, out_dir / f".quarantine-{index:03d}.jsonl")
     writer = ShardWriter(out_dir, shard_rows, prefix=f"part-{index:03d}")
     options = dict(src.options)
     if src.formatter in ("cot", "tasks"):
@@ -658,10 +653,9 @@ def verify_store(store: Store) -> list[str]:
         return ["not built"]
     try:
         manifest = json.loads((version.path / "manifest.json").read_text())
-        shards = manifest["shards"]
+        problems = [f"{version.id}/{p}" for p in damaged_shards(version.path, manifest)]
     except (OSError, ValueError, KeyError, TypeError) as e:
         return [f"{version.id}/manifest.json unreadable ({type(e).__name__})"]
-    problems = [f"{version.id}/{p}" for p in damaged_shards(version.path, {"shards": shards})]
     if "ids_sha256" in manifest:  # a mixture's lineage file
         from connectors.base import sha256_file
 

@@ -72,8 +72,8 @@ def _progress():
 
 
 def _table(key: str, *cols: str) -> Table:
-    """A table that fits the terminal (80 columns in a pipe) by shortening cells with an
-    ellipsis, never by breaking the first column (names) across lines."""
+    """A borderless table whose cells never wrap; print it with _show, which makes it fit the
+    terminal (80 columns in a pipe) by leaving columns out, never by breaking names."""
     t = Table(box=None, pad_edge=False, header_style="bold")
     t.add_column(key, no_wrap=True, min_width=len(key))
     for col in cols:
@@ -92,22 +92,12 @@ def _show(t: Table) -> None:
         hidden = [c.header for c in t.columns[keep:]]
         t.columns[:] = t.columns[:keep]
         console.print(t)
-        console.print(f"({', '.join(hidden)} hidden at {console.width} columns; --json has every field)")
+        console.print(
+            f"({', '.join(hidden)} hidden at {console.width} columns; --json has every field)",
+            highlight=False,
+        )
         return
     console.print(t)
-
-
-def _fit(cells: dict, rows: list[dict]) -> list[str]:
-    """The leading columns (in the order given) whose full contents fit the console width:
-    columns are dropped from the right rather than names broken or cut."""
-    width, shown = 0, []
-    for name, cell in cells.items():
-        need = max([len(name)] + [len(str(cell(r))) for r in rows]) + 2
-        if shown and width + need > console.width:
-            break
-        shown.append(name)
-        width += need
-    return shown
 
 
 def _print_json(data) -> None:
@@ -180,27 +170,21 @@ def sources(catalog: CatalogOpt = None, home: HomeOpt = None, json_out: JsonOpt 
         _print_json({"catalogs": [str(f) for f in cat.files], "sources": rows})
         return
     console.print(f"{len(rows)} sources ({', '.join(str(f) for f in cat.files)})", highlight=False)
-    cells = {
-        "source": lambda r: r["source"],
-        "lang": lambda r: r["lang"],
-        "task": lambda r: r["task"],
-        "gen": lambda r: r["gen"],
-        "category": lambda r: r["category"],
-        "built": lambda r: f"{r['built_rows']:,}" if r["built_rows"] is not None else "-",
-        "license": lambda r: r["license"] or "?",
-        "rows": lambda r: f"{r['rows']:,}" if r["rows"] else "?",
-        "location": lambda r: r["location"],
-    }
-    shown = _fit(cells, rows)
-    t = _table(*shown)
+    # the most useful columns first: _show leaves out the last ones when the terminal is narrow
+    t = _table("source", "lang", "task", "gen", "category", "built", "license", "rows", "location")
     for r in rows:
-        t.add_row(*(cells[c](r) for c in shown))
-    _show(t)
-    if len(shown) < len(cells):
-        hidden = ", ".join(c for c in cells if c not in shown)
-        console.print(
-            f"({hidden} hidden at {console.width} columns; --json has every field)", highlight=False
+        t.add_row(
+            r["source"],
+            r["lang"],
+            r["task"],
+            r["gen"],
+            r["category"],
+            f"{r['built_rows']:,}" if r["built_rows"] is not None else "-",
+            r["license"] or "?",
+            f"{r['rows']:,}" if r["rows"] else "?",
+            r["location"],
         )
+    _show(t)
 
 
 @app.command()
@@ -350,7 +334,7 @@ def mix(
             _fail("--json goes with --dry-run (a mix that writes prints its manifest path)")
         from forge.mixture import empty_output_counts, stream_tag_counts
 
-        realised, target = stream_tag_counts(m, h)
+        realised, target = stream_tag_counts(m)
         _print_json(
             {
                 "mixture": name,
@@ -389,7 +373,7 @@ def mix(
     if dry_run:
         from forge.mixture import stream_tag_counts
 
-        realised, _target = stream_tag_counts(m, h)
+        realised, _target = stream_tag_counts(m)
         for key in ("lang", "task", "gen", "category"):
             counts = sorted(realised[key].items(), key=lambda kv: -kv[1])
             console.print(f"  {key:<9} " + ", ".join(f"{k} {v:,}" for k, v in counts))
@@ -834,12 +818,7 @@ def train(
         args = make_args(path, given, h)
     except RecipeError as e:
         _fail(str(e))
-    if args.epochs is not None and args.epochs < 1:
-        _fail(f"--epochs must be a positive integer, got {args.epochs}")
     m = resolve(args.mixture, load_catalog(catalog), home=h)
-    if args.output_dir is None:
-        args.output_dir = str(h / "runs" / f"{args.mixture}-{args.peft}")
-    out = Path(args.output_dir)
     from train.recipe import check_args, resolve_packing, run
 
     # under torchrun / accelerate launch every rank runs this; only the first one talks
@@ -891,6 +870,7 @@ def train(
             )
         except ValueError as e:
             _fail(str(e))
+    out = Path(args.output_dir)  # run() filled in the default, data home/runs/MIXTURE-PEFT
     if json_out:
         if os.environ.get("RANK", "0") == "0":
             keys = ("mixture", "mixture_fingerprint", "source_versions", "examples_seen", "batches", "tokens")

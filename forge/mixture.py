@@ -113,9 +113,12 @@ class Mixture:
     spec: dict
     leaves: list[Leaf]
     seed: int
-    build_hashes: dict[str, str] = field(default_factory=dict)
     rowsets: list = field(default_factory=list)  # per leaf: matching row positions, or None for all rows
     pinned: dict[str, Built] = field(default_factory=dict)  # source -> the version this mixture reads
+
+    @property
+    def build_hashes(self) -> dict[str, str]:
+        return {name: b.manifest["build_hash"] for name, b in sorted(self.pinned.items())}
 
     @property
     def shortfall(self) -> int:
@@ -269,7 +272,6 @@ def resolve(
     strategy = spec.get("strategy", "rates")
     mix_seed = int(spec.get("seed", 0) if seed is None else seed)
     groups: list[tuple[dict, list[Leaf], list]] = []  # (component spec, leaves, filtered rows)
-    builds: dict[str, str] = {}
     pinned: dict[str, Built] = {}
     for i, comp in enumerate(spec["components"]):
         key = f"components[{i}]"
@@ -277,7 +279,6 @@ def resolve(
             sub = resolve(
                 comp["mixture"], catalog, home=home, user_dir=user_dir, seed=mix_seed, _stack=_stack + (name,)
             )
-            builds.update(sub.build_hashes)
             pinned.update(sub.pinned)
             groups.append((comp, sub.leaves, sub.rowsets))
             continue
@@ -296,7 +297,6 @@ def resolve(
             except QueryError as e:
                 raise _err(path, f"{key}.where", str(e)) from e
             n = int(rows) if isinstance(rows, int) else len(rows)
-            builds[s] = built.manifest["build_hash"]
             if n == 0 and "where" not in comp:
                 raise _err(path, f"{key}.source", f"source {s!r} is built but has no records")
             if n:
@@ -316,7 +316,7 @@ def resolve(
         for leaf, c, rows in zip(leaves, split, rowsets, strict=True):
             leaves_out.append(Leaf(leaf.label, leaf.source, leaf.where, count=int(c), size=leaf.size))
             rowsets_out.append(rows)
-    return Mixture(name, path, spec, leaves_out, mix_seed, builds, rowsets_out, pinned)
+    return Mixture(name, path, spec, leaves_out, mix_seed, rowsets_out, pinned)
 
 
 def _built_sources(catalog: Catalog, home: Path | None, pinned: dict[str, Built]) -> list[str]:
@@ -630,7 +630,7 @@ def _write_mixture(mix: Mixture, home: Path | None, tmp: Path, shard_rows: int, 
 TAG_KEYS = ("source", "lang", "task", "gen", "category")
 
 
-def stream_tag_counts(mix: Mixture, home: Path | None = None) -> tuple[dict, dict]:
+def stream_tag_counts(mix: Mixture) -> tuple[dict, dict]:
     """Realised tag counts of the whole stream, and the target counts the component shares
     imply (share of component i times the tag distribution of its records).
 
@@ -653,7 +653,7 @@ def stream_tag_counts(mix: Mixture, home: Path | None = None) -> tuple[dict, dic
         if rows is not None:
             df = df[rows]
         epochs, rest = divmod(leaf.count, leaf.size)
-        partial = df[schedule._records(i, epochs * leaf.size, leaf.count)] if rest else df.clear()
+        partial = df[schedule.records(i, epochs * leaf.size, leaf.count)] if rest else df.clear()
         for key in TAG_KEYS:
             for value, n in df[key].value_counts().iter_rows():
                 target[key][value] += leaf.count * n / df.height

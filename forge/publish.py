@@ -162,8 +162,8 @@ def collect_targets(
         elif Path(target).is_dir() and (Path(target) / "manifest.json").exists():
             fm = json.loads((Path(target) / "manifest.json").read_text())
             name = fm.get("name") or Path(target).name
-            files = [Path(target) / s["file"] for s in fm.get("shards", [])]  # never dropped.parquet
-            configs[name] = Config(name, "filter", files, fm["rows"], fm)
+            # the manifest's shards: never dropped.parquet beside them
+            configs[name] = Config(name, "filter", _parquet_files(Path(target), fm), fm["rows"], fm)
             for s in fm.get("sources", []):
                 lic = catalog.get(s).license if s in catalog else None
                 configs[name].licenses.extend([lic] if lic else [])

@@ -70,7 +70,7 @@ def build_report(mix: Mixture, home: Path | None, out: Path, tokenizer_path: str
     import matplotlib
 
     matplotlib.use("Agg")
-    realised, target = stream_tag_counts(mix, home)
+    realised, target = stream_tag_counts(mix)
     prompt_chars, output_chars, prompt_tokens, output_tokens = [], [], [], []
     samples: dict[str, list[dict]] = {leaf.label: [] for leaf in mix.leaves}
     comp_real = dict.fromkeys(samples, 0)

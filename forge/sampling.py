@@ -142,7 +142,7 @@ class Schedule:
             m = int(hi[i] - lo[i])
             if m:
                 draw[at : at + m] = np.arange(lo[i], hi[i])
-                records[at : at + m] = self._records(i, int(lo[i]), int(hi[i]))
+                records[at : at + m] = self.records(i, int(lo[i]), int(hi[i]))
                 at += m
         keys = (draw + self.offsets[comp]) / np.maximum(self.counts[comp], 1)
         # stable sort on the key keeps component order among equal keys (ties -> lower component)
@@ -150,7 +150,7 @@ class Schedule:
         start = int(self.window_sizes()[:w].sum())
         return Block(np.arange(start, start + len(comp)), comp[order], records[order])
 
-    def _records(self, i: int, lo: int, hi: int) -> np.ndarray:
+    def records(self, i: int, lo: int, hi: int) -> np.ndarray:
         """Record indices for draws lo..hi-1 of component i (epoch by epoch)."""
         n = int(self.sizes[i])
         out = np.empty(hi - lo, dtype=np.int64)

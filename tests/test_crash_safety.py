@@ -325,3 +325,23 @@ def test_disk_full_mid_build_keeps_the_previous_version(tmp_path):
         )
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_a_lease_keeps_a_version_until_it_is_released(tmp_path):
+    """In one process: a version read with open_built survives later builds (keep=1) until
+    store.release() drops the lease; then the next writer collects it."""
+    from forge.build import build_source, open_built
+    from forge.catalog import load_catalog
+    from forge.store import release
+
+    home, src = tmp_path / "home", load_catalog().get("belle_0.5m")
+    inputs = [write_jsonl(tmp_path / f"in{i}.jsonl", 50 + i, f"t{i}") for i in range(3)]
+    build_source(src, home=home, from_path=inputs[0], keep=1)
+    held = open_built("belle_0.5m", home)
+    build_source(src, home=home, from_path=inputs[1], keep=1)
+    folder = home / "sources" / "belle_0.5m"
+    assert sorted(p.name for p in folder.glob("v*")) == ["v000001", "v000002"]  # v1 is leased
+    release(held.path)
+    build_source(src, home=home, from_path=inputs[2], keep=1)
+    assert sorted(p.name for p in folder.glob("v*")) == ["v000003"]
+    release()

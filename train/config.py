@@ -150,8 +150,7 @@ def flag(name: str) -> str:
 
 def coerce(name: str, value, where: str):
     """A recipe or flag value as the field's type; RecipeError naming `where` otherwise."""
-    f = {x.name: x for x in option_fields()}[name]
-    kind = base_type(f)
+    kind = base_type(_FIELDS[name])
     if value is None:
         return None
     if kind is list and isinstance(value, str):

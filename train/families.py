@@ -1,6 +1,7 @@
-"""Per-family defaults: which modules LoRA targets, which prompt template, pad token, and
-whether the family needs trust_remote_code. Any other AutoModelForCausalLM takes the generic
-path ("all-linear" LoRA targets, the Alpaca prompt)."""
+"""Per-family defaults: which modules LoRA targets, whether the family packs, and whether it
+needs trust_remote_code. Any other AutoModelForCausalLM takes the generic path ("all-linear"
+LoRA targets). The prompt template follows the tokenizer, not the family
+(train.recipe.default_template)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ class Family:
     model_types: tuple[str, ...]  # config.model_type values
     lora_targets: tuple[str, ...] | str
     ia3_feedforward: tuple[str, ...] = ()
-    template: str = "alpaca"  # alpaca | chat (the tokenizer's own chat template)
     remote_code: bool = False
     packs: bool = True  # accepts a 4-D block-diagonal mask (packed rows)
     notes: str = ""
@@ -32,7 +32,6 @@ FAMILIES = [
         ("qwen2", "qwen3", "qwen2_moe"),
         ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         ("down_proj",),
-        template="chat",
     ),
     Family(
         "bloom",
@@ -47,7 +46,6 @@ FAMILIES = [
         ("glm", "glm4", "chatglm"),
         ("query_key_value", "qkv_proj", "dense", "o_proj", "gate_up_proj", "down_proj"),
         ("down_proj",),
-        template="chat",
         notes="ChatGLM 1-3 (model_type chatglm) need trust_remote_code; GLM-4 is native",
     ),
     Family(

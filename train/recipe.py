@@ -78,8 +78,6 @@ def _check_numbers(args: TrainArgs) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {v}")
     if args.quantization not in (None, 4, 8):
         raise ValueError(f"--quantization takes 4 or 8, got {args.quantization}")
-    if args.overlong not in ("truncate", "drop"):
-        raise ValueError(f"--overlong takes truncate or drop, got {args.overlong!r}")
 
 
 def _check_paths(args: TrainArgs) -> None:

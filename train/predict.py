@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from train.infer import Loaded, build_prompt, generate
@@ -118,24 +119,20 @@ def predict(
     def reject(raw: str, file: str, row: int, line: int, reason: str) -> None:
         rejected.append({"file": file, "row": row, "line": line, "reason": reason, "raw": raw[:2000]})
 
-    t0 = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "a", encoding="utf-8") as fh:
-        chunk: list[dict] = []
+    def todo() -> Iterator[dict]:
         for record in records_of(target, home, reject):
             if record["id"] in done:
                 summary.skipped += 1
-                continue
-            chunk.append(record)
-            if len(chunk) == CHUNK:
-                _run_chunk(
-                    loaded, chunk, fh, summary, batch_size, max_new_tokens, temperature, top_p, seed, progress
-                )
-                chunk = []
-        if chunk:
-            _run_chunk(
-                loaded, chunk, fh, summary, batch_size, max_new_tokens, temperature, top_p, seed, progress
-            )
+            else:
+                yield record
+
+    sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+    t0 = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a", encoding="utf-8") as fh:
+        records = todo()
+        while chunk := list(islice(records, CHUNK)):
+            _run_chunk(loaded, chunk, fh, summary, batch_size, sampling, progress)
     if rejected:
         with open(rejected_path, "a", encoding="utf-8") as fh:
             for entry in rejected:
@@ -145,21 +142,12 @@ def predict(
     return summary
 
 
-def _run_chunk(
-    loaded, chunk, fh, summary, batch_size, max_new_tokens, temperature, top_p, seed, progress
-) -> None:
+def _run_chunk(loaded, chunk, fh, summary, batch_size: int, sampling: dict, progress) -> None:
     prompts = [build_prompt(loaded, r) for r in chunk]
     order = sorted(range(len(chunk)), key=lambda i: len(prompts[i]))  # similar lengths, little padding
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        results = generate(
-            loaded,
-            [prompts[i] for i in idx],
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            seed=seed,
-        )
+        results = generate(loaded, [prompts[i] for i in idx], **sampling)
         for i, r in zip(idx, results, strict=True):
             line = {
                 "id": chunk[i]["id"],

@@ -246,6 +246,8 @@ def build(
             console.print(
                 f"[green]{name}[/]: up to date ({r.rows:,} rows, build {r.build_hash[:12]}); nothing rewritten"
             )
+    if not results:  # every source failed, each with its own line above
+        raise typer.Exit(1)
     console.print(f"build summary (data home {h})", highlight=False)
     t = _table("source", "status", "input", "rows", "quarantined", "shards", "langs", "seconds")
     for r in results:
@@ -484,7 +486,10 @@ def templates(
         )
         return
     record = {"question": question, "chain_of_thought": rationale, "answer": answer}
-    instruction, output = render_sample(tdir, render, record)
+    try:
+        instruction, output = render_sample(tdir, render, record)
+    except ValueError as e:
+        _fail(str(e))
     if json_out:
         _print_json({"template": render, "instruction": instruction, "output": output})
         return
@@ -1173,15 +1178,29 @@ def main() -> None:
         for category in (FutureWarning, DeprecationWarning):
             warnings.simplefilter("ignore", category)
     try:
-        app()
+        code = app(standalone_mode=False)
     except KeyboardInterrupt:
         err.print("[bold red]interrupted[/]; nothing half-written was committed", highlight=False)
         sys.exit(130)
     except Exception as e:
+        kinds = {c.__name__ for c in type(e).__mro__}  # click's classes, vendored by recent typer
+        if "NoArgsIsHelpError" in kinds:  # `forge` alone: the help
+            e.show()
+            sys.exit(e.exit_code)
+        if "UsageError" in kinds:  # a wrong flag or value: one line, like every other error
+            where = e.ctx.command_path if e.ctx else "forge"
+            err.print(
+                f"[bold red]error:[/] {escape(e.format_message())} (see {where} --help)", highlight=False
+            )
+            sys.exit(e.exit_code)
+        if "Abort" in kinds:  # click's form of Ctrl-C
+            err.print("[bold red]interrupted[/]; nothing half-written was committed", highlight=False)
+            sys.exit(130)
         if os.environ.get("FORGE_DEBUG", "") not in ("", "0"):
             raise
         err.print(f"[bold red]error:[/] {escape(_one_line(e))}", highlight=False)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _one_line(e: BaseException) -> str:

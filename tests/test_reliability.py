@@ -636,3 +636,19 @@ def test_debug_shows_the_traceback(tmp_path):
     assert r.returncode == 1 and "error:" in r.stderr
     r = cli(["--debug", "stats", "--where", "(" * 100 + "x"], tmp_path / "h")
     assert "Traceback" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["build", "alpaca", "--bogus"], "No such option: --bogus (see "),
+        (["mix", "alpaca-belle-cot", "--seed", "x"], "Invalid value for '--seed'"),
+        (["train", "--max-steps", "x"], "Invalid value for '--max-steps'"),
+        (["templates", "--render", "nope"], "unknown template id 'nope'"),
+        (["build", "alpaca", "--from", "/nonexistent/path"], "alpaca: no files at /nonexistent/path"),
+    ],
+)
+def test_wrong_flags_and_paths_are_one_line(args, fragment, tmp_path):
+    r = cli(args, tmp_path / "home")
+    one_line_error(r, fragment)
+    assert r.stdout.strip() == ""  # no empty summary table after a failure either

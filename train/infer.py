@@ -86,7 +86,8 @@ def load(
         manifest = _manifest(Path(model))  # a forge merge output carries its run's manifest
     base = Path(model)
     if (model.startswith((".", "/")) or base.exists()) and not (base / "config.json").is_file():
-        raise LoadError(f"{model}: not a model folder (no config.json); the adapter's base model is missing")
+        why = "; the adapter's base model is missing" if adapter else ""
+        raise LoadError(f"{model}: not a model folder (no config.json){why}")
     kwargs: dict = {"trust_remote_code": trust_remote_code}
     if quantization:
         from transformers import BitsAndBytesConfig

@@ -34,6 +34,7 @@ import xxhash
 
 from connectors import CONNECTORS
 from forge import lang as langid
+from forge import normalize
 from forge.catalog import Source
 from forge.errors import BuildError
 from forge.locate import resolve
@@ -83,7 +84,8 @@ def build_hash(src: Source, raw: list[dict], detector: str) -> str:
         "schema": SCHEMA_VERSION,
         "connector": [src.connector, CONNECTORS[src.connector].VERSION, src.connector_options],
         "formatter": [src.formatter, FORMATTERS[src.formatter].VERSION, src.options],
-        "tags": [src.lang, src.task, src.gen, src.category, detector],
+        "tags": [src.lang, src.task, src.gen, src.category, detector, langid.VERSION],
+        "normalization": normalize.NORMALIZATION,
         "raw": [[r["name"], r["sha256"]] for r in raw],
     }
     if src.formatter in ("cot", "tasks"):
@@ -207,6 +209,10 @@ class ShardWriter:
 def assemble(cols: dict, src: Source, detector: str) -> pa.Table:
     """Formatter columns -> a RECORD_SCHEMA table: ids, catalog tags, detected language."""
     n = len(cols["instruction"])
+    cols = dict(cols)
+    for name in normalize.TEXT_FIELDS:
+        cols[name] = normalize.trim(cols[name])
+    cols["history"] = normalize.trim_history(cols["history"])
     arrays = {}
     for name in FORMATTED_COLUMNS:
         value = cols[name]
@@ -222,7 +228,17 @@ def assemble(cols: dict, src: Source, detector: str) -> pa.Table:
     arrays["task"] = pa.array([src.task] * n, pa.string())
     arrays["gen"] = pa.array([src.gen] * n, pa.string())
     table = pa.table({k: arrays[k] for k in arrays})
-    codes, scores = langid.detect(langid.record_text(table), detector)
+    flagged = normalize.control_char_rows(table)
+    if len(flagged):
+        meta = table.column("meta").to_pylist()
+        for i in flagged:
+            meta[i] = normalize.add_flag(meta[i], "control_char")
+        table = table.set_column(table.schema.get_field_index("meta"), "meta", pa.array(meta, pa.string()))
+    # template formatters say which raw text holds the content (lang_text); others are read
+    # from their question
+    question = cols.get("lang_text")
+    question = langid.question_text(table) if question is None else normalize.trim(question)
+    codes, scores = langid.detect(question, detector, src.lang, whole=langid.record_text(table))
     table = table.append_column("lang", pa.array(codes, pa.string()))
     table = table.append_column("lang_score", pa.array(np.asarray(scores, dtype=np.float32)))
     return table.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA)

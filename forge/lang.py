@@ -1,8 +1,15 @@
 """Record-level language identification.
 
+A record is judged on its question (instruction + input); only when that holds fewer than
+MIN_LETTERS letters is the whole record (question + output) read. Outputs are often code, lists
+of names or translations, which say little about the language the user speaks. Template
+formatters (cot, tasks) hand over the raw question instead (the `lang_text` column), so a
+record's tag follows its content, not the template's wording: FLAN's English questions in
+Chinese prompt wording (cot_zh) are en.
+
 Default detector ("fast"):
  1. Script fast path, vectorized in Arrow (RE2 unicode classes): count letters per
-    script over instruction+input+output. Scripts that name one language settle the
+    script. Scripts that name one language settle the
     record at once: Han without kana -> zh, kana -> ja, Hangul -> ko, Thai -> th,
     Greek -> el, Hebrew -> he, Georgian -> ka, Armenian -> hy.
  2. Everything else (Latin, Cyrillic, Arabic, Devanagari ... where one script serves
@@ -15,7 +22,19 @@ and meaningful. So "写一个Python函数 ... def f(x): return x" is zh, not en.
 tag follows from the record tags (forge.lang.dataset_lang): EN or CN when >= 95% of
 records are en or zh, ML otherwise.
 
-Records with no letters at all (digits, punctuation, empty) get "und" with score 0.
+Before any counting, markup that carries no language is removed (markup_free): fenced and
+inline code, URLs, LaTeX math ($...$, $$...$$, \\(...\\), \\[...\\]) and leftover LaTeX
+commands. A GAOKAO math question is mostly LaTeX; its Chinese words decide, not "\\frac".
+
+Too little text to tell: a record with fewer than MIN_LETTERS letters left (and no settling
+script) is not guessed ("Heh." is not Khasi). It takes the source's language from the catalog
+(EN -> en, CN -> zh) when the letters are in that language's script, else "und". The n-gram
+detector's answer is also only taken when it names a language in COMMON_LANGS; anything else
+falls back the same way. Fallback tags carry lang_score 0, so `lang_score > 0` selects records
+whose language was read from their content.
+
+"und" therefore means: no letters at all (digits, punctuation, empty), or too few / too
+unusual letters to tell in a multilingual source. Its score is 0.
 
 The "langdetect" detector is kept selectable because the design card names it; it is
 seeded so that repeated runs agree. It is ~200x slower.
@@ -30,7 +49,28 @@ import pyarrow.compute as pc
 from forge.vocab import DATASET_LANG_DOMINANCE
 
 MIXED_SCRIPT_SHARE = 0.10
+MIN_LETTERS = 12
+CLD2_MIN_PERCENT = 30  # a runner-up language must hold this share of the text to be taken
 DETECTORS = ("fast", "langdetect")
+VERSION = "3"  # part of the build hash: a changed rule rebuilds
+# Languages the n-gram detector may answer with: the xP3 languages plus the major languages of
+# the other catalog corpora. cld2 knows ~160, and on short or odd text it reaches for rare ones.
+COMMON_LANGS = frozenset(
+    "en zh ja ko fr de es it pt nl ru uk pl cs sk sl hr sr bg ro hu el tr ar fa he ur hi bn "
+    "mr ta te kn ml gu pa ne or as vi th id ms fil sw yo ig zu xh rw ny st sn wo tn lg ak tw "
+    "ln ki rn fon bm eu ca gl da sv no nb fi et lv lt is ga cy sq mk af".split()
+)
+# catalog lang -> (record language, the script regex its letters must be in)
+CATALOG_FALLBACK = {"EN": ("en", r"[A-Za-z]"), "CN": ("zh", r"\p{Han}")}
+_MARKUP = [
+    r"(?s)```.*?```",  # fenced code
+    r"`[^`\n]{1,200}`",  # inline code
+    r"(?:https?|ftp)://\S+|www\.\S+",  # URLs
+    r"(?s)\$\$.{0,2000}?\$\$|\\\[.{0,2000}?\\\]|\\\(.{0,2000}?\\\)",  # display / inline math
+    r"\$[^$]{0,400}?[\\^_{}=][^$]{0,400}?\$",  # $...$ holding math ("$45 ... $75" is money, kept)
+    r"\\[A-Za-z]+",  # leftover LaTeX commands
+]
+MARKUP_WINDOW = 4096
 
 # script regex -> language it settles (None: script shared by many languages)
 _SETTLING_SCRIPTS = {
@@ -58,25 +98,50 @@ def _count(texts: pa.Array, pattern: str) -> np.ndarray:
     return pl.Series(texts).str.count_matches(pattern).fill_null(0).to_numpy().astype(np.int64)
 
 
-def detect_fast(texts: pa.Array) -> tuple[list[str], np.ndarray]:
-    """Language code and confidence for every text (see module doc for the rule)."""
+def markup_free(texts: pa.Array) -> pa.Array:
+    """The texts with code, URLs and LaTeX blanked out (they name no language)."""
+    import polars as pl
+
+    series = pl.Series(texts).fill_null("").str.slice(0, MARKUP_WINDOW)
+    for pattern in _MARKUP:
+        series = series.str.replace_all(pattern, " ")
+    return series.to_arrow()
+
+
+def detect_fast(
+    texts: pa.Array, catalog_lang: str = "ML", whole: pa.Array | None = None
+) -> tuple[list[str], np.ndarray]:
+    """Language code and confidence for every text (see module doc for the rule).
+
+    catalog_lang is the source's dataset-level tag (EN/CN/ML): what a text too short to read
+    falls back to. whole, when given, is read instead of a text with too few letters (the
+    question "Thanks" is judged together with its answer).
+    """
     # the first PREFIX characters decide: enough for any detector, and it bounds the cost
-    texts = pc.utf8_slice_codeunits(pc.fill_null(texts, ""), 0, PREFIX)
+    texts = pc.utf8_slice_codeunits(markup_free(texts), 0, PREFIX)
+    letters = _count(texts, _LETTER)
+    if whole is not None and (letters < MIN_LETTERS).any():
+        short = np.flatnonzero(letters < MIN_LETTERS)
+        whole_short = pc.utf8_slice_codeunits(markup_free(whole.take(pa.array(short))), 0, PREFIX)
+        merged = texts.to_pylist()
+        for i, text in zip(short, whole_short.to_pylist(), strict=True):
+            merged[i] = text
+        texts = pa.array(merged, pa.string())
+        letters = _count(texts, _LETTER)
     n = len(texts)
     codes = np.full(n, "", dtype=object)
     scores = np.zeros(n, dtype=np.float32)
     # pure-ASCII texts hold no single-language script: they skip the script passes entirely
-    non_ascii = np.flatnonzero(~pc.string_is_ascii(texts).to_numpy(zero_copy_only=False))
+    non_ascii = np.flatnonzero(~pc.string_is_ascii(texts).to_numpy(zero_copy_only=False) & (letters > 0))
     if len(non_ascii):
         sub = texts.take(pa.array(non_ascii))
-        letters = _count(sub, _LETTER)
-        safe = np.maximum(letters, 1)
+        sub_letters = letters[non_ascii]
+        safe = np.maximum(sub_letters, 1)
         sub_codes = np.full(len(non_ascii), "", dtype=object)
         sub_scores = np.zeros(len(non_ascii), dtype=np.float32)
-        sub_codes[letters == 0] = "und"
         han, kana = _count(sub, _HAN), _count(sub, _KANA)
         cjk = han + kana
-        is_cjk = (letters > 0) & (cjk >= MIXED_SCRIPT_SHARE * safe)
+        is_cjk = cjk >= MIXED_SCRIPT_SHARE * safe
         is_ja = is_cjk & (kana >= 0.2 * np.maximum(cjk, 1))
         sub_codes[is_ja] = "ja"
         sub_codes[is_cjk & ~is_ja] = "zh"
@@ -92,19 +157,30 @@ def detect_fast(texts: pa.Array) -> tuple[list[str], np.ndarray]:
         codes[non_ascii] = sub_codes
         scores[non_ascii] = sub_scores
 
-    ascii_idx = np.flatnonzero(codes == "")
+    unread = (codes == "") & (letters >= MIN_LETTERS)
+    ascii_idx = np.flatnonzero(unread & pc.string_is_ascii(texts).to_numpy(zero_copy_only=False))
     if len(ascii_idx):
         is_en, share = _english_function_words(texts.take(pa.array(ascii_idx)))
         codes[ascii_idx[is_en]] = "en"
         scores[ascii_idx[is_en]] = np.minimum(1.0, 0.5 + share[is_en] * 2)
 
-    rest = np.flatnonzero(codes == "")
+    rest = np.flatnonzero((codes == "") & (letters >= MIN_LETTERS))
     if len(rest):
         rest_texts = texts.take(pa.array(rest)).to_pylist()
         for i, text in zip(rest, rest_texts, strict=True):
             code, score = _cld2(text)
-            codes[i] = code
-            scores[i] = score
+            if code != "und":
+                codes[i] = code
+                scores[i] = score
+
+    unsettled = np.flatnonzero(codes == "")
+    if len(unsettled):
+        codes[unsettled] = "und"
+        if catalog_lang in CATALOG_FALLBACK:
+            code, script = CATALOG_FALLBACK[catalog_lang]
+            in_script = _count(texts.take(pa.array(unsettled)), script)
+            fits = (letters[unsettled] > 0) & (2 * in_script >= letters[unsettled])
+            codes[unsettled[fits]] = code
     return codes.tolist(), scores
 
 
@@ -134,6 +210,8 @@ def _np(arr) -> np.ndarray:
 
 
 def _cld2(text: str) -> tuple[str, float]:
+    """cld2's best language among COMMON_LANGS ("und" when none): cld2 reports up to three
+    with their share of the text, and on plain English it sometimes ranks Scots first."""
     import pycld2
 
     try:
@@ -145,9 +223,11 @@ def _cld2(text: str) -> tuple[str, float]:
             _reliable, _nbytes, details = pycld2.detect(cleaned, bestEffort=True)
         except pycld2.error:
             return "und", 0.0
-    name, code, percent, _score = details[0]
-    code = _CLD2_FIX.get(code, code).split("-")[0]
-    return code, (percent / 100.0 if code != "und" else 0.0)
+    for _name, code, percent, _score in details:
+        code = _CLD2_FIX.get(code, code).split("-")[0]
+        if code in COMMON_LANGS and percent >= CLD2_MIN_PERCENT:
+            return code, percent / 100.0
+    return "und", 0.0
 
 
 def detect_langdetect(texts: pa.Array) -> tuple[list[str], np.ndarray]:
@@ -167,16 +247,25 @@ def detect_langdetect(texts: pa.Array) -> tuple[list[str], np.ndarray]:
     return codes, np.asarray(scores, dtype=np.float32)
 
 
-def detect(texts: pa.Array, detector: str = "fast") -> tuple[list[str], np.ndarray]:
+def detect(
+    texts: pa.Array, detector: str = "fast", catalog_lang: str = "ML", whole: pa.Array | None = None
+) -> tuple[list[str], np.ndarray]:
     if detector == "fast":
-        return detect_fast(texts)
+        return detect_fast(texts, catalog_lang, whole)
     if detector == "langdetect":
-        return detect_langdetect(texts)
+        return detect_langdetect(texts if whole is None else whole)
     raise ValueError(f"unknown language detector {detector!r}; choose one of {', '.join(DETECTORS)}")
 
 
+def question_text(table: pa.Table) -> pa.Array:
+    """What a record's language is judged on first: its instruction and input. The output is
+    often code, a list of names or a translation, which says little about the user's language."""
+    cols = [pc.fill_null(table.column(c), "") for c in ("instruction", "input")]
+    return pc.binary_join_element_wise(*cols, "\n").combine_chunks()
+
+
 def record_text(table: pa.Table) -> pa.Array:
-    """The text a record's language is judged on: instruction + input + output."""
+    """instruction + input + output: read when the question alone is too short."""
     cols = [pc.fill_null(table.column(c), "") for c in ("instruction", "input", "output")]
     return pc.binary_join_element_wise(*cols, "\n").combine_chunks()
 

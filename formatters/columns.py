@@ -10,6 +10,10 @@ Options (all plain YAML, so a new JSON-family source needs no Python):
   allow_empty_output: keep records whose output is empty (default false)
   meta_keys:   raw keys copied into the record's meta JSON (provenance)
   history:     raw key holding earlier turns as [{user, assistant}] (forge's own schema)
+  fill_from:   {raw key: other raw key}: when the first key's value is empty or one of
+               `placeholders`, the record takes the other key's value instead, and
+               meta.filled_from says so (Chinese-medical "ask" of "无" -> the "title")
+  placeholders: values that stand for "nothing here" (compared after trimming)
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import json
 
 from formatters.fields import FieldError, first_key, text_field
 
-VERSION = "1"
+VERSION = "2"
 
 
 def make(options: dict, source: str):
@@ -32,6 +36,23 @@ def make(options: dict, source: str):
     allow_empty = bool(options.get("allow_empty_output", False))
     meta_keys = list(options.get("meta_keys", []))
     history_key = options.get("history")
+    fill_from = dict(options.get("fill_from") or {})
+    placeholders = {str(p).strip() for p in options.get("placeholders", [])}
+
+    def field(record: dict, key: str, filled: dict, **checks) -> str:
+        value = record.get(key)
+        if key in fill_from and (
+            value is None or (isinstance(value, str) and value.strip() in placeholders | {""})
+        ):
+            other = text_field(record, fill_from[key], required=False)
+            if other.strip():
+                filled[key] = fill_from[key]
+                return other
+            if value is not None and value.strip():
+                raise FieldError(
+                    f"field {key!r} is a placeholder ({value.strip()!r}) and {fill_from[key]!r} is empty"
+                )
+        return text_field(record, key, **checks)
 
     def format_batch(batch, reject) -> dict[str, list]:
         out = {
@@ -40,8 +61,9 @@ def make(options: dict, source: str):
         }
         for record, row, line in zip(batch.as_records(), batch.rows, batch.lines, strict=True):
             try:
-                instruction = text_field(record, instruction_key, required=True, allow_empty=False)
-                inp = text_field(record, input_key, required=False) if input_key else ""
+                filled: dict = {}
+                instruction = field(record, instruction_key, filled, required=True, allow_empty=False)
+                inp = field(record, input_key, filled, required=False) if input_key else ""
                 # prompt-only corpora (allow_empty_output) may have no output field at all
                 output = text_field(
                     record, first_key(record, output_keys), required=not allow_empty, allow_empty=allow_empty
@@ -58,9 +80,10 @@ def make(options: dict, source: str):
             out["history"].append(history)
             out["raw_row"].append(row)
             out["raw_line"].append(line)
-            out["meta"].append(
-                json.dumps({k: record.get(k) for k in meta_keys}, ensure_ascii=False) if meta_keys else None
-            )
+            meta = {k: record.get(k) for k in meta_keys}
+            if filled:
+                meta["filled_from"] = filled
+            out["meta"].append(json.dumps(meta, ensure_ascii=False) if meta else None)
         n = len(out["instruction"])
         if not history_key:
             out["history"] = None  # no earlier turns

@@ -33,7 +33,7 @@ import xxhash
 
 from formatters.templates import Template, compile_template, load_yaml
 
-VERSION = "1"
+VERSION = "2"
 MODES = ("zero_shot", "inversion", "few_shot")
 VARIABLES = ("question", "chain_of_thought", "answer")
 _CATEGORY = {"zero_shot": "cot", "few_shot": "cot", "inversion": "cot_inversion"}
@@ -154,10 +154,15 @@ def make(options: dict, source: str):
     def format_batch(batch, reject) -> dict[str, list | pa.Array]:
         tset = load_set(tdir, lang, fixed_set or set_name_from_file(batch.file))
         n = len(batch)
+        # raw fields are trimmed before they meet a template: FLAN's rationales end in stray
+        # spaces, which would otherwise sit inside the rendered text ("... 42 .")
         cols = {
-            "question": unescape(pa.array(batch.column("question"), pa.string())),
-            "chain_of_thought": unescape(pa.array(batch.column("rationale"), pa.string())),
-            "answer": unescape(pa.array(batch.column("answer"), pa.string())),
+            name: pc.utf8_trim_whitespace(unescape(pa.array(batch.column(raw), pa.string())))
+            for name, raw in (
+                ("question", "question"),
+                ("chain_of_thought", "rationale"),
+                ("answer", "answer"),
+            )
         }
         rows = np.asarray(batch.rows, dtype=np.int64)
         pieces = []
@@ -199,6 +204,8 @@ def make(options: dict, source: str):
         out["raw_row"] = list(batch.rows) * m
         out["raw_line"] = list(batch.lines) * m
         out["variant"] = out["template"]
+        # the language is read from the question, not from the template's wording around it
+        out["lang_text"] = pa.concat_arrays([cols["question"]] * m)
         return out
 
     return format_batch

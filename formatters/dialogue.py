@@ -16,8 +16,13 @@ Options: style (below), key (the raw field holding the dialogue, when the style 
   moss             {chat: {turn_N: {Human, Inner Thoughts, Commands, Tool Responses, MOSS}}}
                    (MOSS-003-sft; tool traces kept in meta)
   camel            {message_1: {role_type: USER|ASSISTANT, content}, message_2: ...} (CAMEL)
-  transcript       "\\n\\nHuman: ... \\n\\nAssistant: ..." (hh-rlhf); option `rejected_key` keeps the
-                   rejected transcript in meta
+  transcript       "\\n\\nHuman: ... \\n\\nAssistant: ..." (hh-rlhf); option `rejected_key`: the
+                   rejected transcript's last reply goes to meta.rejected (the preference pair
+                   with the chosen output) and the whole transcript to meta.rejected_transcript
+
+A speaker tag inside a turn ("Human:" at the start of a line that the transcript did not split
+on, hh-rlhf has 40 such) is kept as written and flagged: meta.flags gets
+"embedded_speaker_tag", so `forge filter` can drop or inspect those records.
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ import re
 
 from formatters.fields import FieldError
 
-VERSION = "1"
+VERSION = "2"
 STYLES = ("sharegpt", "firefly", "ultrachat", "markers", "moss", "camel", "transcript")
 _USER = {"human", "user", "prompter"}
 _ASSISTANT = {"gpt", "assistant", "bot", "chatgpt", "model"}
 _MOSS_TAG = re.compile(r"^<\|[^|]+\|>:\s*|<e[a-z]{2}>\s*$")
+_SPEAKER_TAG = re.compile(r"(?:^|\n)\s*(?:Human|Assistant|User|AI):", re.IGNORECASE)
 
 
 def _str(value, where: str) -> str:
@@ -140,6 +146,16 @@ def turns_transcript(record: dict, key: str):
     return out, None
 
 
+def _rejected(record: dict, key: str) -> dict:
+    """The rejected reply (the last assistant turn of the rejected transcript) and the transcript."""
+    transcript = record.get(key)
+    if transcript is None:
+        return {}
+    turns, _ = turns_transcript(record, key)
+    replies = [text for role, text in turns if role == "assistant"]
+    return {"rejected": replies[-1] if replies else "", "rejected_transcript": transcript}
+
+
 def to_record(turns: list[tuple[str, str]]) -> tuple[str, str, list[dict], int]:
     """Merge consecutive same-speaker turns, drop a trailing user turn, pair the rest."""
     merged: list[list] = []
@@ -217,7 +233,9 @@ def make(options: dict, source: str):
                 elif extra:
                     meta["system"] = extra
                 if style == "transcript" and options.get("rejected_key"):
-                    meta["rejected"] = record.get(options["rejected_key"])
+                    meta.update(_rejected(record, options["rejected_key"]))
+                if style in ("transcript", "markers") and any(_SPEAKER_TAG.search(text) for _, text in turns):
+                    meta["flags"] = ["embedded_speaker_tag"]
                 if dangling:
                     meta["dropped_trailing_user_turn"] = True
             except FieldError as e:

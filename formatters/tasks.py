@@ -6,7 +6,9 @@ Options: task (one of TASKS), seed (template rotation), templates_dir.
                         instruction from the task Definition (plus worked examples in some
                         templates), input = instance input, output = first reference output
   gaokao                GAOKAO-Bench {question, answer: list, analysis} -> exam question with
-                        the official analysis and answer
+                        the official analysis and answer; a question whose answers are all
+                        option letters is "choice", any other "open" (fill-in, dictation), and
+                        each template says which kind it fits (meta.question_type)
   duie                  DuIE 2.0 {text, spo_list} -> relation-extraction instruction; objects
                         are {"@value": ...} dicts
   hc3                   HC3 {question, human_answers[], chatgpt_answers[]} -> one record per
@@ -22,12 +24,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 from formatters.fields import FieldError, text_field
 from formatters.templates import compile_template, load_yaml
 
-VERSION = "1"
+VERSION = "2"
+TEMPLATE_KINDS = ("any", "choice", "open")
+_OPTION_LETTERS = re.compile(r"[A-G]{1,7}")
 TASKS = ("natural_instructions", "gaokao", "duie", "hc3", "webgpt")
 SAMPLES = {
     "natural_instructions": {
@@ -36,7 +41,14 @@ SAMPLES = {
         "input": "x",
         "output": "y",
     },
-    "gaokao": {"question": "q", "answer": "A", "analysis": "a", "category": "c", "year": "2020"},
+    "gaokao": {
+        "question": "q",
+        "answer": "A",
+        "analysis": "a",
+        "category": "c",
+        "year": "2020",
+        "question_type": "choice",
+    },
     "duie": {
         "text": "t",
         "triples": [
@@ -48,13 +60,20 @@ SAMPLES = {
 
 
 def _templates(tdir: Path, task: str) -> list[tuple]:
+    """(kind, instruction, input, output) per template; kind is choice|open|any (gaokao)."""
     path = tdir / "tasks" / f"{task}.yaml"
     data = load_yaml(path)
     out = []
     for spec in data.get("templates", []):
         tid = spec["id"]
+        kind = spec.get("kind", "any")
+        if kind not in TEMPLATE_KINDS:
+            raise ValueError(
+                f"{path}: template {tid}: kind {kind!r} is not one of {', '.join(TEMPLATE_KINDS)}"
+            )
         out.append(
-            tuple(
+            (kind,)
+            + tuple(
                 compile_template(spec.get(k, ""), tid, str(path), SAMPLES[task])
                 for k in ("instruction", "input", "output")
             )
@@ -62,6 +81,11 @@ def _templates(tdir: Path, task: str) -> list[tuple]:
     if not out:
         raise ValueError(f"{path}: no templates")
     return out
+
+
+def fitting(templates: list[tuple], kind: str) -> list[tuple]:
+    """The templates whose kind fits a question of this kind."""
+    return [t for t in templates if t[0] in ("any", kind)]
 
 
 def _ni(record: dict) -> list[tuple[str, dict, dict]]:
@@ -96,20 +120,33 @@ def _ni(record: dict) -> list[tuple[str, dict, dict]]:
 
 
 def _gaokao(record: dict):
-    question = text_field(record, "question", required=True, allow_empty=False)
+    """One question; its type decides the template: option letters as the answer -> choice."""
+    question = text_field(record, "question", required=True, allow_empty=False).strip()
     answer = record.get("answer")
-    if isinstance(answer, list):
-        answer = "、".join(str(a) for a in answer)
-    if not isinstance(answer, str) or not answer.strip():
-        raise FieldError("field 'answer' is missing or empty")
+    items = answer if isinstance(answer, list) else [answer]
+    if not items or not all(isinstance(a, str) and a.strip() for a in items):
+        raise FieldError("field 'answer' is missing, empty or not text")
+    items = [a.strip() for a in items]
+    kind = "choice" if all(_OPTION_LETTERS.fullmatch(a) for a in items) else "open"
     ctx = {
         "question": question,
-        "answer": answer,
-        "analysis": text_field(record, "analysis", required=False),
-        "category": str(record.get("category", "")),
-        "year": str(record.get("year", "")),
+        "answer": "、".join(items) if kind == "choice" else "\n".join(items),
+        "analysis": text_field(record, "analysis", required=False).strip(),
+        "category": str(record.get("category", "")).strip(),
+        "year": str(record.get("year", "")).strip(),
+        "question_type": kind,
     }
-    return [("", ctx, {"index": record.get("index"), "score": record.get("score")})]
+    meta = {"index": record.get("index"), "score": record.get("score"), "question_type": kind}
+    return [("", ctx, meta)]
+
+
+def _content(task: str, ctx: dict) -> str:
+    """The raw text a templated record's language is read from (not the template's wording)."""
+    if task == "gaokao":
+        return ctx["question"]
+    if task == "duie":
+        return ctx["text"]
+    return ctx["definition"] + "\n" + ctx["input"]
 
 
 def _value(x):
@@ -214,6 +251,7 @@ def make(options: dict, source: str):
                 "meta",
                 "template",
                 "variant",
+                "lang_text",
             )
         }
         for record, row, line in zip(batch.as_records(), batch.rows, batch.lines, strict=True):
@@ -225,17 +263,31 @@ def make(options: dict, source: str):
                         rendered.append(item)
                         continue
                     variant, ctx, meta = item
-                    inst_t, inp_t, out_t = templates[(row + j + seed) % len(templates)]
+                    fit = fitting(templates, ctx.get("question_type", "any"))
+                    if not fit:
+                        raise FieldError(f"no {task} template fits a {ctx['question_type']} question")
+                    _kind, inst_t, inp_t, out_t = fit[(row + j + seed) % len(fit)]
                     output = out_t.render(ctx)
                     if not output.strip():
                         raise FieldError("rendered output is empty")
-                    rendered.append((variant, inst_t.render(ctx), inp_t.render(ctx), output, inst_t.id, meta))
+                    rendered.append(
+                        (
+                            variant,
+                            inst_t.render(ctx),
+                            inp_t.render(ctx),
+                            output,
+                            inst_t.id,
+                            meta,
+                            _content(task, ctx),
+                        )
+                    )
             except FieldError as e:
                 reject(
                     json.dumps(record, ensure_ascii=False, default=str)[:4000], batch.file, row, line, str(e)
                 )
                 continue
-            for variant, instruction, inp, output, tid, meta in rendered:
+            for variant, instruction, inp, output, tid, meta, *content in rendered:
+                cols["lang_text"].append(content[0] if content else instruction + "\n" + inp)
                 cols["instruction"].append(instruction)
                 cols["input"].append(inp)
                 cols["output"].append(output)

@@ -92,7 +92,7 @@ def test_firefly_multiturn_and_natural_instructions(home, catalog):
     df = records(r)
     task = json.loads(shared("natural_instructions/tasks/task1149_item_check_edible.json").read_text())
     assert df.height == len(task["Instances"])
-    assert df["input"].to_list() == [i["input"] for i in task["Instances"]]
+    assert df["input"].to_list() == [i["input"].strip() for i in task["Instances"]]  # fields are trimmed
     assert df["output"].to_list() == [i["output"][0] for i in task["Instances"]]
     assert df["instruction"].str.contains("edible").all() and len(set(df["id"])) == df.height
 
@@ -107,7 +107,7 @@ def test_gaokao_duie_medical_content(home, catalog):
     ex = json.loads(shared("gaokao/Objective_Questions/2010-2022_Geography_MCQs.json").read_text())[
         "example"
     ][0]
-    assert ex["question"] in df["instruction"][0] and "、".join(ex["answer"]) in df["output"][0]
+    assert ex["question"].strip() in df["instruction"][0] and "、".join(ex["answer"]) in df["output"][0]
     r = build_source(catalog.get("duie"), home=home, from_path=shared("duie/train_data_5000.head500.json"))
     row = records(r).row(0, named=True)
     assert row["output"] == "（邪少兵王，作者，冰火未央）"  # row 0 -> template tasks.duie.01
@@ -169,7 +169,9 @@ def test_dialogue_structure(home, catalog):
     r = build_source(catalog.get("hh_rlhf"), home=home, from_path=FIXTURES / "hh_rlhf_train.jsonl.gz")
     row = records(r).row(1, named=True)
     assert row["history"] == [{"user": "Hi", "assistant": "Hello!"}]
-    assert json.loads(row["meta"])["rejected"].endswith("Assistant: No.")
+    meta = json.loads(row["meta"])
+    assert meta["rejected"] == "No."  # the rejected reply, paired with the chosen output
+    assert meta["rejected_transcript"].endswith("Assistant: No.") and "flags" not in meta
     r = build_source(
         catalog.get("webgpt"), home=home, from_path=FIXTURES / "webgpt.jsonl", max_quarantine=1.0
     )

@@ -25,6 +25,7 @@ from _common import BENCH_CATALOG as CATALOG
 from _common import REPO, SHARED, add_keep, now, repeat_files, run_child, table, work_dir
 
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the gold sets live beside the tests that use them
 
 BUILD = """
 from pathlib import Path

@@ -20,8 +20,14 @@ Reject = Callable[[str, str, int, int, str], None]
 
 @dataclass(frozen=True)
 class SourceFile:
-    path: Path  # where the bytes are on disk
+    path: Path  # where the bytes are on disk (the archive, for a member)
     name: str  # stable name inside the source (relative path); goes into ids and provenance
+    member: str | None = None  # the member's path inside the archive at `path` (connectors.archive)
+    size: int | None = None  # the member's uncompressed size
+
+    @property
+    def nbytes(self) -> int:
+        return self.size if self.size is not None else self.path.stat().st_size
 
 
 @dataclass
@@ -57,21 +63,32 @@ class RawBatch:
         return len(self.rows)
 
 
-def open_binary(path: Path) -> BinaryIO:
-    """Open a raw file, decompressing .gz/.bz2/.zst transparently (streaming), with a
-    byte-order mark removed: a UTF-8 BOM is skipped, and UTF-16 (LE or BE, by its BOM) is
-    transcoded to UTF-8 on the fly, so every connector sees UTF-8 bytes."""
-    suffix = path.suffix.lower()
+def open_binary(source: Path | SourceFile) -> BinaryIO:
+    """Open a raw file (or an archive member), decompressing .gz/.bz2/.zst transparently
+    (streaming), with a byte-order mark removed: a UTF-8 BOM is skipped, and UTF-16 (LE or BE,
+    by its BOM) is transcoded to UTF-8 on the fly, so every connector sees UTF-8 bytes."""
+    if isinstance(source, SourceFile) and source.member is not None:
+        from connectors.archive import open_member
+
+        raw = open_member(source.path, source.member)
+        suffix = Path(source.member).suffix.lower()
+    else:
+        path = source.path if isinstance(source, SourceFile) else source
+        raw = open(path, "rb")
+        suffix = path.suffix.lower()
     if suffix == ".gz":
-        fh = gzip.open(path, "rb")
+        fh = gzip.GzipFile(fileobj=raw, mode="rb")
+        fh.myfileobj = raw  # closed with the gzip stream
     elif suffix == ".bz2":
-        fh = bz2.open(path, "rb")
+        fh = bz2.open(raw, "rb")
     elif suffix in (".zst", ".zstd"):
         import zstandard
 
-        fh = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+        fh = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
     else:
-        fh = open(path, "rb")
+        fh = raw
+    if not hasattr(fh, "peek"):
+        fh = io.BufferedReader(fh)
     return _without_bom(fh)
 
 
@@ -115,7 +132,7 @@ class _Utf16AsUtf8(io.RawIOBase):
         super().close()
 
 
-def open_text(path: Path, encoding: str) -> io.TextIOWrapper:
+def open_text(path: Path | SourceFile, encoding: str) -> io.TextIOWrapper:
     # surrogateescape keeps undecodable bytes visible (as lone surrogates) so that the
     # record holding them can be quarantined with its position, instead of failing the file
     return io.TextIOWrapper(open_binary(path), encoding=encoding, errors="surrogateescape", newline="")

@@ -20,7 +20,7 @@ def read(files: list[SourceFile], options: dict, reject: Reject) -> Iterator[Raw
     delimiter = options.get("delimiter", ",")
     for f in files:
         batch = RawBatch(f.name)
-        with open_text(f.path, encoding) as fh:
+        with open_text(f, encoding) as fh:
             reader = csv.reader(fh, delimiter=delimiter)
             header = next(reader, None)
             if header is None:

@@ -47,7 +47,7 @@ def read(files: list[SourceFile], options: dict, reject: Reject) -> Iterator[Raw
         fmt = options.get("format", "auto")
         encoding = options.get("encoding", "utf-8")
         if fmt == "auto":
-            fmt = sniff(f.path, encoding)
+            fmt = sniff(f, encoding)
         if fmt == "empty":  # nothing but whitespace: zero records, nothing to quarantine
             continue
         if fmt == "jsonl":
@@ -60,7 +60,7 @@ def read(files: list[SourceFile], options: dict, reject: Reject) -> Iterator[Raw
             raise ValueError(f"{f.name}: unknown json format {fmt!r} (auto, array, jsonl, document)")
 
 
-def sniff(path: Path, encoding: str = "utf-8") -> str:
+def sniff(path: Path | SourceFile, encoding: str = "utf-8") -> str:
     with open_text(path, encoding) as fh:
         first = ""
         for line in fh:
@@ -91,7 +91,7 @@ def _loads_lenient(text: str | bytes):
 def _read_jsonl(f: SourceFile, encoding: str, reject: Reject) -> Iterator[RawBatch]:
     batch = RawBatch(f.name)
     row = 0
-    with open_binary(f.path) as fh:
+    with open_binary(f) as fh:
         for line_no, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
@@ -126,7 +126,7 @@ def _read_jsonl(f: SourceFile, encoding: str, reject: Reject) -> Iterator[RawBat
 def _read_array(f: SourceFile, encoding: str, reject: Reject) -> Iterator[RawBatch]:
     decoder = json.JSONDecoder()
     batch = RawBatch(f.name)
-    with open_text(f.path, encoding) as fh:
+    with open_text(f, encoding) as fh:
         buf = fh.read(CHUNK)
         eof = len(buf) < CHUNK
         pos, line = 0, 1
@@ -275,7 +275,7 @@ def _value_end(buf: str, pos: int) -> int:
 def _read_document(
     f: SourceFile, encoding: str, records_path: str | None, reject: Reject
 ) -> Iterator[RawBatch]:
-    with open_text(f.path, encoding) as fh:
+    with open_text(f, encoding) as fh:
         text = fh.read()
     if _UNDECODABLE.search(text):
         reject(show_raw(text[:2000]), f.name, 0, 1, f"undecodable bytes ({encoding})")

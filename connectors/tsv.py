@@ -42,7 +42,7 @@ def _read_file(f: SourceFile, columns: list[str], encoding: str, reject: Reject)
     row = 0
     line_no = 0
     tail = b""
-    with open_binary(f.path) as fh:
+    with open_binary(f) as fh:
         while True:
             chunk = fh.read(CHUNK)
             data = tail + chunk

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from connectors import CONNECTORS
+from connectors.archive import SEPARATOR
 from forge import lang as langid
 from forge import normalize
 from forge.catalog import Source
@@ -87,6 +88,7 @@ def build_hash(src: Source, raw: list[dict], detector: str) -> str:
         "tags": [src.lang, src.task, src.gen, src.category, detector, langid.VERSION],
         "normalization": normalize.NORMALIZATION,
         "raw": [[r["name"], r["sha256"]] for r in raw],
+        "members": src.members,
     }
     if src.formatter in ("cot", "tasks"):
         parts["templates"] = _tree_hash(Path(src.options.get("templates_dir") or templates_dir()))
@@ -315,18 +317,25 @@ def build_source(
     wait: bool = True,
     say: Callable[[str], None] | None = None,
     keep: int | None = None,
+    revision: str | None = None,
 ) -> BuildResult:
     """Build one source into a new immutable version and commit it (forge.store); the
-    previous version stays current and untouched until the new one is complete."""
+    previous version stays current and untouched until the new one is complete. `revision`
+    overrides the catalog's pinned Hub revision for this build (the manifest's origin says
+    which was used)."""
     if not (0.0 <= max_quarantine <= 1.0):  # also refuses NaN
         raise BuildError(f"--max-quarantine must be a fraction between 0 and 1, got {max_quarantine}")
     home = Path(home or data_home())
     t0 = time.perf_counter()
-    files, origin = resolve(src, from_path=from_path, sample=sample, home=home)
+    files, origin = resolve(src, from_path=from_path, sample=sample, home=home, revision=revision)
     raw = []
     from connectors.base import sha256_file
 
+    seen = set()
     for f in files:
+        if f.path in seen:  # the members of one archive: its bytes are hashed once
+            continue
+        seen.add(f.path)
         try:
             with open(f.path, "rb") as fh:
                 if fh.read(len(LFS_POINTER)) == LFS_POINTER:
@@ -334,7 +343,8 @@ def build_source(
                         f"{src.name}: {f.path} is a Git LFS pointer, not the data; fetch the file "
                         f"(git lfs pull) or point --from at the real one"
                     )
-            raw.append({"name": f.name, "sha256": sha256_file(f.path), "bytes": f.path.stat().st_size})
+            name = f.name.split(SEPARATOR)[0] if f.member else f.name
+            raw.append({"name": name, "sha256": sha256_file(f.path), "bytes": f.path.stat().st_size})
         except OSError as e:
             raise BuildError(f"{src.name}: cannot read {f.path}: {e.strerror}") from e
     bhash = build_hash(src, raw, detector)
@@ -523,7 +533,7 @@ def plan_parts(files: list, target_bytes: int | None = None) -> list[list]:
     parts: list[list] = [[]]
     size = 0
     for f in files:
-        n = f.path.stat().st_size
+        n = f.nbytes
         if parts[-1] and size + n > target_bytes:
             parts.append([])
             size = 0

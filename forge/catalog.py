@@ -31,6 +31,7 @@ KNOWN = set(REQUIRED) | {
     "rows",
     "category",
     "priority",
+    "members",
 }
 HUB_KEYS = {"repo", "files", "revision", "repo_type"}
 
@@ -63,6 +64,8 @@ class Source:
     homepage: str | None = None
     rows: int | None = None
     priority: int = 100  # dedup: lower survives
+    # globs of members to read inside archives (.zip/.tar/.tar.gz) among the located files
+    members: list[str] = field(default_factory=list)
     catalog_file: Path = Path("catalog.yaml")
 
     @property
@@ -138,12 +141,20 @@ def parse_source(path: Path, name: str, spec) -> Source:
         extra = set(h) - HUB_KEYS
         if extra:
             raise _fail(path, name, f"hub.{sorted(extra)[0]}", "unknown field")
+        if not isinstance(h.get("revision", "main"), str):
+            # YAML reads an all-digit sha (or 1e5...) as a number, which would lose digits
+            raise _fail(path, name, "hub.revision", f"must be a quoted string, found {h['revision']!r}")
         files = h.get("files", [])
         if isinstance(files, str):
             files = [files]
         hub = HubLocation(
             h["repo"], list(files), str(h.get("revision", "main")), h.get("repo_type", "dataset")
         )
+    members = spec.get("members", [])
+    if isinstance(members, str):
+        members = [members]
+    if not isinstance(members, list) or not all(isinstance(m, str) and m for m in members):
+        raise _fail(path, name, "members", f"expected a glob or a list of globs, found {members!r}")
     if not (hub or spec.get("local") or spec.get("sample") or spec.get("url")):
         raise _fail(path, name, "hub", "a source needs at least one location: hub, local or sample")
     return Source(
@@ -165,6 +176,7 @@ def parse_source(path: Path, name: str, spec) -> Source:
         homepage=spec.get("homepage"),
         rows=rows,
         priority=int(spec.get("priority", 100)),
+        members=members,
         catalog_file=path,
     )
 
@@ -193,3 +205,16 @@ def load_catalog(user_catalog: Path | None = None) -> Catalog:
     for f in files:
         sources.update(load_file(f))
     return Catalog(sources, files)
+
+
+def pinned_revision(src: Source) -> str | None:
+    """The revision a source's location is pinned to: the Hub revision, or the git ref inside
+    a raw GitHub URL (owner/repo/REF/path). A branch name here means "not pinned"."""
+    if src.hub:
+        return src.hub.revision
+    if src.url:
+        url = src.url if isinstance(src.url, str) else src.url[0]
+        parts = url.split("/")
+        if len(parts) > 5 and parts[2] == "raw.githubusercontent.com":
+            return parts[5]
+    return None

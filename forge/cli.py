@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from forge.catalog import pinned_revision
 from forge.errors import ForgeError
 
 app = typer.Typer(
@@ -141,15 +142,35 @@ def _location(s) -> str:
 
 
 @app.command()
-def sources(catalog: CatalogOpt = None, home: HomeOpt = None, json_out: JsonOpt = False):
-    """List the catalog: tags, license, location and build state of every source."""
+def sources(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Sources to show or check (default: all).")
+    ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="List each location's remote files (Hub tree at the pinned revision, HEAD for URLs) "
+            "and report missing files, unmatched globs and size changes; exit 1 on any problem, "
+            "2 when offline.",
+        ),
+    ] = False,
+    catalog: CatalogOpt = None,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+):
+    """List the catalog: tags, license, location, pinned revision and build state of every source."""
     from forge.build import read_manifest
     from forge.catalog import load_catalog
 
     cat = load_catalog(catalog)
+    for name in names or []:
+        cat.get(name)  # an unknown name fails with the catalog's message
+    if check:
+        return _check_sources(cat, names or cat.names(), json_out)
     h = _home(home)
     rows = []
-    for name in cat.names():
+    for name in names or cat.names():
         s = cat.get(name)
         m = read_manifest(name, h)
         rows.append(
@@ -161,6 +182,7 @@ def sources(catalog: CatalogOpt = None, home: HomeOpt = None, json_out: JsonOpt 
                 "category": s.category,
                 "license": s.license,
                 "location": _location(s),
+                "revision": pinned_revision(s),
                 "rows": s.rows,
                 "built_rows": m["rows"] if m else None,
                 "version": m.get("version") if m else None,
@@ -171,7 +193,9 @@ def sources(catalog: CatalogOpt = None, home: HomeOpt = None, json_out: JsonOpt 
         return
     console.print(f"{len(rows)} sources ({', '.join(str(f) for f in cat.files)})", highlight=False)
     # the most useful columns first: _show leaves out the last ones when the terminal is narrow
-    t = _table("source", "lang", "task", "gen", "category", "built", "license", "rows", "location")
+    t = _table(
+        "source", "lang", "task", "gen", "category", "built", "license", "rows", "location", "revision"
+    )
     for r in rows:
         t.add_row(
             r["source"],
@@ -183,8 +207,42 @@ def sources(catalog: CatalogOpt = None, home: HomeOpt = None, json_out: JsonOpt 
             r["license"] or "?",
             f"{r['rows']:,}" if r["rows"] else "?",
             r["location"],
+            (r["revision"] or "-")[:12],
         )
     _show(t)
+
+
+def _check_sources(cat, names: list[str], json_out: bool) -> None:
+    from forge.check import Offline, check_sources
+    from forge.paths import builtin_dir
+
+    verified = [f.parent / "catalog.verified.json" for f in cat.files] + [
+        builtin_dir() / "catalog.verified.json"
+    ]
+    try:
+        results = check_sources(
+            [cat.get(n) for n in names], next((v for v in verified if v.exists()), verified[0])
+        )
+    except Offline as e:
+        err.print(
+            f"[bold red]error:[/] cannot check locations while offline ({escape(str(e)[:200])})",
+            highlight=False,
+        )
+        raise typer.Exit(2) from None
+    if json_out:
+        _print_json(
+            [
+                {"source": r.source, "location": r.location, "files": r.files, "problems": r.problems}
+                for r in results
+            ]
+        )
+    else:
+        for r in results:
+            status = "[green]ok[/]" if r.ok else "[bold red]FAIL[/]"
+            detail = f"{r.files} file(s)" if r.ok else "; ".join(r.problems)
+            console.print(f"{status} {r.source} {r.location}: {escape(detail)}", highlight=False)
+    if any(not r.ok for r in results):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -201,6 +259,12 @@ def build(
         float, typer.Option(help="Fail when more than this share of raw records is quarantined.")
     ] = 0.01,
     detector: Annotated[str, typer.Option(help="Language detector: fast | langdetect.")] = "fast",
+    revision: Annotated[
+        str | None,
+        typer.Option(
+            help="Hub revision (commit, branch, tag) instead of the catalog's pinned one, this build only."
+        ),
+    ] = None,
     no_wait: NoWaitOpt = False,
     keep_versions: KeepOpt = None,
     catalog: CatalogOpt = None,
@@ -236,6 +300,7 @@ def build(
                     wait=not no_wait,
                     say=lambda msg: err.print(msg, highlight=False),
                     keep=keep_versions,
+                    revision=revision,
                 )
             except ForgeError as e:
                 failed.append(name)

@@ -3,14 +3,19 @@ the Hub (through huggingface_hub, revision pinned, cached in the data home) or a
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import glob
 import hashlib
 import os
 import shutil
+import tarfile
 import urllib.request
+import zipfile
 from pathlib import Path
 
 from connectors import SourceFile
+from connectors.archive import SEPARATOR, is_archive, list_members
 from forge.catalog import Source
 from forge.errors import BuildError
 from forge.paths import builtin_dir, hub_cache_dir
@@ -65,8 +70,43 @@ def resolve(
     sample: bool = False,
     home: Path | None = None,
     offline: bool | None = None,
+    revision: str | None = None,
 ) -> tuple[list[SourceFile], dict]:
-    """Files to read and a description of where they came from (for provenance)."""
+    """Files to read and a description of where they came from (for provenance). Archives
+    among them are replaced by their members when the source names `members`. `revision`
+    overrides the catalog's pinned Hub revision for this build."""
+    if revision is not None:
+        if not src.hub or from_path is not None or sample:
+            raise BuildError(
+                f"{src.name}: --revision applies to a Hub download only (not --from/--sample/url)"
+            )
+        src = dataclasses.replace(src, hub=dataclasses.replace(src.hub, revision=revision))
+    files, origin = _locate(src, from_path=from_path, sample=sample, home=home, offline=offline)
+    if src.members:
+        files = _members(src, files)
+        origin["members"] = src.members
+    return files, origin
+
+
+def _members(src: Source, files: list[SourceFile]) -> list[SourceFile]:
+    out = []
+    for f in files:
+        if not is_archive(f.path):
+            out.append(f)
+            continue
+        try:
+            found = list_members(f.path, src.members)
+        except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError) as e:
+            raise BuildError(f"{src.name}: cannot read archive {f.path}: {e}") from e
+        if not found:
+            raise BuildError(f"{src.name}: archive {f.name} has no member matching {src.members}")
+        out.extend(SourceFile(f.path, f"{f.name}{SEPARATOR}{m}", member=m, size=n) for m, n in found)
+    return out
+
+
+def _locate(
+    src: Source, *, from_path: Path | None, sample: bool, home: Path | None, offline: bool | None
+) -> tuple[list[SourceFile], dict]:
     if from_path is not None:
         files = _expand(Path(from_path))
         if not files:
@@ -127,9 +167,16 @@ def _from_hub(src: Source, home: Path | None, offline: bool | None) -> list[Sour
             f"{src.name}: download from {hub.repo}@{hub.revision} failed: {type(e).__name__}: {e}"
         ) from e
     root = Path(root)
-    paths = []
-    for pattern in hub.files or ["**/*"]:
-        paths.extend(p for p in _expand(root / pattern) if ".cache" not in p.parts)
+    # the same pattern semantics as the download's allow_patterns (fnmatch: `*` crosses `/`),
+    # so what was downloaded is exactly what is read
+    patterns = hub.files or ["*"]
+    paths = [
+        p
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+        and ".cache" not in p.relative_to(root).parts
+        and any(fnmatch.fnmatch(str(p.relative_to(root)), pat) for pat in patterns)
+    ]
     if not paths:
         raise BuildError(f"{src.name}: {hub.repo}@{hub.revision} has no files matching {hub.files}")
     return _named(sorted(set(paths)), root)

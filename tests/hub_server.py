@@ -13,7 +13,7 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 
 class HubState:
@@ -24,8 +24,18 @@ class HubState:
         self.requests: list[tuple[str, str, dict]] = []  # (method, path, headers)
         self.fail_next: dict[str, list[int]] = {}  # path regex -> status codes to answer first
 
-    def repo_dir(self, repo_type: str, repo_id: str) -> Path:
-        return self.root / f"{repo_type}s" / repo_id
+        # (repo_type, repo_id) -> {"revision": sha, "files": {path: size}}: a published tree
+        # recorded without its contents (catalog.verified.json), listed but not downloadable
+        self.trees: dict[tuple[str, str], dict] = {}
+        self.answered: dict[tuple[str, str, str], Path] = {}  # (type, repo, sha) -> folder
+
+    def repo_dir(self, repo_type: str, repo_id: str, revision: str = "main") -> Path:
+        """The folder serving a repo; `REPO@REVISION` (the revision %-quoted, so
+        refs/convert/parquet is refs%2Fconvert%2Fparquet) holds another revision's files."""
+        if (repo_type, repo_id, revision) in self.answered:  # a commit sha this server gave out
+            return self.answered[(repo_type, repo_id, revision)]
+        other = self.root / f"{repo_type}s" / f"{repo_id}@{quote(revision, safe='')}"
+        return other if other.is_dir() else self.root / f"{repo_type}s" / repo_id
 
 
 SIZE_CATEGORIES = {
@@ -144,29 +154,54 @@ def make_handler(state: HubState):
                 return self._info(m.group(1)[:-1], m.group(2), unquote(m.group(3)))
             m = re.match(r"^/api/(datasets|models|spaces)/(.+?)/tree/([^/]+)(?:/(.*))?$", path)
             if m:
-                return self._tree(m.group(1)[:-1], m.group(2), unquote(m.group(4) or ""))
+                return self._tree(m.group(1)[:-1], m.group(2), unquote(m.group(4) or ""), unquote(m.group(3)))
             m = re.match(r"^/api/(datasets|models|spaces)/([^/]+/[^/]+)$", path)
             if m:
                 return self._info(m.group(1)[:-1], m.group(2), "main")
             return self._resolve()
 
         def _info(self, repo_type: str, repo_id: str, revision: str):
-            repo = state.repo_dir(repo_type, repo_id)
+            tree = state.trees.get((repo_type, repo_id))
+            if tree is not None:
+                if revision not in (tree["revision"], "main"):
+                    return self._send(
+                        404, b'{"error": "Invalid rev id"}', {"X-Error-Code": "RevisionNotFound"}
+                    )
+                siblings = [{"rfilename": f} for f in sorted(tree["files"])]
+                return self._json(
+                    200, {"id": repo_id, "sha": tree["revision"], "private": False, "siblings": siblings}
+                )
+            repo = state.repo_dir(repo_type, repo_id, revision)
             if not repo.is_dir():
                 return self._send(404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"})
             files = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
+            sha = revision if re.fullmatch(r"[0-9a-f]{40}", revision) else _sha(repo)
+            state.answered[(repo_type, repo_id, sha)] = repo  # downloads then ask for this sha
             self._json(
                 200,
                 {
                     "id": repo_id,
-                    "sha": _sha(repo),
+                    # a pinned commit is answered as itself, like the Hub does
+                    "sha": sha,
                     "private": False,
                     "siblings": [{"rfilename": f} for f in files],
                 },
             )
 
-        def _tree(self, repo_type: str, repo_id: str, prefix: str):
-            repo = state.repo_dir(repo_type, repo_id)
+        def _tree(self, repo_type: str, repo_id: str, prefix: str, revision: str = "main"):
+            tree = state.trees.get((repo_type, repo_id))
+            if tree is not None:
+                if revision != tree["revision"]:
+                    return self._send(
+                        404, b'{"error": "Invalid rev id"}', {"X-Error-Code": "RevisionNotFound"}
+                    )
+                entries = [
+                    {"type": "file", "path": f, "size": size_in_bytes(size), "oid": "0" * 40}
+                    for f, size in sorted(tree["files"].items())
+                    if f.startswith(prefix)
+                ]
+                return self._json(200, entries)
+            repo = state.repo_dir(repo_type, repo_id, revision)
             base = repo / prefix
             if not base.is_dir():
                 return self._send(404, b'{"error": "not found"}', {"X-Error-Code": "EntryNotFound"})
@@ -193,7 +228,7 @@ def make_handler(state: HubState):
             if not m:
                 return self._send(404, b'{"error": "not found"}')
             repo_type = (m.group(1) or "models")[:-1]
-            repo = state.repo_dir(repo_type, m.group(2))
+            repo = state.repo_dir(repo_type, m.group(2), unquote(m.group(3)))
             file = repo / unquote(m.group(4))
             if not file.is_file():
                 return self._send(404, b'{"error": "Entry not found"}', {"X-Error-Code": "EntryNotFound"})
@@ -300,6 +335,16 @@ class LocalHub:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def size_in_bytes(size: int | str | None) -> int:
+    """A recorded size ("286 MB" as the Hub's page shows it, or bytes; None: not recorded)."""
+    if size is None:
+        return 1
+    if isinstance(size, int):
+        return size
+    number, unit = size.split()
+    return int(float(number) * {"Bytes": 1, "kB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}[unit])
 
 
 def encode(s: str) -> str:

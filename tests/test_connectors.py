@@ -3,8 +3,11 @@ SOURCES.md, minus documented quarantine) and on self-written fixtures in the pub
 format for corpora with no sample there."""
 
 import json
+from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from forge.build import build_source
@@ -149,17 +152,30 @@ FIXTURE_CASES = [
 ]
 
 
+def as_published(fixture: str, tmp: Path) -> Path:
+    """The fixture in the format the catalog reads: WebGPT is published as the Hub's Parquet
+    conversion, so its JSONL fixture is written to Parquet first."""
+    if fixture != "webgpt.jsonl":
+        return FIXTURES / fixture
+    rows = [json.loads(x) for x in (FIXTURES / fixture).read_text().splitlines() if x.strip()]
+    out = tmp / "webgpt" / "0000.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), out)
+    return out
+
+
 @pytest.mark.parametrize(
     "source, fixture, raw, rows, quarantined, check", FIXTURE_CASES, ids=[c[0] for c in FIXTURE_CASES]
 )
-def test_published_format_fixtures(home, catalog, source, fixture, raw, rows, quarantined, check):
-    r = build_source(catalog.get(source), home=home, from_path=FIXTURES / fixture, max_quarantine=1.0)
+def test_published_format_fixtures(home, catalog, source, fixture, raw, rows, quarantined, check, tmp_path):
+    path = as_published(fixture, tmp_path)
+    r = build_source(catalog.get(source), home=home, from_path=path, max_quarantine=1.0)
     assert (r.input_records, r.rows, r.quarantined) == (raw, rows, quarantined)
     col, i, text = check
     assert text in records(r)[col][i]
 
 
-def test_dialogue_structure(home, catalog):
+def test_dialogue_structure(home, catalog, tmp_path):
     r = build_source(
         catalog.get("sharegpt"), home=home, from_path=FIXTURES / "sharegpt.json", max_quarantine=1.0
     )
@@ -173,7 +189,7 @@ def test_dialogue_structure(home, catalog):
     assert meta["rejected"] == "No."  # the rejected reply, paired with the chosen output
     assert meta["rejected_transcript"].endswith("Assistant: No.") and "flags" not in meta
     r = build_source(
-        catalog.get("webgpt"), home=home, from_path=FIXTURES / "webgpt.jsonl", max_quarantine=1.0
+        catalog.get("webgpt"), home=home, from_path=as_published("webgpt.jsonl", tmp_path), max_quarantine=1.0
     )
     meta = json.loads(records(r)["meta"][0])
     assert meta["preferred"] == 0 and meta["answer_1"] == "Nobody knows."

@@ -73,6 +73,7 @@ def test_unreachable_hub_is_one_clear_line(tmp_path):
     r = forge_cli(["build", "belle_0.5m"], env, REPO)
     assert r.returncode == 1
     assert (
-        "belle_0.5m: cannot reach the Hub for BelleGroup/train_0.5M_CN@main and nothing is cached" in r.stderr
+        "belle_0.5m: cannot reach the Hub for BelleGroup/train_0.5M_CN@efcb807b8c8411a294995125e5bcfee4e9d216ef and nothing is cached"
+        in r.stderr
     )
     assert "Traceback" not in r.stderr

@@ -65,24 +65,15 @@ _cursors: dict[Path, _TarCursor] = {}
 
 
 def open_member(path: Path, member: str) -> BinaryIO:
-    """A binary stream of one member."""
+    """A binary stream of one member (open_binary adds the read buffer)."""
     if _is_zip(path):
-        zf = zipfile.ZipFile(path)
-        fh = zf.open(member)
-        fh_close = fh.close
-
-        def close() -> None:
-            fh_close()
-            zf.close()
-
-        fh.close = close
-        return io.BufferedReader(fh) if not hasattr(fh, "peek") else fh
+        with zipfile.ZipFile(path) as zf:
+            return zf.open(member)  # the member keeps the archive's file open until it is closed
     if path.name.lower().endswith(".tar"):
-        tf = tarfile.open(path, "r:")
-        fh = tf.extractfile(member)
+        fh = tarfile.open(path, "r:").extractfile(member)
         if fh is None:
             raise FileNotFoundError(f"{path}: no file member {member!r}")
-        return io.BufferedReader(fh)
+        return fh
     cursor = _cursors.get(path)
     found = cursor.advance_to(member) if cursor else None
     if found is None:  # not ahead of the cursor: start a new pass
@@ -90,4 +81,4 @@ def open_member(path: Path, member: str) -> BinaryIO:
         found = cursor.advance_to(member)
     if found is None:
         raise FileNotFoundError(f"{path}: no file member {member!r}")
-    return io.BufferedReader(found)
+    return found

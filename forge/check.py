@@ -15,7 +15,6 @@ page it was read from and the date. It is also what the tests serve from a local
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
 import os
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from forge.catalog import Source
+from forge.locate import matches_hub_pattern
 
 
 class Offline(Exception):
@@ -69,20 +69,20 @@ def hub_size_text(n: int) -> str:
 _UNITS = {"Bytes": 1, "kB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 
 
+def shown_size(text: str) -> tuple[float, float]:
+    """A size as a Hub page shows it ("286 MB", "2.33 kB") -> (bytes, one unit of its last digit)."""
+    number, unit = text.split()
+    decimals = len(number.split(".")[1]) if "." in number else 0
+    return float(number) * _UNITS[unit], _UNITS[unit] / 10**decimals
+
+
 def size_matches(recorded: str | int, actual: int) -> bool:
-    """Is `actual` (bytes) the size recorded? A shown size ("286 MB", "2.33 kB") matches any
-    byte count within one unit of its last digit, whether the page rounded or truncated."""
+    """Is `actual` (bytes) the size recorded? A shown size matches any byte count within one
+    unit of its last digit, whether the page rounded or truncated."""
     if isinstance(recorded, int):
         return recorded == actual
-    number, unit = recorded.split()
-    decimals = len(number.split(".")[1]) if "." in number else 0
-    step = _UNITS[unit] / 10**decimals
-    return abs(actual - float(number) * _UNITS[unit]) < step
-
-
-def matches(path: str, pattern: str) -> bool:
-    """The Hub download's pattern semantics (fnmatch; `*` also crosses `/`)."""
-    return fnmatch.fnmatch(path, pattern)
+    value, step = shown_size(recorded)
+    return abs(actual - value) < step
 
 
 def check_hub(src: Source, verified: dict | None) -> CheckResult:
@@ -146,7 +146,7 @@ def check_urls(src: Source, verified: dict | None, timeout: float = 30.0) -> Che
 def _compare(result: CheckResult, remote: dict[str, int], globs: list[str], verified: dict | None) -> None:
     selected = set()
     for pattern in globs:
-        hit = [p for p in remote if matches(p, pattern)]
+        hit = [p for p in remote if matches_hub_pattern(p, pattern)]
         if not hit:
             result.problems.append(f"glob {pattern!r} matches no file")
         selected.update(hit)

@@ -132,7 +132,8 @@ def detect_fast(
     codes = np.full(n, "", dtype=object)
     scores = np.zeros(n, dtype=np.float32)
     # pure-ASCII texts hold no single-language script: they skip the script passes entirely
-    non_ascii = np.flatnonzero(~pc.string_is_ascii(texts).to_numpy(zero_copy_only=False) & (letters > 0))
+    is_ascii = pc.string_is_ascii(texts).to_numpy(zero_copy_only=False)
+    non_ascii = np.flatnonzero(~is_ascii & (letters > 0))
     if len(non_ascii):
         sub = texts.take(pa.array(non_ascii))
         sub_letters = letters[non_ascii]
@@ -158,7 +159,7 @@ def detect_fast(
         scores[non_ascii] = sub_scores
 
     unread = (codes == "") & (letters >= MIN_LETTERS)
-    ascii_idx = np.flatnonzero(unread & pc.string_is_ascii(texts).to_numpy(zero_copy_only=False))
+    ascii_idx = np.flatnonzero(unread & is_ascii)
     if len(ascii_idx):
         is_en, share = _english_function_words(texts.take(pa.array(ascii_idx)))
         codes[ascii_idx[is_en]] = "en"
@@ -203,10 +204,6 @@ def _english_function_words(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     ).to_numpy() + 1
     share = hits / np.maximum(words, 1)
     return (the > 0) & ((share >= EN_FUNCTION_SHARE) | (hits >= 4)) & (words >= 4), share
-
-
-def _np(arr) -> np.ndarray:
-    return arr.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _cld2(text: str) -> tuple[str, float]:

@@ -143,6 +143,11 @@ def _locate(
     raise BuildError(f"{src.name}: no location to read from{where}; pass --from PATH or --sample")
 
 
+def matches_hub_pattern(path: str, pattern: str) -> bool:
+    """huggingface_hub's allow_patterns semantics (fnmatch: `*` also crosses `/`)."""
+    return fnmatch.fnmatch(path, pattern)
+
+
 def _from_hub(src: Source, home: Path | None, offline: bool | None) -> list[SourceFile]:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -167,15 +172,14 @@ def _from_hub(src: Source, home: Path | None, offline: bool | None) -> list[Sour
             f"{src.name}: download from {hub.repo}@{hub.revision} failed: {type(e).__name__}: {e}"
         ) from e
     root = Path(root)
-    # the same pattern semantics as the download's allow_patterns (fnmatch: `*` crosses `/`),
-    # so what was downloaded is exactly what is read
+    # the download's own pattern semantics, so what was downloaded is exactly what is read
     patterns = hub.files or ["*"]
     paths = [
         p
         for p in sorted(root.rglob("*"))
         if p.is_file()
         and ".cache" not in p.relative_to(root).parts
-        and any(fnmatch.fnmatch(str(p.relative_to(root)), pat) for pat in patterns)
+        and any(matches_hub_pattern(str(p.relative_to(root)), pat) for pat in patterns)
     ]
     if not paths:
         raise BuildError(f"{src.name}: {hub.repo}@{hub.revision} has no files matching {hub.files}")

@@ -343,8 +343,9 @@ def size_in_bytes(size: int | str | None) -> int:
         return 1
     if isinstance(size, int):
         return size
-    number, unit = size.split()
-    return int(float(number) * {"Bytes": 1, "kB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}[unit])
+    from forge.check import shown_size
+
+    return int(shown_size(size)[0])
 
 
 def encode(s: str) -> str:

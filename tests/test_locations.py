@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 from conftest import current
 
 from forge.catalog import load_catalog
-from forge.check import hub_size_text, matches, size_matches
+from forge.check import hub_size_text, size_matches
+from forge.locate import matches_hub_pattern
 from tests.conftest import REPO
 from tests.hub_server import LocalHub
 
@@ -153,7 +154,7 @@ def test_every_hub_source_is_pinned_and_its_globs_select_the_verified_files():
     for name, record in VERIFIED.items():
         src = catalog.get(name)
         assert src.hub.repo == record["repo"] and src.hub.revision == record["revision"], name
-        selected = sorted(f for f in record["files"] if any(matches(f, g) for g in src.hub.files))
+        selected = sorted(f for f in record["files"] if any(matches_hub_pattern(f, g) for g in src.hub.files))
         assert selected == sorted(record["selected"]), (name, selected)
 
 

@@ -152,13 +152,17 @@ FIXTURE_CASES = [
 ]
 
 
+PUBLISHED_AS_PARQUET = {"webgpt.jsonl", "gpt4all.jsonl"}
+
+
 def as_published(fixture: str, tmp: Path) -> Path:
-    """The fixture in the format the catalog reads: WebGPT is published as the Hub's Parquet
-    conversion, so its JSONL fixture is written to Parquet first."""
-    if fixture != "webgpt.jsonl":
+    """The fixture in the format the catalog reads: WebGPT (the Hub's Parquet conversion) and
+    GPT4All (data/*.parquet) are published as Parquet, so their JSONL fixtures are written
+    to Parquet first."""
+    if fixture not in PUBLISHED_AS_PARQUET:
         return FIXTURES / fixture
     rows = [json.loads(x) for x in (FIXTURES / fixture).read_text().splitlines() if x.strip()]
-    out = tmp / "webgpt" / "0000.parquet"
+    out = tmp / fixture.split(".")[0] / "0000.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), out)
     return out

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from conftest import current
 
-from forge.catalog import load_catalog
+from forge.catalog import load_catalog, pinned_revision
 from forge.check import hub_size_text, size_matches
 from forge.locate import matches_hub_pattern
 from tests.conftest import REPO
@@ -101,6 +101,51 @@ def test_camel_builds_from_zip_members_of_the_pinned_revision(tmp_path):
     ]
 
 
+MOSS_SHA = "42e216d3e3fb331c18d5fa6e7cb4f1c53eef24a4"
+GPT4ALL_SHA = "7a994dd1fa4f60a54f3dcd826d6f2388ca5f5993"
+SHARED_MOSS = REPO.parent / "shared" / "corpora" / "moss" / "conversations"
+
+
+def test_moss_builds_from_jsonl_lines_inside_the_no_tools_zip(tmp_path):
+    """fnlp/moss-003-sft-data publishes zips; the no-tools one holds a JSONL file with one
+    conversation per line. Real conversations (../shared) are packed the same way."""
+    convs = [json.loads(p.read_text()) for p in sorted(SHARED_MOSS.rglob("*.json"))[:3]]
+    assert len(convs) == 3
+    repo = tmp_path / "hub" / "datasets" / "fnlp" / "moss-003-sft-data"
+    repo.mkdir(parents=True)
+    with zipfile.ZipFile(repo / "moss-003-sft-no-tools.jsonl.zip", "w") as zf:
+        zf.writestr(
+            "moss-003-sft-no-tools.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in convs)
+        )
+    with zipfile.ZipFile(repo / "moss-003-sft-with-tools-no-text2image.zip", "w") as zf:
+        zf.writestr("moss-003-sft-with-tools-no-text2image.jsonl", json.dumps(convs[0]) + "\n")
+    (repo / "README.md").write_text("---\nlicense: cc-by-4.0\n---\n")
+    with LocalHub(tmp_path / "hub") as hub:
+        r = forge(["build", "moss_003_sft"], hub_env(hub, tmp_path), tmp_path)
+        assert r.returncode == 0, r.stderr
+        gets = [p.split("/resolve/")[1] for m, p, _ in hub.state.requests if m == "GET" and "/resolve/" in p]
+    assert gets == [f"{MOSS_SHA}/moss-003-sft-no-tools.jsonl.zip"]
+    m = manifest(tmp_path, "moss_003_sft")
+    assert (m["rows"], m["quarantined"]) == (3, 0) and m["origin"]["revision"] == MOSS_SHA
+
+
+def test_gpt4all_builds_from_the_parquet_files_under_data(tmp_path):
+    rows = [json.loads(x) for x in (FIXTURES / "gpt4all.jsonl").read_text().splitlines() if x.strip()]
+    data = tmp_path / "hub" / "datasets" / "nomic-ai" / "gpt4all_prompt_generations" / "data"
+    data.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows[:1]), data / "train-00000-of-00002-de0ae301d048d960.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[1:]), data / "train-00001-of-00002-014071b0381dd5ae.parquet")
+    with LocalHub(tmp_path / "hub") as hub:
+        r = forge(["build", "gpt4all"], hub_env(hub, tmp_path), tmp_path)
+        assert r.returncode == 0, r.stderr
+    m = manifest(tmp_path, "gpt4all")
+    assert (m["rows"], m["quarantined"]) == (len(rows), 0) and m["origin"]["revision"] == GPT4ALL_SHA
+    assert [x["name"] for x in m["raw"]] == [
+        "data/train-00000-of-00002-de0ae301d048d960.parquet",
+        "data/train-00001-of-00002-014071b0381dd5ae.parquet",
+    ]
+
+
 def test_revision_override_is_used_and_recorded(tmp_path):
     root = tmp_path / "hub"
     camel_repo(root)
@@ -149,9 +194,14 @@ def test_webgpt_builds_from_the_parquet_conversion_branch(tmp_path):
     assert m["origin"]["revision"] == WEBGPT_SHA and m["raw"][0]["name"] == "default/train/0000.parquet"
 
 
+HUB_RECORDS = {n: r for n, r in VERIFIED.items() if r["kind"] == "hub"}
+# a record whose selected files could not be listed (flan_muffin's train/ folder) cannot be served
+CHECKABLE = {n: r for n, r in HUB_RECORDS.items() if r["selected"]}
+
+
 def test_every_hub_source_is_pinned_and_its_globs_select_the_verified_files():
     catalog = load_catalog(REPO / "catalog.yaml")
-    for name, record in VERIFIED.items():
+    for name, record in HUB_RECORDS.items():
         src = catalog.get(name)
         assert src.hub.repo == record["repo"] and src.hub.revision == record["revision"], name
         selected = sorted(f for f in record["files"] if any(matches_hub_pattern(f, g) for g in src.hub.files))
@@ -168,8 +218,39 @@ def test_shown_sizes_compare_at_their_precision():
     assert not size_matches("286 MB", 290_000_000) and size_matches(457667956, 457667956)
 
 
+def test_every_verified_url_source_is_pinned_to_the_commit_it_was_verified_at():
+    catalog = load_catalog(REPO / "catalog.yaml")
+    urls = {n: r for n, r in VERIFIED.items() if r["kind"] == "url"}
+    assert len(urls) >= 10
+    for name, record in urls.items():
+        src = catalog.get(name)
+        listed = [src.url] if isinstance(src.url, str) else list(src.url)
+        assert sorted(record["files"]) == sorted(listed), name
+        assert pinned_revision(src) == record["revision"] and len(record["revision"]) == 40, name
+        assert all(f"/{record['revision']}/" in u for u in listed), name
+
+
+def test_every_remote_source_has_a_verification_record_or_a_commit_in_its_url():
+    catalog = load_catalog(REPO / "catalog.yaml")
+    for name in catalog.names():
+        src = catalog.get(name)
+        if not (src.hub or src.url) or name in VERIFIED:
+            continue
+        # alpaca, flan_cot and cot_zh were pinned to the snapshot commits of ../shared/corpora
+        assert len(pinned_revision(src) or "") == 40, f"{name} has neither a record nor a pin"
+
+
+def test_readme_locations_table_is_generated_from_the_records():
+    r = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "locations_table.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+
+
 def serve_trees(hub: LocalHub) -> None:
-    for record in VERIFIED.values():
+    for record in CHECKABLE.values():
         hub.state.trees[("dataset", record["repo"])] = {
             "revision": record["revision"],
             "files": record["files"],
@@ -179,10 +260,10 @@ def serve_trees(hub: LocalHub) -> None:
 def test_check_passes_on_every_verified_tree(tmp_path):
     with LocalHub(tmp_path / "hub") as hub:
         serve_trees(hub)
-        r = forge(["sources", "--check", *VERIFIED], hub_env(hub, tmp_path), tmp_path)
+        r = forge(["sources", "--check", *CHECKABLE], hub_env(hub, tmp_path), tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.strip().splitlines()
-    assert len(lines) == len(VERIFIED) and all(line.startswith("ok ") for line in lines)
+    assert len(lines) == len(CHECKABLE) and all(line.startswith("ok ") for line in lines)
     assert any(
         line.startswith(f"ok camel hub:camel-ai/ai_society@{CAMEL_SHA[:12]}: 1 file") for line in lines
     )

@@ -476,6 +476,7 @@ def _build_version(job: _Job, store: Store, vid: str, tmp: Path, progress, keep:
             f"Reasons: {dict(reasons.most_common(5))}. The previous version is unchanged"
         )
     tag_counts = {k: dict(sorted(v.items())) for k, v in counts.items()}
+    check_zh_content(src.name, tmp, shards, tag_counts)
     manifest = {
         "source": src.name,
         "version": vid,
@@ -512,6 +513,18 @@ def _build_version(job: _Job, store: Store, vid: str, tmp: Path, progress, keep:
         tag_counts,
         version=vid,
     )
+
+
+def check_zh_content(name: str, folder: Path, shards: list[dict], tag_counts: dict) -> None:
+    """Fail the build when its zh tags do not match the content (forge.lang.zh_content_problem)."""
+    if tag_counts["lang"].get("zh", 0) < langid.ZH_CHECK_MIN_RECORDS:
+        return
+    import polars as pl
+
+    frame = pl.scan_parquet([str(folder / s["file"]) for s in shards]).select("lang", "instruction", "input")
+    problem = langid.zh_content_problem(frame)
+    if problem:
+        raise BuildError(f"{name}: {problem}. The previous version is unchanged")
 
 
 @dataclass

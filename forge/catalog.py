@@ -32,6 +32,8 @@ KNOWN = set(REQUIRED) | {
     "category",
     "priority",
     "members",
+    "derive",
+    "endpoint",
 }
 HUB_KEYS = {"repo", "files", "revision", "repo_type"}
 
@@ -66,6 +68,9 @@ class Source:
     priority: int = 100  # dedup: lower survives
     # globs of members to read inside archives (.zip/.tar/.tar.gz) among the located files
     members: list[str] = field(default_factory=list)
+    # a derived source: {from: SOURCE, stage: translate|rewrite|judge, ...} (forge/stages.py)
+    derive: dict | None = None
+    endpoint: dict | None = None  # the OpenAI-compatible endpoint a derived source calls
     catalog_file: Path = Path("catalog.yaml")
 
     @property
@@ -117,6 +122,13 @@ def parse_source(path: Path, name: str, spec) -> Source:
             close = difflib.get_close_matches(key, sorted(KNOWN), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise _fail(path, name, key, f"unknown field{hint}")
+    if "derive" in spec:
+        # a derived source reads another source's built records: no connector, no formatter
+        if not isinstance(spec["derive"], dict) or not spec["derive"].get("from"):
+            raise _fail(path, name, "derive", "expected a mapping with 'from' and 'stage'")
+        if not isinstance(spec.get("endpoint", {}), dict):
+            raise _fail(path, name, "endpoint", "expected a mapping (url, model, ...)")
+        spec = {"connector": "parquet", "formatter": "columns", **spec, "local": "(derived)"}
     for key in REQUIRED:
         if key not in spec:
             raise _fail(path, name, key, "required field is missing")
@@ -169,7 +181,7 @@ def parse_source(path: Path, name: str, spec) -> Source:
         connector_options=dict(spec.get("connector_options", {})),
         options=dict(spec.get("options", {})),
         hub=hub,
-        local=spec.get("local"),
+        local=None if "derive" in spec else spec.get("local"),
         sample=spec.get("sample"),
         url=spec.get("url"),
         license=spec.get("license"),
@@ -177,6 +189,8 @@ def parse_source(path: Path, name: str, spec) -> Source:
         rows=rows,
         priority=int(spec.get("priority", 100)),
         members=members,
+        derive=dict(spec["derive"]) if "derive" in spec else None,
+        endpoint=dict(spec.get("endpoint") or {}) if "derive" in spec else None,
         catalog_file=path,
     )
 

@@ -130,6 +130,8 @@ def _train_progress(enabled: bool):
 
 
 def _location(s) -> str:
+    if s.derive is not None:
+        return f"derived:{s.derive.get('stage')}({s.derive.get('from')})"
     if s.hub:
         return f"hub:{s.hub.repo}"
     if s.local:
@@ -288,6 +290,10 @@ def build(
         with _progress() as prog:
             task = prog.add_task(f"build {name}", total=src.rows if not (sample or from_path) else None)
             try:
+                if src.derive is not None:
+                    r = _run_derived(src, h, max_quarantine, force, detector, keep_versions, prog, task)
+                    results.append(r)
+                    continue
                 r = build_source(
                     src,
                     home=h,
@@ -335,6 +341,227 @@ def build(
             console.print(f"quarantine: {r.quarantine_file}")
     if failed:
         raise typer.Exit(1)
+
+
+def _run_derived(src, h, max_quarantine, force, detector, keep, prog=None, task=None, **endpoint_overrides):
+    """Build a derived source: its stage over its input, through its endpoint (forge/stages.py)."""
+    from forge.stages import Endpoint, run_stage
+
+    endpoint = Endpoint.from_spec(src.endpoint or {}, **endpoint_overrides)
+    limit = (src.derive or {}).get("limit")
+    r, stats = run_stage(
+        src,
+        endpoint=endpoint,
+        home=h,
+        max_quarantine=max_quarantine,
+        limit=limit,
+        force=force,
+        detector=detector,
+        progress=(lambda n: prog.advance(task, n)) if prog else None,
+        keep=keep,
+    )
+    console.print(
+        f"{src.name}: {r.status}; {stats.requests} requests sent, {stats.cached} answered from the cache, "
+        f"{stats.retries} retries, {stats.failed} failed",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return r
+
+
+def _derive_command(
+    stage: str,
+    source: str,
+    out: str,
+    derive: dict,
+    endpoint: dict,
+    lang: str | None,
+    catalog: Path | None,
+    home: Path | None,
+    max_quarantine: float,
+    force: bool,
+) -> None:
+    """Write (or confirm) the derived source's entry in the user catalog, then build it."""
+    from forge.build import read_manifest
+    from forge.catalog import load_catalog
+    from forge.store import check_name
+
+    check_name("source", out)
+    cat = load_catalog(catalog)
+    src_in = cat.get(source)
+    if out == source:
+        _fail(f"--out must name a new source, not the input {source!r}")
+    path = catalog or Path.cwd() / "catalog.yaml"
+    entry = {
+        "description": f"{source} through a {stage} stage ({endpoint['model']})",
+        "derive": {"from": source, "stage": stage, **{k: v for k, v in derive.items() if v is not None}},
+        "endpoint": {k: v for k, v in endpoint.items() if v is not None},
+        "lang": lang or src_in.lang,
+        "task": src_in.task,
+        "gen": src_in.gen,
+        "category": src_in.category,
+    }
+    if src_in.license:
+        entry["license"] = src_in.license
+    if out in cat.names():
+        existing = cat.get(out)
+        if existing.derive is None:
+            _fail(f"{out!r} is already a catalog source ({existing.catalog_file}); pick another --out")
+        if existing.derive != entry["derive"] or existing.endpoint != entry["endpoint"]:
+            _fail(
+                f"{out!r} is already in {existing.catalog_file} with a different stage or endpoint; edit it there"
+            )
+    else:
+        import yaml
+
+        from forge.store import write_atomic
+
+        text = path.read_text(encoding="utf-8") if path.exists() else "sources:\n"
+        if "sources:" not in text:
+            _fail(f"{path}: expected a top-level 'sources:' mapping")
+        block = yaml.safe_dump({out: entry}, allow_unicode=True, sort_keys=False, width=100)
+        block = "".join(f"  {line}\n" for line in block.splitlines())
+        write_atomic(path, (text.rstrip("\n") + "\n\n" + block).encode())
+        console.print(f"added {out!r} to {path}", highlight=False, soft_wrap=True)
+        cat = load_catalog(catalog)  # without --catalog, ./catalog.yaml is the one just written
+    h = _home(home)
+    if read_manifest(source, h) is None:
+        _fail(f"{source} is not built; run forge build {source} first")
+    try:
+        r = _run_derived(cat.get(out), h, max_quarantine, force, "fast", None)
+    except ForgeError as e:
+        _fail(str(e))
+    console.print(
+        f"{out}: {r.rows:,} rows from {r.input_records:,} records, {r.quarantined} quarantined "
+        f"(version {r.version}, {r.seconds:.1f} s)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if r.quarantine_file:
+        console.print(f"quarantine: {r.quarantine_file}", highlight=False)
+
+
+EndpointOpt = Annotated[
+    str, typer.Option("--endpoint", help="OpenAI-compatible API base, e.g. http://127.0.0.1:8000/v1.")
+]
+ModelOpt = Annotated[str, typer.Option("--model", help="Model name the endpoint serves.")]
+KeyEnvOpt = Annotated[
+    str | None, typer.Option("--key-env", help="Environment variable holding the API key (never logged).")
+]
+ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", min=1, help="Requests in flight at once.")]
+RpsOpt = Annotated[float, typer.Option("--rps", min=0, help="Requests per second limit (0 = none).")]
+TpmOpt = Annotated[int, typer.Option("--tpm", min=0, help="Tokens per minute limit (0 = none).")]
+MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", min=1, help="Reply length limit per request.")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N input records.")]
+RetriesOpt = Annotated[
+    int, typer.Option("--max-retries", min=0, help="Retries on 429, 5xx and lost connections.")
+]
+StageQuarantineOpt = Annotated[
+    float, typer.Option("--max-quarantine", help="Fail when more than this share of records is quarantined.")
+]
+
+
+def _endpoint(endpoint, model, key_env, concurrency, rps, tpm, max_tokens, max_retries) -> dict:
+    return {
+        "max_retries": max_retries if max_retries != 5 else None,
+        "url": endpoint,
+        "model": model,
+        "key_env": key_env,
+        "concurrency": concurrency,
+        "rps": rps or None,
+        "tpm": tpm or None,
+        "max_tokens": max_tokens,
+    }
+
+
+@app.command()
+def translate(
+    source: Annotated[str, typer.Argument(help="A built source to translate.")],
+    to: Annotated[str, typer.Option("--to", help="Target language code (zh, en, ja, ...).")],
+    out: Annotated[str, typer.Option("--out", help="Name of the new derived source.")],
+    endpoint: EndpointOpt,
+    model: ModelOpt,
+    fields: Annotated[
+        str, typer.Option(help="Comma-separated fields to translate.")
+    ] = "instruction,input,output",
+    template: Annotated[Path | None, typer.Option(help="A Jinja prompt ({{ text }}, {{ target }}).")] = None,
+    key_env: KeyEnvOpt = None,
+    concurrency: ConcurrencyOpt = 8,
+    rps: RpsOpt = 0.0,
+    tpm: TpmOpt = 0,
+    max_tokens: MaxTokensOpt = 512,
+    limit: LimitOpt = None,
+    max_retries: RetriesOpt = 5,
+    max_quarantine: StageQuarantineOpt = 0.05,
+    force: Annotated[bool, typer.Option("--force", help="Run again even when up to date.")] = False,
+    catalog: CatalogOpt = None,
+    home: HomeOpt = None,
+):
+    """Translate a source's records through a model endpoint into a new, cached, resumable source."""
+    derive = {
+        "to": to,
+        "fields": [f.strip() for f in fields.split(",") if f.strip()],
+        "template": str(template.resolve()) if template else None,
+        "limit": limit,
+    }
+    lang = {"zh": "CN", "en": "EN"}.get(to, "ML")
+    ep = _endpoint(endpoint, model, key_env, concurrency, rps, tpm, max_tokens, max_retries)
+    _derive_command("translate", source, out, derive, ep, lang, catalog, home, max_quarantine, force)
+
+
+@app.command()
+def rewrite(
+    source: Annotated[str, typer.Argument(help="A built source to rewrite.")],
+    template: Annotated[
+        Path, typer.Option(help="A Jinja prompt over the record (instruction, input, output).")
+    ],
+    out: Annotated[str, typer.Option("--out", help="Name of the new derived source.")],
+    endpoint: EndpointOpt,
+    model: ModelOpt,
+    field: Annotated[str, typer.Option(help="The field the reply replaces.")] = "output",
+    key_env: KeyEnvOpt = None,
+    concurrency: ConcurrencyOpt = 8,
+    rps: RpsOpt = 0.0,
+    tpm: TpmOpt = 0,
+    max_tokens: MaxTokensOpt = 512,
+    limit: LimitOpt = None,
+    max_retries: RetriesOpt = 5,
+    max_quarantine: StageQuarantineOpt = 0.05,
+    force: Annotated[bool, typer.Option("--force", help="Run again even when up to date.")] = False,
+    catalog: CatalogOpt = None,
+    home: HomeOpt = None,
+):
+    """Rewrite one field of every record with a model's reply to a Jinja prompt."""
+    derive = {"template": str(template.resolve()), "field": field, "limit": limit}
+    ep = _endpoint(endpoint, model, key_env, concurrency, rps, tpm, max_tokens, max_retries)
+    _derive_command("rewrite", source, out, derive, ep, None, catalog, home, max_quarantine, force)
+
+
+@app.command()
+def judge(
+    source: Annotated[str, typer.Argument(help="A built source to score.")],
+    out: Annotated[str, typer.Option("--out", help="Name of the new derived source.")],
+    endpoint: EndpointOpt,
+    model: ModelOpt,
+    template: Annotated[
+        Path | None, typer.Option(help="A Jinja prompt whose reply holds 'Score: N'.")
+    ] = None,
+    key_env: KeyEnvOpt = None,
+    concurrency: ConcurrencyOpt = 8,
+    rps: RpsOpt = 0.0,
+    tpm: TpmOpt = 0,
+    max_tokens: MaxTokensOpt = 128,
+    limit: LimitOpt = None,
+    max_retries: RetriesOpt = 5,
+    max_quarantine: StageQuarantineOpt = 0.05,
+    force: Annotated[bool, typer.Option("--force", help="Run again even when up to date.")] = False,
+    catalog: CatalogOpt = None,
+    home: HomeOpt = None,
+):
+    """Score every record (meta.judge.score, 1-10, and a reason); filter with `judge_score >= 7`."""
+    derive = {"template": str(template.resolve()) if template else None, "limit": limit}
+    ep = _endpoint(endpoint, model, key_env, concurrency, rps, tpm, max_tokens, max_retries)
+    _derive_command("judge", source, out, derive, ep, None, catalog, home, max_quarantine, force)
 
 
 @app.command()

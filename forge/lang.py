@@ -276,3 +276,44 @@ def dataset_lang(lang_counts: dict[str, int]) -> str:
     if lang_counts.get("zh", 0) / total >= DATASET_LANG_DOMINANCE:
         return "CN"
     return "ML"
+
+
+ZH_LATIN_MAX_SHARE = 0.05  # more zh records than this with mostly-Latin questions fails a build
+ZH_CHECK_MIN_RECORDS = 20  # below this a share is noise (a demo sample), so nothing is checked
+
+
+def zh_content_problem(frame) -> str | None:
+    """Why a dataset's `zh` tags do not match its content, or None. A record is tagged zh from
+    its question once 10% of its letters are Han, so the tag can still sit on a question that
+    is mostly Latin (English with a Chinese phrase, or English inside a Chinese template). When
+    more than 5% of the zh records look like that, the tag no longer tells a user what they get.
+    `frame` is a polars DataFrame (or LazyFrame) with lang, instruction and input columns."""
+    import polars as pl
+
+    zh = (
+        frame.lazy()
+        .filter(pl.col("lang") == "zh")
+        .select(
+            pl.concat_str(
+                [pl.col("instruction").fill_null(""), pl.col("input").fill_null("")], separator="\n"
+            )
+            .str.slice(0, MARKUP_WINDOW)
+            .alias("q")
+        )
+    )
+    for pattern in _MARKUP:
+        zh = zh.with_columns(pl.col("q").str.replace_all(pattern, " "))
+    counts = zh.select(
+        pl.col("q").str.count_matches(r"[A-Za-z]").alias("latin"),
+        pl.col("q").str.count_matches(_HAN).alias("han"),
+    ).collect()
+    total = counts.height
+    if total < ZH_CHECK_MIN_RECORDS:
+        return None
+    latin = counts.filter(pl.col("latin") > pl.col("han")).height
+    if latin / total > ZH_LATIN_MAX_SHARE:
+        return (
+            f"{latin} of {total} zh records ({latin / total:.1%}) have a mostly-Latin question "
+            f"(more than {ZH_LATIN_MAX_SHARE:.0%}); the zh tag would not match their content"
+        )
+    return None

@@ -11,8 +11,9 @@ Grammar (whitespace-insensitive, keywords lower case):
     OP      := == != < <= > >=
     value   := bare word (letters, digits, _ . -) | 'quoted' | "quoted" | number
 
-FIELD is a tag column (FIELDS) or a derived length (instruction_chars, input_chars,
-output_chars, turns). The parser is a small recursive-descent one: no eval, no Python
+FIELD is a tag column (FIELDS), a derived length (instruction_chars, input_chars,
+output_chars, turns) or judge_score (meta.judge.score, written by `forge judge`; null when
+a record was not judged, and a null never satisfies a comparison). The parser is a small recursive-descent one: no eval, no Python
 expressions, unknown fields and stray tokens are errors that point at the position.
 Queries compile to a polars expression, so they run as a pushed-down Parquet scan.
 """
@@ -27,7 +28,7 @@ from forge.errors import QueryError
 
 STRING_FIELDS = ("lang", "task", "gen", "category", "source", "template", "id", "raw_file")
 NUMBER_FIELDS = ("lang_score", "raw_row")
-DERIVED = ("instruction_chars", "input_chars", "output_chars", "turns")
+DERIVED = ("instruction_chars", "input_chars", "output_chars", "turns", "judge_score")
 FIELDS = STRING_FIELDS + NUMBER_FIELDS + DERIVED
 _TOKEN = re.compile(
     r"\s*(?:(?P<op>==|!=|<=|>=|<|>)|(?P<punct>[()\[\],])|(?P<str>'[^']*'|\"[^\"]*\")"
@@ -52,6 +53,8 @@ def _tokens(text: str) -> list[tuple[str, str, int]]:
 def _column(name: str) -> pl.Expr:
     if name == "turns":
         return pl.col("history").list.len() + 1
+    if name == "judge_score":
+        return pl.col("meta").str.json_path_match("$.judge.score").cast(pl.Float64, strict=False)
     if name.endswith("_chars"):
         return pl.col(name.removesuffix("_chars")).str.len_chars()
     return pl.col(name)

@@ -1,0 +1,635 @@
+"""Model-powered stages: translate, rewrite or judge a built source's records through any
+OpenAI-compatible endpoint (forge serve, vLLM, a hosted API), into a new source.
+
+A derived source is a catalog entry with `derive:` instead of a location:
+
+    cot_zh_mt:
+      description: FLAN CoT machine-translated into Chinese
+      derive: {from: flan_cot, stage: translate, to: zh, fields: [instruction, output]}
+      endpoint: {url: "http://127.0.0.1:8000/v1", model: smollm2, key_env: FORGE_ENDPOINT_KEY}
+      lang: CN
+      task: MT
+      gen: SI
+      category: cot
+
+`forge build cot_zh_mt` (or `forge translate flan_cot --to zh --out cot_zh_mt ...`, which
+writes that entry) reads the input's committed version as a stream, sends one request per
+record field, and writes the replies as a new immutable version exactly like a build.
+
+Every request is keyed by sha256(model, template id, rendered prompt, sampling parameters) and
+its reply is stored in a SQLite cache under the data home the moment it arrives, so a rerun,
+or a run after a crash, pays only for what it has not asked yet. Requests run in a bounded
+thread pool with optional requests/s and tokens/min limits; 429, 5xx and connection errors are
+retried with exponential backoff (honouring Retry-After). A reply that fails validation (a
+translation that lost a number, a judge reply without a score) quarantines its record with the
+reason; nothing is dropped silently. Output records keep the input record's id, the stage, the
+model and the template id in meta.stage, and the build hash covers all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import sqlite3
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import pyarrow.parquet as pq
+import requests
+
+from forge import lang as langid
+from forge import normalize
+from forge.build import (
+    BuildResult,
+    Quarantine,
+    ShardWriter,
+    assemble,
+    check_zh_content,
+    damaged_shards,
+    open_built,
+    write_json_atomic,
+)
+from forge.catalog import Source
+from forge.errors import BuildError
+from forge.paths import data_home, source_store
+from forge.schema import SCHEMA_VERSION
+
+VERSION = "1"
+STAGES = ("translate", "rewrite", "judge")
+CHUNK = 64  # records whose requests are in flight together; bounds memory, not throughput
+LANG_NAMES = {
+    "zh": "Simplified Chinese",
+    "en": "English",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "fr": "French",
+    "de": "German",
+    "es": "Spanish",
+    "ru": "Russian",
+}
+
+# Default prompts, written for this project. Users replace them with `template: FILE`.
+TRANSLATE_TEMPLATE = """\
+Translate the following text into {{ target }}. Reply with the translation only.
+Keep every number, every code block, every option letter such as (A), and any line starting
+with #### exactly as written.
+
+{{ text }}"""
+JUDGE_TEMPLATE = """\
+Rate how helpful and correct the response is for the instruction, from 1 (useless) to 10
+(excellent). Reply in the form "Score: N" followed by one sentence of reason.
+
+Instruction: {{ instruction }}{% if input %}
+Input: {{ input }}{% endif %}
+Response: {{ output }}"""
+
+
+class EndpointError(Exception):
+    """A request that failed for good (after retries, or a 4xx that retrying cannot fix)."""
+
+
+@dataclass
+class Endpoint:
+    url: str  # the API base, e.g. http://127.0.0.1:8000/v1
+    model: str
+    key_env: str | None = None  # the API key is read from this environment variable, never logged
+    temperature: float = 0.0
+    max_tokens: int = 512
+    concurrency: int = 8
+    rps: float = 0.0  # requests per second, 0 = unlimited
+    tpm: int = 0  # tokens per minute (prompt + reply, as the endpoint reports them), 0 = unlimited
+    max_retries: int = 5
+    timeout: float = 120.0
+    backoff: float = 0.5  # first retry waits this long, doubling each time (capped at 30 s)
+
+    @classmethod
+    def from_spec(cls, spec: dict, **overrides) -> Endpoint:
+        known = {k: v for k, v in {**spec, **{k: v for k, v in overrides.items() if v is not None}}.items()}
+        unknown = set(known) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise BuildError(f"endpoint: unknown field {sorted(unknown)[0]!r}")
+        if not known.get("url") or not known.get("model"):
+            raise BuildError("endpoint: needs a url (--endpoint) and a model (--model)")
+        return cls(**known)
+
+    def sampling(self) -> dict:
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens}
+
+
+# ---- the response cache ---------------------------------------------------------------------
+
+
+class ResponseCache:
+    """Replies by request key, in SQLite (WAL), committed one by one as they arrive."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, reply TEXT, tokens INTEGER)"
+        )
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT reply FROM replies WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def put(self, key: str, reply: str, tokens: int) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?, ?)", (key, reply, tokens))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def request_key(model: str, template_id: str, prompt: str, sampling: dict) -> str:
+    blob = json.dumps([model, template_id, prompt, sampling], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ---- the client: rate limits, retries ---------------------------------------------------------
+
+
+class RateLimiter:
+    """Requests/s as evenly spaced start times; tokens/min as a sliding one-minute window."""
+
+    def __init__(self, rps: float, tpm: int):
+        self.interval = 1.0 / rps if rps > 0 else 0.0
+        self.tpm = tpm
+        self._next = 0.0
+        self._spent: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                while self._spent and now - self._spent[0][0] > 60.0:
+                    self._spent.popleft()
+                over = self.tpm and sum(t for _, t in self._spent) >= self.tpm
+                delay = (self._spent[0][0] + 60.0 - now) if over else max(0.0, self._next - now)
+                if delay <= 0:
+                    self._next = max(now, self._next) + self.interval
+                    return
+            time.sleep(min(delay, 1.0))
+
+    def spend(self, tokens: int) -> None:
+        if self.tpm:
+            with self._lock:
+                self._spent.append((time.monotonic(), tokens))
+
+
+@dataclass
+class Stats:
+    requests: int = 0  # sent over the network (retries included)
+    cached: int = 0
+    retries: int = 0
+    failed: int = 0
+
+
+class ModelClient:
+    def __init__(self, endpoint: Endpoint, cache: ResponseCache):
+        self.endpoint = endpoint
+        self.cache = cache
+        self.limiter = RateLimiter(endpoint.rps, endpoint.tpm)
+        self.stats = Stats()
+        self._local = threading.local()
+        self._stats_lock = threading.Lock()
+        key = os.environ.get(endpoint.key_env, "") if endpoint.key_env else ""
+        self._headers = {"Content-Type": "application/json"}
+        if key:
+            self._headers["Authorization"] = f"Bearer {key}"
+
+    def _session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
+
+    def _count(self, name: str) -> None:
+        with self._stats_lock:
+            setattr(self.stats, name, getattr(self.stats, name) + 1)
+
+    def complete(self, prompt: str, template_id: str) -> str:
+        ep = self.endpoint
+        key = request_key(ep.model, template_id, prompt, ep.sampling())
+        hit = self.cache.get(key)
+        if hit is not None:
+            self._count("cached")
+            return hit
+        body = {"model": ep.model, "messages": [{"role": "user", "content": prompt}], **ep.sampling()}
+        url = ep.url.rstrip("/") + "/chat/completions"
+        last = ""
+        for attempt in range(ep.max_retries + 1):
+            if attempt:
+                self._count("retries")
+            self.limiter.wait()
+            self._count("requests")
+            wait = min(ep.backoff * 2**attempt, 30.0) * (0.5 + random.random())
+            try:
+                resp = self._session().post(url, json=body, headers=self._headers, timeout=ep.timeout)
+            except requests.RequestException as e:
+                last = f"cannot reach {url} ({type(e).__name__})"
+                time.sleep(wait)
+                continue
+            if resp.status_code == 429 or resp.status_code >= 500:
+                last = f"HTTP {resp.status_code} from {url}"
+                retry_after = resp.headers.get("Retry-After", "")
+                if retry_after.replace(".", "", 1).isdigit():
+                    wait = min(float(retry_after), 60.0)
+                time.sleep(wait)
+                continue
+            if resp.status_code != 200:
+                self._count("failed")
+                raise EndpointError(f"HTTP {resp.status_code} from {url}: {_error_text(resp)}")
+            try:
+                data = resp.json()
+                reply = data["choices"][0]["message"]["content"]
+                usage = data.get("usage") or {}
+                tokens = int(usage.get("total_tokens") or 0)
+            except (ValueError, KeyError, IndexError, TypeError) as e:
+                self._count("failed")
+                raise EndpointError(
+                    f"{url}: not an OpenAI chat completion reply ({type(e).__name__})"
+                ) from None
+            if not isinstance(reply, str):
+                self._count("failed")
+                raise EndpointError(f"{url}: the reply's content is not text")
+            self.limiter.spend(tokens or (len(prompt) + len(reply)) // 4)
+            self.cache.put(key, reply, tokens)
+            return reply
+        self._count("failed")
+        raise EndpointError(f"{last}, after {ep.max_retries} retries")
+
+
+def _error_text(resp) -> str:
+    try:
+        return str(resp.json()["error"]["message"])[:200]
+    except (ValueError, KeyError, TypeError):
+        return resp.text[:200]
+
+
+# ---- validation -----------------------------------------------------------------------------
+
+_CODE = re.compile(r"```.*?```", re.S)
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:[.,]\d+)*(?![\w])")
+_ANSWER = re.compile(r"^####\s*(.+?)\s*$", re.M)
+_OPTION = re.compile(r"\(([A-H])\)")
+
+
+def kept_intact(source: str, translated: str) -> str | None:
+    """Why a translation is not acceptable, or None. Code blocks must come back byte for
+    byte, and every number, option letter and #### answer of the source must still be there."""
+    for block in _CODE.findall(source):
+        if block not in translated:
+            return "a code block changed"
+    plain_src, plain_out = _CODE.sub(" ", source), _CODE.sub(" ", translated)
+    for answer in _ANSWER.findall(plain_src):
+        if f"#### {answer}" not in plain_out and f"####{answer}" not in plain_out:
+            return f"the #### answer {answer!r} was lost"
+    have = Counter(_NUMBER.findall(plain_out))
+    for number, n in Counter(_NUMBER.findall(plain_src)).items():
+        if have[number] < n:
+            return f"the number {number} was lost"
+    have_opts = set(_OPTION.findall(plain_out))
+    for letter in sorted(set(_OPTION.findall(plain_src))):
+        if letter not in have_opts:
+            return f"the option ({letter}) was lost"
+    if not translated.strip():
+        return "the reply is empty"
+    return None
+
+
+_SCORE = re.compile(r"(?i)score\s*[:：=]?\s*(\d+(?:\.\d+)?)")
+_FIRST_NUMBER = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)")
+
+
+def parse_score(reply: str, lo: float = 1, hi: float = 10) -> float | None:
+    """The score in a judge reply ("Score: 7", or a reply that starts with the number); None
+    when there is none or it is outside [lo, hi]. An unparsable reply is counted, never guessed."""
+    m = _SCORE.search(reply) or _FIRST_NUMBER.match(reply.strip())
+    if not m:
+        return None
+    value = float(m.group(1))
+    return value if lo <= value <= hi else None
+
+
+# ---- the stage ------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """What one stage run does, decided before anything is sent."""
+
+    stage: str
+    source_from: str
+    fields: list[str]
+    template: str
+    template_id: str
+    options: dict = field(default_factory=dict)
+
+
+def load_template(path: str | None, default: str, base: Path) -> str:
+    if not path:
+        return default
+    p = Path(path) if Path(path).is_absolute() else base / path
+    try:
+        return p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise BuildError(f"template {p}: cannot read ({e.strerror})") from None
+
+
+def plan_stage(src: Source) -> Plan:
+    d = dict(src.derive)
+    stage = d.pop("stage", None)
+    origin = d.pop("from", None)
+    if stage not in STAGES:
+        raise BuildError(f"{src.name}: derive.stage must be one of {', '.join(STAGES)}, found {stage!r}")
+    if not origin:
+        raise BuildError(f"{src.name}: derive.from names the source to read")
+    default = {"translate": TRANSLATE_TEMPLATE, "judge": JUDGE_TEMPLATE}.get(stage)
+    if stage == "rewrite" and not d.get("template"):
+        raise BuildError(f"{src.name}: a rewrite needs derive.template (a Jinja prompt over the record)")
+    text = load_template(d.pop("template", None), default or "", src.base_dir)
+    try:
+        jinja2.Environment(undefined=jinja2.StrictUndefined).parse(text)
+    except jinja2.TemplateSyntaxError as e:
+        raise BuildError(f"{src.name}: template line {e.lineno}: {e.message}") from None
+    if stage == "translate":
+        fields = d.pop("fields", ["instruction", "input", "output"])
+        if d.get("to") not in LANG_NAMES:
+            raise BuildError(
+                f"{src.name}: derive.to must be one of {', '.join(LANG_NAMES)}, found {d.get('to')!r}"
+            )
+    elif stage == "rewrite":
+        fields = [d.pop("field", "output")]
+    else:
+        fields = []
+    bad = [f for f in fields if f not in ("instruction", "input", "output")]
+    if bad:
+        raise BuildError(f"{src.name}: unknown field {bad[0]!r} (instruction, input, output)")
+    tid = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return Plan(stage, origin, list(fields), text, f"{stage}-{tid}", d)
+
+
+def _input_rows(built) -> Iterator[dict]:
+    for path in built.files():
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=CHUNK):
+            yield from batch.to_pylist()
+
+
+def _chunks(rows: Iterator[dict], n: int) -> Iterator[list[dict]]:
+    chunk = []
+    for r in rows:
+        chunk.append(r)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def stage_hash(src: Source, plan: Plan, endpoint: Endpoint, input_manifest: dict, limit: int | None) -> str:
+    parts = {
+        "schema": SCHEMA_VERSION,
+        "stage": [VERSION, plan.stage, plan.fields, plan.options, plan.template],
+        "model": [endpoint.model, endpoint.sampling()],
+        "input": [plan.source_from, input_manifest["build_hash"], limit],
+        "tags": [src.lang, src.task, src.gen, src.category, langid.VERSION],
+        "normalization": normalize.NORMALIZATION,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_stage(
+    src: Source,
+    *,
+    endpoint: Endpoint,
+    home: Path | None = None,
+    max_quarantine: float = 0.05,
+    limit: int | None = None,
+    force: bool = False,
+    detector: str = "fast",
+    progress: Callable[[int], None] | None = None,
+    keep: int | None = None,
+) -> tuple[BuildResult, Stats]:
+    """Run a derived source's stage over its input's committed version and commit the result."""
+    home = Path(home or data_home())
+    t0 = time.perf_counter()
+    plan = plan_stage(src)
+    built = open_built(plan.source_from, home)
+    if built is None:
+        raise BuildError(
+            f"{src.name}: its input {plan.source_from!r} is not built; run forge build {plan.source_from}"
+        )
+    bhash = stage_hash(src, plan, endpoint, built.manifest, limit)
+    store = source_store(src.name, home)
+    cache = ResponseCache(home / "cache" / "model_replies.sqlite")
+    client = ModelClient(endpoint, cache)
+    try:
+        with store.lock():
+            current = store.current(lease=False)
+            if current is not None and not force:
+                try:
+                    old = json.loads((current.path / "manifest.json").read_text())
+                except (OSError, ValueError):
+                    old = None
+                if old and old.get("build_hash") == bhash and not damaged_shards(current.path, old):
+                    result = BuildResult(
+                        src.name, "up-to-date", old["rows"], old["quarantined"], old["input_records"],
+                        old["shards"], bhash, time.perf_counter() - t0, current.path,
+                        (current.path / "quarantine.jsonl") if old["quarantined"] else None,
+                        old["tag_counts"], version=current.id,
+                    )  # fmt: skip
+                    return result, client.stats
+            vid, tmp = store.new_tmp()
+            try:
+                result = _run(src, plan, built, client, tmp, detector, max_quarantine, limit, progress)
+                manifest = {
+                    "source": src.name,
+                    "version": vid,
+                    "schema_version": SCHEMA_VERSION,
+                    "build_hash": bhash,
+                    **result,
+                    "origin": {
+                        "derived_from": plan.source_from,
+                        "from_version": built.version,
+                        "stage": plan.stage,
+                        "options": plan.options,
+                        "fields": plan.fields,
+                        "template_id": plan.template_id,
+                        "model": endpoint.model,
+                        "sampling": endpoint.sampling(),
+                        "limit": limit,
+                    },
+                    "stage_stats": vars(client.stats),
+                    "tags": {
+                        "lang": langid.dataset_lang(result["tag_counts"]["lang"]),
+                        "task": src.task,
+                        "gen": src.gen,
+                    },
+                    "license": src.license,
+                    "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                }
+                write_json_atomic(tmp / "manifest.json", manifest)
+                version = store.commit(vid, tmp, keep)
+            except BaseException:
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    finally:
+        cache.close()
+    q = version.path / "quarantine.jsonl"
+    return (
+        BuildResult(
+            src.name,
+            "built",
+            result["rows"],
+            result["quarantined"],
+            result["input_records"],
+            result["shards"],
+            bhash,
+            time.perf_counter() - t0,
+            version.path,
+            q if result["quarantined"] else None,
+            result["tag_counts"],
+            version=vid,
+        ),  # fmt: skip
+        client.stats,
+    )
+
+
+def _run(
+    src, plan: Plan, built, client: ModelClient, tmp: Path, detector, max_quarantine, limit, progress
+) -> dict:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+    template = env.from_string(plan.template)
+    quarantine = Quarantine(src.name, tmp / "quarantine.jsonl")
+    reject = quarantine.stage("model")
+    writer = ShardWriter(tmp, 250_000)
+    counts = {k: Counter() for k in ("lang", "task", "gen", "category")}
+    rows = seen = 0
+    first_reason = ""
+    target = LANG_NAMES.get(plan.options.get("to", ""), "")
+
+    def prompts_for(rec: dict) -> list[tuple[str, str]]:
+        if plan.stage == "translate":
+            return [
+                (f, template.render(text=rec[f], target=target, field=f, record=rec))
+                for f in plan.fields
+                if rec[f]
+            ]
+        return [("reply", template.render(**rec, record=rec))]
+
+    def ask(prompt: str) -> tuple[str | None, str | None]:
+        try:
+            return client.complete(prompt, plan.template_id), None
+        except EndpointError as e:
+            return None, f"endpoint: {e}"
+
+    records = _input_rows(built)
+    if limit is not None:
+        records = (r for i, r in enumerate(records) if i < limit)
+    try:
+        with ThreadPoolExecutor(max(1, client.endpoint.concurrency)) as pool:
+            for chunk in _chunks(records, CHUNK):
+                asks = [prompts_for(r) for r in chunk]
+                futures = [[(f, pool.submit(ask, p)) for f, p in fields] for fields in asks]
+                out = {k: [] for k in ("instruction", "input", "output", "history", "category", "raw_file",
+                                        "raw_row", "raw_line", "template", "meta", "variant")}  # fmt: skip
+                for rec, fs in zip(chunk, futures, strict=True):
+                    seen += 1
+                    replies = {f: fut.result() for f, fut in fs}
+                    row, reason = _apply(plan, rec, replies)
+                    if reason:
+                        first_reason = first_reason or reason
+                        raw = json.dumps(
+                            {k: rec[k] for k in ("id", "instruction", "input", "output")}, ensure_ascii=False
+                        )
+                        reject(raw, rec["raw_file"], rec["raw_row"], rec["raw_line"], reason)
+                        continue
+                    meta = json.loads(rec["meta"]) if rec.get("meta") else {}
+                    meta.update(row.pop("meta_extra", {}))
+                    meta["stage"] = {
+                        "name": plan.stage,
+                        "input_source": plan.source_from,
+                        "input_id": rec["id"],
+                        "model": client.endpoint.model,
+                        "template": plan.template_id,
+                        **({"to": plan.options["to"]} if plan.stage == "translate" else {}),
+                    }
+                    for k in ("instruction", "input", "output"):
+                        out[k].append(row.get(k, rec[k]))
+                    out["history"].append(rec["history"])
+                    out["category"].append(rec["category"])
+                    out["raw_file"].append(rec["raw_file"])
+                    out["raw_row"].append(rec["raw_row"])
+                    out["raw_line"].append(rec["raw_line"])
+                    out["template"].append(rec["template"])
+                    out["meta"].append(json.dumps(meta, ensure_ascii=False))
+                    out["variant"].append(rec["id"])
+                if out["instruction"]:
+                    # ids: (this source, the raw provenance, the input record's id as variant)
+                    table = assemble(out, src, detector)
+                    writer.submit(table)
+                    rows += table.num_rows
+                    for key in counts:
+                        counts[key].update(table.column(key).to_pylist())
+                if progress:
+                    progress(len(chunk))
+        shards = writer.close()
+    finally:
+        quarantine.close()
+    check_zh_content(src.name, tmp, shards, {"lang": counts["lang"]})
+    if seen and quarantine.count / seen > max_quarantine:
+        raise BuildError(
+            f"{src.name}: {quarantine.count} of {seen} records quarantined ({quarantine.count / seen:.1%} > "
+            f"--max-quarantine {max_quarantine:.1%}). Reasons: {dict(quarantine.reasons.most_common(5))}; "
+            f"the first: {first_reason}. "
+            f"Replies so far are cached; the previous version is unchanged"
+        )
+    return {
+        "rows": rows,
+        "input_records": seen,
+        "quarantined": quarantine.count,
+        "quarantine_reasons": dict(quarantine.reasons),
+        "shards": shards,
+        "tag_counts": {k: dict(sorted(v.items())) for k, v in counts.items()},
+    }
+
+
+def _apply(plan: Plan, rec: dict, replies: dict) -> tuple[dict, str | None]:
+    """The output fields for one record from its replies, or the reason it is quarantined."""
+    for f, (_reply, error) in replies.items():
+        if error:
+            return {}, error if f == "reply" else error.replace("endpoint:", f"endpoint ({f}):", 1)
+    if plan.stage == "translate":
+        row = {}
+        for f, (reply, _) in replies.items():
+            reply = reply.strip()
+            why = kept_intact(rec[f], reply)
+            if why:
+                return {}, f"translation check ({f}): {why}"
+            row[f] = reply
+        return row, None
+    reply = replies["reply"][0].strip()
+    if plan.stage == "rewrite":
+        if not reply:
+            return {}, "rewrite: the reply is empty"
+        return {plan.fields[0]: reply}, None
+    score = parse_score(reply)
+    if score is None:
+        return {}, f"judge: no score in the reply {reply[:80]!r}"
+    return {"meta_extra": {"judge": {"score": score, "reason": reply[:500]}}}, None

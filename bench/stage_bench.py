@@ -1,0 +1,142 @@
+"""Model-stage throughput (issue #16): `forge translate` (concurrency 8, cached) against the
+anchor, a plain sequential loop of `openai` client calls sending the same prompts, side by side
+in one run, on two endpoints:
+
+  1. forge serve with the tiny random model (real generation, max_tokens 16)
+  2. the tests' local chat server with a fixed 50 ms per reply: a stand-in for a hosted API,
+     whose time is network and queueing rather than local compute
+
+It also times a rerun answered from the cache. Prints requests/s and the ratios.
+
+    .venv/bin/python bench/stage_bench.py [--records 72] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, add_keep, now, table, work_dir  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+FORGE = str(Path(sys.executable).parent / "forge")
+
+
+def forge(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FORGE_HOME": str(cwd / "home"), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    r = subprocess.run([FORGE, *args], capture_output=True, text=True, cwd=cwd, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr[-2000:])
+    return r
+
+
+def prompts(cwd: Path, n: int) -> list[str]:
+    """The exact prompts forge's translate stage sends, so both sides do the same work."""
+    import jinja2
+    import polars as pl
+
+    from forge.stages import LANG_NAMES, TRANSLATE_TEMPLATE
+
+    folder = cwd / "home" / "sources" / "flan_cot"
+    df = pl.read_parquet(str(folder / (folder / "CURRENT").read_text().strip() / "*.parquet")).head(n)
+    t = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(TRANSLATE_TEMPLATE)
+    return [
+        t.render(text=row[f], target=LANG_NAMES["zh"], field=f, record=row)
+        for row in df.iter_rows(named=True)
+        for f in ("instruction", "input", "output")
+        if row[f]
+    ]
+
+
+def openai_loop(url: str, model: str, texts: list[str], max_tokens: int) -> float:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=url, api_key="unused", max_retries=5)
+    t0 = time.perf_counter()
+    for p in texts:
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": p}], temperature=0.0, max_tokens=max_tokens
+        )
+    return time.perf_counter() - t0
+
+
+def forge_stage(cwd: Path, out: str, url: str, model: str, n: int, max_tokens: int) -> tuple[float, object]:
+    """forge's stage in this process, like the openai loop (no CLI start-up in either timing)."""
+    from forge.catalog import parse_source
+    from forge.stages import Endpoint, run_stage
+
+    spec = {"description": "bench", "derive": {"from": "flan_cot", "stage": "translate", "to": "zh"},
+            "endpoint": {"url": url, "model": model}, "lang": "CN", "task": "MT", "gen": "SI"}  # fmt: skip
+    src = parse_source(cwd / "catalog.yaml", out, spec)
+    endpoint = Endpoint(url=url, model=model, max_tokens=max_tokens, concurrency=8)
+    t0 = time.perf_counter()
+    _, stats = run_stage(src, endpoint=endpoint, home=cwd / "home", max_quarantine=1.0, limit=n)
+    return time.perf_counter() - t0, stats
+
+
+def compare(cwd: Path, name: str, url: str, model: str, n: int, max_tokens: int) -> list[tuple]:
+    texts = prompts(cwd, n)
+    seq = openai_loop(url, model, texts, max_tokens)
+    first, stats = forge_stage(cwd, f"{name}_zh", url, model, n, max_tokens)
+    rerun, again = forge_stage(cwd, f"{name}_zh_again", url, model, n, max_tokens)  # a new source: all cached
+    assert again.requests == 0 and again.cached == stats.requests, vars(again)
+    return [
+        (name, "openai loop (sequential)", len(texts), f"{seq:.2f}", f"{len(texts) / seq:.1f}", "1.00x"),
+        (name, "forge stage (8 in flight)", stats.requests, f"{first:.2f}", f"{stats.requests / first:.1f}",
+         f"{seq / first:.2f}x"),
+        (name, "forge rerun from the cache", 0, f"{rerun:.3f}", "-", f"{rerun / first:.1%} of the first run"),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--records", type=int, default=72)
+    add_keep(ap)
+    a = ap.parse_args()
+    cwd = work_dir("forge-stage-bench-", a.keep)
+    forge(["build", "flan_cot", "--sample"], cwd)
+    os.environ["FORGE_HOME"] = str(cwd / "home")
+    forge(["tiny-model", str(cwd / "tiny")], cwd)
+    rows = []
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    serve = subprocess.Popen(
+        [FORGE, "serve", "--model", str(cwd / "tiny"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        rows += compare(cwd, "serve", f"http://127.0.0.1:{port}/v1", "tiny", a.records, 16)
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+
+    from tests.chat_server import ChatServer
+
+    with ChatServer() as server:
+        server.state.delay = 0.05
+        rows += compare(cwd, "latency50ms", server.url, "fake", a.records, 16)
+
+    print(f"stage_bench {now()}  ({a.records} flan_cot records, translate instruction+output, 2 cores)")
+    print(table(rows, ("endpoint", "way", "requests", "seconds", "req/s", "vs openai loop")))
+
+
+if __name__ == "__main__":
+    main()

@@ -303,8 +303,10 @@ def zh_content_problem(frame) -> str | None:
     )
     for pattern in _MARKUP:
         zh = zh.with_columns(pl.col("q").str.replace_all(pattern, " "))
+    # Latin is counted in words and Han in characters: one Han character carries about as much
+    # as one English word, so "编写一个nodejs脚本" is Chinese and "Please explain a tuple 请解释" is not
     counts = zh.select(
-        pl.col("q").str.count_matches(r"[A-Za-z]").alias("latin"),
+        pl.col("q").str.count_matches(r"[A-Za-z]+").alias("latin"),
         pl.col("q").str.count_matches(_HAN).alias("han"),
     ).collect()
     total = counts.height

@@ -592,7 +592,8 @@ def _run(
         shards = writer.close()
     finally:
         quarantine.close()
-    check_zh_content(src.name, tmp, shards, {"lang": counts["lang"]})
+    # a stage asked for Chinese must produce Chinese; other stages keep their input's tags
+    check_zh_content(src.name, tmp, shards, {"lang": counts["lang"]}, fail=plan.options.get("to") == "zh")
     if seen and quarantine.count / seen > max_quarantine:
         raise BuildError(
             f"{src.name}: {quarantine.count} of {seen} records quarantined ({quarantine.count / seen:.1%} > "

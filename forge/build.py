@@ -351,31 +351,8 @@ def build_source(
     store = source_store(src.name, home)
     try:
         with store.lock(wait=wait, say=say):
-            try:
-                current = store.current(lease=False)
-            except StoreError:
-                current = None  # a damaged pointer: build a new version and point to it
-            old = None
-            if current is not None:
-                try:
-                    old = json.loads((current.path / "manifest.json").read_text())
-                except (OSError, ValueError):
-                    old = None  # damaged: rebuild
-            if old and old.get("build_hash") == bhash and not force and not damaged_shards(current.path, old):
-                return BuildResult(
-                    src.name,
-                    "up-to-date",
-                    old["rows"],
-                    old["quarantined"],
-                    old["input_records"],
-                    old["shards"],
-                    bhash,
-                    time.perf_counter() - t0,
-                    current.path,
-                    (current.path / "quarantine.jsonl") if old["quarantined"] else None,
-                    old["tag_counts"],
-                    version=current.id,
-                )
+            if not force and (done := up_to_date(store, src.name, bhash, t0)):
+                return done
             vid, tmp = store.new_tmp()
             job = _Job(src, files, raw, bhash, origin, t0, max_quarantine, detector, shard_rows, workers)
             try:
@@ -390,6 +367,38 @@ def build_source(
                 f"({e.filename or 'while writing'}); the previous version is intact. Free space and rebuild"
             ) from e
         raise
+
+
+def up_to_date(store: Store, name: str, bhash: str, t0: float) -> BuildResult | None:
+    """The committed version as an "up-to-date" result when it was built with `bhash` and its
+    shards are intact; None when it must be (re)built: nothing committed, a damaged pointer or
+    manifest, another build hash, or a shard that differs from the manifest."""
+    try:
+        current = store.current(lease=False)
+    except StoreError:
+        return None  # a damaged pointer: build a new version and point to it
+    if current is None:
+        return None
+    try:
+        old = json.loads((current.path / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None  # damaged: rebuild
+    if old.get("build_hash") != bhash or damaged_shards(current.path, old):
+        return None
+    return BuildResult(
+        name,
+        "up-to-date",
+        old["rows"],
+        old["quarantined"],
+        old["input_records"],
+        old["shards"],
+        bhash,
+        time.perf_counter() - t0,
+        current.path,
+        (current.path / "quarantine.jsonl") if old["quarantined"] else None,
+        old["tag_counts"],
+        version=current.id,
+    )
 
 
 @dataclass

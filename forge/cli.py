@@ -382,7 +382,6 @@ def _derive_command(
     force: bool,
 ) -> None:
     """Write (or confirm) the derived source's entry in the user catalog, then build it."""
-    from forge.build import read_manifest
     from forge.catalog import load_catalog
     from forge.store import check_name
 
@@ -403,6 +402,14 @@ def _derive_command(
     }
     if src_in.license:
         entry["license"] = src_in.license
+    h = _home(home)
+    try:  # a request that cannot run is refused before anything is written to the catalog
+        from forge.catalog import parse_source
+        from forge.stages import prepare
+
+        prepare(parse_source(path, out, entry), h)
+    except ForgeError as e:
+        _fail(str(e))
     if out in cat.names():
         existing = cat.get(out)
         if existing.derive is None:
@@ -424,9 +431,6 @@ def _derive_command(
         write_atomic(path, (text.rstrip("\n") + "\n\n" + block).encode())
         console.print(f"added {out!r} to {path}", highlight=False, soft_wrap=True)
         cat = load_catalog(catalog)  # without --catalog, ./catalog.yaml is the one just written
-    h = _home(home)
-    if read_manifest(source, h) is None:
-        _fail(f"{source} is not built; run forge build {source} first")
     try:
         r = _run_derived(cat.get(out), h, max_quarantine, force, "fast", None)
     except ForgeError as e:
@@ -462,8 +466,11 @@ StageQuarantineOpt = Annotated[
 
 
 def _endpoint(endpoint, model, key_env, concurrency, rps, tpm, max_tokens, max_retries) -> dict:
-    return {
-        "max_retries": max_retries if max_retries != 5 else None,
+    from forge.stages import Endpoint
+
+    default_retries = Endpoint.__dataclass_fields__["max_retries"].default
+    return {  # written into the catalog entry: a default is left out
+        "max_retries": max_retries if max_retries != default_retries else None,
         "url": endpoint,
         "model": model,
         "key_env": key_env,

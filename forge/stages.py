@@ -54,8 +54,8 @@ from forge.build import (
     ShardWriter,
     assemble,
     check_zh_content,
-    damaged_shards,
     open_built,
+    up_to_date,
     write_json_atomic,
 )
 from forge.catalog import Source
@@ -113,7 +113,7 @@ class Endpoint:
 
     @classmethod
     def from_spec(cls, spec: dict, **overrides) -> Endpoint:
-        known = {k: v for k, v in {**spec, **{k: v for k, v in overrides.items() if v is not None}}.items()}
+        known = {**spec, **{k: v for k, v in overrides.items() if v is not None}}
         unknown = set(known) - set(cls.__dataclass_fields__)
         if unknown:
             raise BuildError(f"endpoint: unknown field {sorted(unknown)[0]!r}")
@@ -383,21 +383,30 @@ def plan_stage(src: Source) -> Plan:
     return Plan(stage, origin, list(fields), text, f"{stage}-{tid}", d)
 
 
-def _input_rows(built) -> Iterator[dict]:
+def _input_chunks(built, limit: int | None) -> Iterator[list[dict]]:
+    """The input's records, CHUNK at a time, stopping after `limit` of them."""
+    left = limit
     for path in built.files():
         for batch in pq.ParquetFile(path).iter_batches(batch_size=CHUNK):
-            yield from batch.to_pylist()
+            rows = batch.to_pylist() if left is None else batch.slice(0, left).to_pylist()
+            if rows:
+                yield rows
+            if left is not None:
+                left -= len(rows)
+                if left <= 0:
+                    return
 
 
-def _chunks(rows: Iterator[dict], n: int) -> Iterator[list[dict]]:
-    chunk = []
-    for r in rows:
-        chunk.append(r)
-        if len(chunk) == n:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+def prepare(src: Source, home: Path) -> tuple[Plan, object]:
+    """The stage's plan and its input's committed version, or a one-line BuildError that says
+    what is wrong (an unknown stage, an unreadable template, an input that is not built)."""
+    plan = plan_stage(src)
+    built = open_built(plan.source_from, home)
+    if built is None:
+        raise BuildError(
+            f"{src.name}: its input {plan.source_from!r} is not built; run forge build {plan.source_from}"
+        )
+    return plan, built
 
 
 def stage_hash(src: Source, plan: Plan, endpoint: Endpoint, input_manifest: dict, limit: int | None) -> str:
@@ -427,32 +436,15 @@ def run_stage(
     """Run a derived source's stage over its input's committed version and commit the result."""
     home = Path(home or data_home())
     t0 = time.perf_counter()
-    plan = plan_stage(src)
-    built = open_built(plan.source_from, home)
-    if built is None:
-        raise BuildError(
-            f"{src.name}: its input {plan.source_from!r} is not built; run forge build {plan.source_from}"
-        )
+    plan, built = prepare(src, home)
     bhash = stage_hash(src, plan, endpoint, built.manifest, limit)
     store = source_store(src.name, home)
     cache = ResponseCache(home / "cache" / "model_replies.sqlite")
     client = ModelClient(endpoint, cache)
     try:
         with store.lock():
-            current = store.current(lease=False)
-            if current is not None and not force:
-                try:
-                    old = json.loads((current.path / "manifest.json").read_text())
-                except (OSError, ValueError):
-                    old = None
-                if old and old.get("build_hash") == bhash and not damaged_shards(current.path, old):
-                    result = BuildResult(
-                        src.name, "up-to-date", old["rows"], old["quarantined"], old["input_records"],
-                        old["shards"], bhash, time.perf_counter() - t0, current.path,
-                        (current.path / "quarantine.jsonl") if old["quarantined"] else None,
-                        old["tag_counts"], version=current.id,
-                    )  # fmt: skip
-                    return result, client.stats
+            if not force and (done := up_to_date(store, src.name, bhash, t0)):
+                return done, client.stats
             vid, tmp = store.new_tmp()
             try:
                 result = _run(src, plan, built, client, tmp, detector, max_quarantine, limit, progress)
@@ -539,12 +531,9 @@ def _run(
         except EndpointError as e:
             return None, f"endpoint: {e}"
 
-    records = _input_rows(built)
-    if limit is not None:
-        records = (r for i, r in enumerate(records) if i < limit)
     try:
         with ThreadPoolExecutor(max(1, client.endpoint.concurrency)) as pool:
-            for chunk in _chunks(records, CHUNK):
+            for chunk in _input_chunks(built, limit):
                 asks = [prompts_for(r) for r in chunk]
                 futures = [[(f, pool.submit(ask, p)) for f, p in fields] for fields in asks]
                 out = {k: [] for k in ("instruction", "input", "output", "history", "category", "raw_file",
@@ -592,8 +581,6 @@ def _run(
         shards = writer.close()
     finally:
         quarantine.close()
-    # a stage asked for Chinese must produce Chinese; other stages keep their input's tags
-    check_zh_content(src.name, tmp, shards, {"lang": counts["lang"]}, fail=plan.options.get("to") == "zh")
     if seen and quarantine.count / seen > max_quarantine:
         raise BuildError(
             f"{src.name}: {quarantine.count} of {seen} records quarantined ({quarantine.count / seen:.1%} > "
@@ -601,6 +588,8 @@ def _run(
             f"the first: {first_reason}. "
             f"Replies so far are cached; the previous version is unchanged"
         )
+    # a stage asked for Chinese must produce Chinese; other stages keep their input's tags
+    check_zh_content(src.name, tmp, shards, {"lang": counts["lang"]}, fail=plan.options.get("to") == "zh")
     return {
         "rows": rows,
         "input_records": seen,

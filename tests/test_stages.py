@@ -267,3 +267,19 @@ def test_translate_through_forge_serve(built, tmp_path):
     m = manifest(built, "served_zh")
     assert m["input_records"] == 3 and m["rows"] + m["quarantined"] == 3
     assert m["stage_stats"]["requests"] >= 3 and m["stage_stats"]["failed"] == 0
+
+
+def test_a_refused_request_leaves_the_user_catalog_untouched(built):
+    (built / "catalog.yaml").write_text("sources: {}\n")
+    cases = [
+        (["translate", "flan_cot", "--to", "xx", "--out", "b_zh"], "derive.to must be one of zh"),
+        (["translate", "alpaca", "--to", "zh", "--out", "a_zh"], "its input 'alpaca' is not built"),
+        (
+            ["rewrite", "flan_cot", "--template", str(built / "nope.jinja"), "--out", "r"],
+            "nope.jinja: cannot read",
+        ),
+    ]
+    for args, message in cases:
+        r = run([*args, "--endpoint", "http://127.0.0.1:9/v1", "--model", "m"], built)
+        assert r.returncode == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert (built / "catalog.yaml").read_text() == "sources: {}\n"

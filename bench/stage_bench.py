@@ -8,12 +8,17 @@ in one run, on two endpoints:
 
 It also times a rerun answered from the cache. Prints requests/s and the ratios.
 
-    .venv/bin/python bench/stage_bench.py [--records 72] [--keep]
+Input: the real FLAN CoT creak TSV from ../shared/corpora (the first --records records), or
+forge's own sample when ../shared is not there. forge serve runs with its defaults (greedy
+requests batched, --max-batch 16); the openai client with its defaults (max_retries 5).
+
+    .venv/bin/python bench/stage_bench.py [--records 240] [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -23,7 +28,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, add_keep, now, table, work_dir  # noqa: E402
+from _common import REPO, SHARED, add_keep, now, table, work_dir  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 FORGE = str(Path(sys.executable).parent / "forge")
@@ -97,11 +102,12 @@ def compare(cwd: Path, name: str, url: str, model: str, n: int, max_tokens: int)
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--records", type=int, default=72)
+    ap.add_argument("--records", type=int, default=240)
     add_keep(ap)
     a = ap.parse_args()
     cwd = work_dir("forge-stage-bench-", a.keep)
-    forge(["build", "flan_cot", "--sample"], cwd)
+    creak = SHARED / "flan_cot" / "creak_train.tsv"
+    forge(["build", "flan_cot", *(["--from", str(creak)] if creak.is_file() else ["--sample"])], cwd)
     os.environ["FORGE_HOME"] = str(cwd / "home")
     forge(["tiny-model", str(cwd / "tiny")], cwd)
     rows = []
@@ -124,6 +130,8 @@ def main() -> None:
             except OSError:
                 time.sleep(0.2)
         rows += compare(cwd, "serve", f"http://127.0.0.1:{port}/v1", "tiny", a.records, 16)
+        health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10))
+        batched = f"{health['batched_requests']} requests in {health['batched_calls']} generate calls"
     finally:
         serve.terminate()
         serve.wait(timeout=30)
@@ -134,8 +142,10 @@ def main() -> None:
         server.state.delay = 0.05
         rows += compare(cwd, "latency50ms", server.url, "fake", a.records, 16)
 
-    print(f"stage_bench {now()}  ({a.records} flan_cot records, translate instruction+output, 2 cores)")
+    what = "real FLAN CoT creak" if creak.is_file() else "sample flan_cot"
+    print(f"stage_bench {now()}  ({a.records} {what} records, translate instruction+output, 2 cores)")
     print(table(rows, ("endpoint", "way", "requests", "seconds", "req/s", "vs openai loop")))
+    print(f"forge serve answered {batched} (both ways together)")
 
 
 if __name__ == "__main__":

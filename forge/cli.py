@@ -1393,6 +1393,12 @@ def serve(
     ] = None,
     quantization: Annotated[int | None, typer.Option(help="Load the base in 4 or 8 bits.")] = None,
     trust_remote_code: bool = False,
+    max_batch: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Most greedy requests answered by one batched generate call (1: one at a time)."
+        ),
+    ] = 16,
 ):
     """Serve a model over the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models)
     with a chat page at /."""
@@ -1404,7 +1410,7 @@ def serve(
 
     loaded = _load(model, adapter, run, template, quantization, trust_remote_code)
     err.print(f"serving {loaded.name} (template {loaded.template}) on http://{host}:{port}/", highlight=False)
-    uvicorn.run(create_app(loaded, api_key), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(loaded, api_key, max_batch), host=host, port=port, log_level="warning")
 
 
 @app.command("real-model")

@@ -38,7 +38,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,6 +146,15 @@ class ResponseCache:
             row = self._db.execute("SELECT reply FROM replies WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
+    def get_many(self, keys: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        with self._lock:
+            for i in range(0, len(keys), 500):  # SQLite's bound-parameter limit
+                part = keys[i : i + 500]
+                marks = ",".join("?" * len(part))
+                found.update(self._db.execute(f"SELECT key, reply FROM replies WHERE key IN ({marks})", part))
+        return found
+
     def put(self, key: str, reply: str, tokens: int) -> None:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?, ?)", (key, reply, tokens))
@@ -217,9 +226,18 @@ class ModelClient:
             self._local.session = requests.Session()
         return self._local.session
 
-    def _count(self, name: str) -> None:
+    def _count(self, name: str, n: int = 1) -> None:
         with self._stats_lock:
-            setattr(self.stats, name, getattr(self.stats, name) + 1)
+            setattr(self.stats, name, getattr(self.stats, name) + n)
+
+    def cached(self, prompts: list[str], template_id: str) -> dict[str, str]:
+        """The replies the cache already holds for these prompts, in one lookup: a rerun
+        answers from here without a trip through the thread pool."""
+        ep = self.endpoint
+        keys = {request_key(ep.model, template_id, p, ep.sampling()): p for p in prompts}
+        hits = {keys[k]: reply for k, reply in self.cache.get_many(list(keys)).items()}
+        self._count("cached", sum(1 for p in prompts if p in hits))
+        return hits
 
     def complete(self, prompt: str, template_id: str) -> str:
         ep = self.endpoint
@@ -503,6 +521,22 @@ def run_stage(
     )
 
 
+def _one_ahead(items: Iterator) -> Iterator:
+    """Yield each item once the one after it has been produced (started)."""
+    pending = deque()
+    for item in items:
+        pending.append(item)
+        if len(pending) > 1:
+            yield pending.popleft()
+    yield from pending
+
+
+def _answered(reply: str) -> Future:
+    done: Future = Future()
+    done.set_result((reply, None))
+    return done
+
+
 def _run(
     src, plan: Plan, built, client: ModelClient, tmp: Path, detector, max_quarantine, limit, progress
 ) -> dict:
@@ -533,9 +567,19 @@ def _run(
 
     try:
         with ThreadPoolExecutor(max(1, client.endpoint.concurrency)) as pool:
-            for chunk in _input_chunks(built, limit):
+
+            def submitted(chunk: list[dict]) -> tuple[list[dict], list]:
                 asks = [prompts_for(r) for r in chunk]
-                futures = [[(f, pool.submit(ask, p)) for f, p in fields] for fields in asks]
+                hits = client.cached([p for fields in asks for _, p in fields], plan.template_id)
+                futures = [
+                    [(f, _answered(hits[p]) if p in hits else pool.submit(ask, p)) for f, p in fields]
+                    for fields in asks
+                ]
+                return chunk, futures
+
+            # the next chunk's requests go out before this chunk is written, so the endpoint
+            # never sees the pool drain at a chunk boundary; two chunks bound the memory
+            for chunk, futures in _one_ahead(map(submitted, _input_chunks(built, limit))):
                 out = {k: [] for k in ("instruction", "input", "output", "history", "category", "raw_file",
                                         "raw_row", "raw_line", "template", "meta", "variant")}  # fmt: skip
                 for rec, fs in zip(chunk, futures, strict=True):

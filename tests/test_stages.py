@@ -260,13 +260,40 @@ def test_translate_through_forge_serve(built, tmp_path):
         r = run(["translate", "flan_cot", "--to", "zh", "--out", "served_zh", "--endpoint",
                  f"http://127.0.0.1:{port}/v1", "--model", "tiny", "--limit", "3", "--max-tokens", "16",
                  "--max-quarantine", "1"], built)  # fmt: skip
+        batched, alone, health = _concurrent_and_alone(f"http://127.0.0.1:{port}")
     finally:
         serve.terminate()
         serve.wait(timeout=30)
+    # greedy requests that arrive together share a generate call, and get the same text
+    assert batched == alone
+    assert health["largest_batch"] >= 2 and health["batched_calls"] < health["batched_requests"]
     assert r.returncode == 0, r.stderr
     m = manifest(built, "served_zh")
     assert m["input_records"] == 3 and m["rows"] + m["quarantined"] == 3
     assert m["stage_stats"]["requests"] >= 3 and m["stage_stats"]["failed"] == 0
+
+
+def _concurrent_and_alone(url: str) -> tuple[list[str], list[str], dict]:
+    """Eight different prompts sent at once, then one at a time, to forge serve."""
+    import json
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(i: int) -> str:
+        body = {"model": "tiny", "max_tokens": 12, "temperature": 0,
+                "messages": [{"role": "user", "content": f"Question {i}: how many eggs are in {i + 2} boxes?"}]}  # fmt: skip
+        req = urllib.request.Request(url + "/v1/chat/completions", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})  # fmt: skip
+        return json.load(urllib.request.urlopen(req, timeout=60))["choices"][0]["message"]["content"]
+
+    before = json.load(urllib.request.urlopen(url + "/health", timeout=10))
+    with ThreadPoolExecutor(8) as pool:
+        batched = list(pool.map(ask, range(8)))
+    health = json.load(urllib.request.urlopen(url + "/health", timeout=10))
+    alone = [ask(i) for i in range(8)]
+    health["batched_calls"] -= before["batched_calls"]
+    health["batched_requests"] -= before["batched_requests"]
+    return batched, alone, health
 
 
 def test_a_refused_request_leaves_the_user_catalog_untouched(built):

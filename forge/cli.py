@@ -1324,6 +1324,97 @@ def predict(
     )
 
 
+def _rows_slice(rows: str | None) -> slice | None:
+    if not rows:
+        return None
+    parts = rows.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return slice(*(int(x) if x.strip() else None for x in parts))
+    except ValueError:
+        _fail(f"--rows takes START:END like a Python slice (e.g. -100: for the last 100), got {rows!r}")
+
+
+@app.command("eval")
+def eval_(
+    suite: Annotated[str, typer.Argument(help="cmmlu | ceval | mmlu | mmcu | gsm8k | flan-cot | belle")],
+    data: Annotated[Path, typer.Option("--data", help="The eval file or folder, in its published layout.")],
+    model: ModelOpt = None,
+    adapter: AdapterOpt = None,
+    run: RunOpt = None,
+    template: TemplateOpt = None,
+    shots: Annotated[
+        int, typer.Option(min=0, help="Multiple choice: solved examples from the dev split.")
+    ] = 0,
+    limit: Annotated[int | None, typer.Option(min=1, help="Score only the first N items.")] = None,
+    rows: Annotated[
+        str | None, typer.Option(help="flan-cot: rows of each TSV, START:END (a held-out slice, e.g. -100:).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass or generate call.")] = 8,
+    max_new_tokens: MaxNewOpt = 256,
+    seed: SeedOpt = 0,
+    judge_endpoint: Annotated[
+        str | None,
+        typer.Option(help="belle: the judge's OpenAI-compatible API base, e.g. http://127.0.0.1:8000/v1"),
+    ] = None,
+    judge_model: Annotated[
+        str | None, typer.Option(help="belle: the model name the judge endpoint serves.")
+    ] = None,
+    judge_key_env: Annotated[
+        str | None,
+        typer.Option(help="belle: environment variable holding the judge's API key (never logged)."),
+    ] = None,
+    judge_retries: Annotated[int, typer.Option(min=0, help="belle: retries per judge request.")] = 5,
+    judge_concurrency: Annotated[int, typer.Option(min=1, help="belle: judge requests in flight.")] = 8,
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the result JSON here.")] = None,
+    quantization: Annotated[int | None, typer.Option(help="Load the base in 4 or 8 bits.")] = None,
+    trust_remote_code: bool = False,
+    home: HomeOpt = None,
+):
+    """Score a model, adapter or run on an eval set: multiple choice by option log-likelihood,
+    CoT by extracted final answers, Belle-eval by a judge model. A run folder gets
+    eval/<suite>.json and a check of the items against what it trained on."""
+    from train.evalsets import SUITES, EvalDataError, read
+    from train.evaluate import evaluate, summary_line, write_result
+
+    if suite not in SUITES:
+        _fail(f"unknown suite {suite!r}; one of: {', '.join(SUITES)}")
+    judge = None
+    if suite == "belle":
+        if not judge_endpoint or not judge_model:
+            _fail("belle needs a judge: --judge-endpoint URL --judge-model NAME (forge serve works)")
+        from forge.stages import Endpoint
+
+        judge = Endpoint(url=judge_endpoint, model=judge_model, key_env=judge_key_env, max_tokens=256,
+                         max_retries=judge_retries, concurrency=judge_concurrency)  # fmt: skip
+    if out is None and run is None:
+        _fail("say where the result goes: --out FILE (a --run folder also gets eval/<suite>.json)")
+    try:
+        eval_data = read(suite, data, _rows_slice(rows))
+    except (EvalDataError, OSError) as e:
+        _fail(str(e))
+    loaded = _load(model, adapter, run, template, quantization, trust_remote_code)
+    with _progress() as prog:
+        prog.add_task(
+            f"eval {suite} ({len(eval_data.items[:limit] if limit else eval_data.items)} items)", total=None
+        )
+        try:
+            result = evaluate(loaded, eval_data, shots=shots, batch_size=batch_size, seed=seed, limit=limit,
+                              max_new_tokens=max_new_tokens, judge=judge, run=Path(run) if run else None,
+                              home=_home(home))  # fmt: skip
+        except ValueError as e:
+            _fail(str(e))
+    targets = ([Path(run) / "eval" / f"{suite}.json"] if run else []) + ([out] if out else [])
+    write_result(result, targets)
+    console.print(summary_line(result), highlight=False)
+    overlap = result["overlap"]
+    if isinstance(overlap, dict):
+        held = "" if "held_out" not in overlap else f"; held out: {overlap['held_out']}"
+        console.print(f"overlap with training: {overlap['contaminated_items']} items{held}", highlight=False)
+    console.print(f"results -> {', '.join(str(t) for t in targets)}", highlight=False)
+
+
 @app.command()
 def chat(
     model: ModelOpt = None,

@@ -5,6 +5,7 @@ Retry-After on 429), with deterministic replies so the tests can assert exact co
   - a translate prompt: every Latin word of the text becomes 词, except single option letters
     A-H; digits, punctuation and #### stay, so a faithful "translation" passes validation
   - a judge prompt (it holds "Response:"): "Score: N. ..." with N = 1 + len(output) % 10
+  - a Belle-eval judge prompt (forge eval's, it holds BELLE_MARK): see belle_judge_reply
   - anything else: the prompt's last line upper-cased
 State switches make it misbehave on purpose: `fail` (status codes to answer first, in order),
 `lose_numbers` (replies drop every digit), `delay` (seconds per request).
@@ -35,8 +36,22 @@ def fake_translate(text: str) -> str:
     return re.sub(r"[A-Za-z]+", lambda m: m.group() if re.fullmatch(r"[A-H]", m.group()) else "词", text)
 
 
+BELLE_MARK = "模型回答：\n"  # where forge eval's Belle judge prompt puts the model's answer
+
+
+def belle_judge_reply(answer: str) -> str:
+    """A reason, then '得分: S' with S = (len(answer) % 11) / 10; no score at all when
+    len(answer) % 4 == 0, so a test can predict which items are unparsable."""
+    if len(answer) % 4 == 0:
+        return "这个回答无法评价。"
+    return f"回答与标准答案有差距。\n得分: {(len(answer) % 11) / 10}"
+
+
 def reply_for(prompt: str, state: State) -> str:
-    if MARK in prompt:
+    if BELLE_MARK in prompt:
+        answer = prompt.split(BELLE_MARK, 1)[1].rsplit("\n\n", 1)[0]
+        out = belle_judge_reply(answer)
+    elif MARK in prompt:
         out = fake_translate(prompt.split(MARK, 1)[1])
     elif "Response:" in prompt:
         output = prompt.rsplit("Response:", 1)[1].strip()

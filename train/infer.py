@@ -285,7 +285,12 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     # a model loaded from GGUF keeps GGUF-specific state; a fresh model with its weights saves cleanly
-    fresh = AutoModelForCausalLM.from_config(loaded.config)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        # the weights are dequantized now: a config still naming the GGUF file makes other
+        # loaders (lm-evaluation-harness, vLLM) look for it
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config)
     fresh.load_state_dict(loaded.state_dict())
     out.mkdir(parents=True, exist_ok=True)
     fresh.save_pretrained(out)

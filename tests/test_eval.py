@@ -1,0 +1,283 @@
+"""forge eval: real eval data (CMMLU, GSM8K, Belle-eval, MMCU from ../shared; C-Eval and MMLU
+fixtures written in their published layouts), agreement with lm-evaluation-harness item by
+item, judges at real HTTP endpoints (forge serve, and the tests' chat server), and the
+run-folder checks against the training lineage."""
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.chat_server import ChatServer, belle_judge_reply
+from tests.conftest import REPO, SHARED
+
+FORGE = [sys.executable, "-m", "forge.cli"]
+EVALS = SHARED.parent / "evals"
+FIXTURES = REPO / "tests" / "data" / "evals"
+
+
+def cli(args, home, timeout=600):
+    env = {**os.environ, "FORGE_HOME": str(home), "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(FORGE + args, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real sample {path} not present (needs ../shared beside the checkout)")
+    return path
+
+
+def one_line_error(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert "Traceback" not in r.stderr and lines and lines[-1].startswith("error:"), r.stderr
+    return " ".join(lines)  # rich may wrap one long line
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_model):
+    """A real tiny LoRA run on the sample mixture (flan_cot, alpaca, belle samples)."""
+    home = tmp_path_factory.mktemp("eval-home")
+    assert cli(["build", "alpaca", "belle_0.5m", "flan_cot", "--sample"], home).returncode == 0
+    out = home / "runs" / "tiny"
+    r = cli(["train", "--mixture", "alpaca-belle-cot", "--model", str(tiny_model), "--max-steps", "3",
+             "--learning-rate", "0.01", "--output-dir", str(out)], home)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return home, out
+
+
+def test_cmmlu_five_shot_on_a_run_folder(run_dir):
+    home, run = run_dir
+    cmmlu = need(EVALS / "cmmlu")
+    r = cli(["eval", "cmmlu", "--data", str(cmmlu), "--run", str(run), "--shots", "5", "--limit", "24"], home)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((run / "eval" / "cmmlu.json").read_text())
+    assert res["items"] == 24 and res["shots"] == 5 and res["seed"] == 0
+    assert set(res["data"]) == {str(cmmlu / "test" / "agronomy.csv"), str(cmmlu / "dev" / "agronomy.csv")}
+    recs = res["records"]
+    assert [x["id"] for x in recs[:3]] == ["agronomy/0", "agronomy/1", "agronomy/2"]
+    assert recs[0]["gold"] == "B" and recs[0]["line"] == 2  # the real first row: 土地 is B
+    # five solved dev rows, then the question
+    assert recs[0]["prompt"].count("答案：") == 6 and recs[0]["prompt"].endswith("D. 资金\n答案：")
+    for x in recs:
+        assert set(x["choices"]) == {"A", "B", "C", "D"}
+        assert x["pred"] == max(x["choices"], key=x["choices"].get)
+        assert x["correct"] == (x["pred"] == x["gold"])
+    assert res["micro"] == sum(x["correct"] for x in recs) / 24
+    assert res["per_subject"]["agronomy"]["items"] == 24
+    assert res["overlap"]["contaminated_items"] == 0
+    # deterministic: a second run gives the same numbers
+    again = cli(["eval", "cmmlu", "--data", str(cmmlu), "--run", str(run), "--shots", "5", "--limit", "24",
+                 "--out", str(home / "again.json")], home)  # fmt: skip
+    assert again.returncode == 0
+    assert [x["choices"] for x in json.loads((home / "again.json").read_text())["records"]] == [
+        x["choices"] for x in recs
+    ]
+
+
+def test_lm_eval_agrees_item_by_item(tmp_path, tiny_model):
+    """The same items and prompt through lm-evaluation-harness: same accuracy, every option's
+    log-likelihood within 1e-4, zero-shot and 2-shot."""
+    pytest.importorskip("lm_eval")
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    from tests.lm_eval_task import run_lm_eval, write_cmmlu_task
+    from train.evalsets import read
+    from train.evaluate import evaluate
+    from train.infer import load
+
+    cmmlu = need(EVALS / "cmmlu")
+    (tmp_path / "test").mkdir()
+    (tmp_path / "dev").mkdir()
+    with open(cmmlu / "test" / "computer_science.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))[:31]
+    with open(tmp_path / "test" / "computer_science.csv", "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(rows)
+    (tmp_path / "dev" / "computer_science.csv").write_bytes(
+        (cmmlu / "dev" / "computer_science.csv").read_bytes()
+    )
+    task = write_cmmlu_task(tmp_path, "computer_science", tmp_path / "test" / "computer_science.csv",
+                            tmp_path / "dev" / "computer_science.csv")  # fmt: skip
+    loaded = load(str(tiny_model))
+    for shots in (0, 2):
+        theirs_acc, theirs = run_lm_eval(tiny_model, tmp_path, [task], shots)[task]
+        ours = evaluate(loaded, read("cmmlu", tmp_path), shots=shots)
+        assert len(theirs) == len(ours["records"]) == 30
+        assert ours["micro"] == pytest.approx(theirs_acc, abs=1e-12)
+        for (context, lls), rec in zip(theirs, ours["records"], strict=True):
+            assert context == rec["prompt"]
+            assert list(rec["choices"].values()) == pytest.approx(lls, abs=1e-4)
+
+
+def test_ceval_mmlu_and_mmcu_layouts(tiny_model):
+    from train.evalsets import read
+    from train.evaluate import evaluate
+    from train.infer import load
+
+    ceval = read("ceval", FIXTURES / "ceval")
+    assert [i.id for i in ceval.items] == ["basic_arithmetic/0", "basic_arithmetic/1", "basic_arithmetic/2",
+                                           "geography/0", "geography/1"]  # fmt: skip
+    assert ceval.items[2].question == "下列哪个数是偶数？\n（只选一个）" and ceval.items[2].answer == "D"
+    assert ceval.items[2].line == 4  # a field with a newline: the row starts on line 4
+    assert [s.answer for s in ceval.shots["geography"]] == ["C", "B"]
+    mmlu = read("mmlu", FIXTURES / "mmlu")
+    assert [(i.subject, i.answer) for i in mmlu.items] == [
+        ("colours", "A"), ("colours", "D"), ("units", "B"), ("units", "C"), ("units", "C"), ("units", "B")
+    ]  # fmt: skip
+    assert mmlu.items[5].question == "A kilogram is a unit of\nwhich quantity?"
+    res = evaluate(load(str(tiny_model)), mmlu, shots=2)
+    assert res["per_subject"]["units"]["items"] == 4 and res["per_subject"]["colours"]["items"] == 2
+    assert res["macro"] == pytest.approx(
+        (res["per_subject"]["units"]["accuracy"] + res["per_subject"]["colours"]["accuracy"]) / 2
+    )
+    first = res["records"][0]["prompt"]
+    assert (
+        first.startswith("Questions on colours")
+        and first.count("Answer:") == 3
+        and "B. blue\nC. black\nD. white\nAnswer: B" in first
+    )
+    mmcu = read("mmcu", need(SHARED / "alpaca_cot" / "eval_raw_mmcu_test.json"))
+    [item] = mmcu.items
+    assert item.subject == "心理" and item.answer == "D"
+    assert item.options == {"A": "家庭", "B": "大学", "C": "杂志", "D": "意识"}
+
+
+def test_gsm8k_and_answer_extraction(run_dir):
+    from train.evaluate import extract_answer, parse_judge_score
+
+    assert extract_answer("She sells 9 eggs.\n#### 18", "number") == "18"
+    assert extract_answer("3 + 4 = 7, so the answer is 1,234.", "number") == "1234"
+    assert extract_answer("5 then 6 then 7.0", "number") == "7"
+    assert extract_answer("The answer is (C).", "letter") == "C"
+    assert extract_answer("Yes, it can. So the answer is no.", "yesno") == "no"
+    assert extract_answer("no idea", "number") is None
+    assert parse_judge_score("理由。\n得分: 0.7") == 0.7
+    assert parse_judge_score("得分：1") == 1.0
+    assert parse_judge_score("得分: 7") is None and parse_judge_score("很好") is None
+    home, run = run_dir
+    gsm = need(EVALS / "gsm8k" / "test_head200.jsonl")
+    r = cli(
+        ["eval", "gsm8k", "--data", str(gsm), "--run", str(run), "--limit", "4", "--max-new-tokens", "8"],
+        home,
+    )
+    assert r.returncode == 0, r.stderr
+    res = json.loads((run / "eval" / "gsm8k.json").read_text())
+    assert [x["gold"] for x in res["records"]] == ["18", "3", "70000", "540"]  # the real first four answers
+    assert res["correct"] == sum(x["correct"] for x in res["records"]) and res["items"] == 4
+
+
+def test_flan_cot_held_out_check_uses_the_run_lineage(run_dir):
+    home, run = run_dir
+    # the run trained on the sample TSVs: the check must say so
+    r = cli(["eval", "flan-cot", "--data", str(REPO / "samples" / "flan_cot"), "--run", str(run),
+             "--max-new-tokens", "4", "--out", str(home / "seen.json")], home)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    seen = json.loads((home / "seen.json").read_text())["overlap"]
+    lineage = [json.loads(x) for x in (run / "batches.jsonl").read_text().splitlines()]
+    assert lineage and seen["held_out"] is False and seen["trained_on_items"] > 0
+    # a slice of the real creak TSV the run never saw is held out
+    creak = need(SHARED / "flan_cot" / "creak_train.tsv")
+    r = cli(["eval", "flan-cot", "--data", str(creak), "--rows", "-5:", "--run", str(run),
+             "--max-new-tokens", "4", "--out", str(home / "held.json")], home)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    held = json.loads((home / "held.json").read_text())
+    assert held["overlap"]["held_out"] is True and held["items"] == 5
+    n = len(creak.read_text().splitlines())
+    assert [x["line"] for x in held["records"]] == list(range(n - 4, n + 1))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_belle_eval_judged_by_forge_serve_and_by_a_scoring_endpoint(run_dir, tiny_model):
+    home, run = run_dir
+    belle = need(SHARED / "belle" / "eval_set.json")
+    # 1. the judge is forge serve (tiny random model): its replies carry no score -> unparsable
+    port = _free_port()
+    serve = subprocess.Popen(FORGE + ["serve", "--model", str(tiny_model), "--port", str(port)],
+                             env={**os.environ, "FORGE_HOME": str(home)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        r = cli(["eval", "belle", "--data", str(belle), "--run", str(run), "--limit", "3", "--max-new-tokens", "8",
+                 "--judge-endpoint", f"http://127.0.0.1:{port}/v1", "--judge-model", "tiny"], home)  # fmt: skip
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((run / "eval" / "belle.json").read_text())
+    assert res["items"] == 3 and res["unjudged"] == 0 and res["judged"] + res["unparsable"] == 3
+    assert res["judge"]["requests"] == 3 and res["judge"]["failed"] == 0
+    assert all(x["judge_reply"] is not None for x in res["records"])
+    # 2. a judge that answers with scores: each parsed exactly, unscored replies counted
+    with ChatServer() as server:
+        args = ["eval", "belle", "--data", str(belle), "--run", str(run), "--limit", "6", "--max-new-tokens", "8",
+                "--judge-endpoint", server.url, "--judge-model", "fake", "--out", str(home / "belle.json")]  # fmt: skip
+        assert cli(args, home).returncode == 0
+        res = json.loads((home / "belle.json").read_text())
+        for x in res["records"]:
+            assert x["judge_reply"] == belle_judge_reply(x["generation"])
+            want = None if len(x["generation"]) % 4 == 0 else (len(x["generation"]) % 11) / 10
+            assert x["score"] == want and x["status"] == ("unparsable" if want is None else "judged")
+        scores = [x["score"] for x in res["records"] if x["score"] is not None]
+        assert res["judged"] == len(scores) and res["unparsable"] == 6 - len(scores)
+        assert res["score"] == (pytest.approx(sum(scores) / len(scores)) if scores else None)
+        # a rerun is answered from the reply cache
+        n = len(server.state.prompts)
+        assert cli(args, home).returncode == 0
+        assert len(server.state.prompts) == n
+
+
+def test_bad_input_is_one_line(run_dir, tmp_path):
+    home, run = run_dir
+    # an eval file in the wrong layout: an MMLU (headerless) CSV given as CMMLU
+    err = one_line_error(cli(["eval", "cmmlu", "--data", str(FIXTURES / "mmlu" / "test" / "units_test.csv"),
+                              "--run", str(run)], home))  # fmt: skip
+    assert "units_test.csv:1: not a cmmlu file: expected the header ',Question,A,B,C,D,Answer'" in err
+    # an answer letter outside the options
+    bad = tmp_path / "bad.csv"
+    bad.write_text(",Question,A,B,C,D,Answer\n0,q1,a,b,c,d,A\n1,q2,a,b,c,d,E\n", encoding="utf-8")
+    err = one_line_error(cli(["eval", "cmmlu", "--data", str(bad), "--run", str(run)], home))
+    assert f"{bad}:3: field 'Answer': answer 'E' is not one of the options A-D" in err
+    # a GSM8K line without its #### answer
+    gsm = tmp_path / "gsm.jsonl"
+    gsm.write_text('{"question": "q", "answer": "#### 4"}\n{"question": "q2", "answer": "no marker"}\n')
+    err = one_line_error(cli(["eval", "gsm8k", "--data", str(gsm), "--run", str(run)], home))
+    assert f"{gsm}:2: field 'answer': no '#### <number>' at its end" in err
+    # a run folder without an adapter
+    broken = tmp_path / "run-without-adapter"
+    broken.mkdir()
+    (broken / "run_manifest.json").write_text((run / "run_manifest.json").read_text())
+    err = one_line_error(cli(["eval", "mmlu", "--data", str(FIXTURES / "mmlu"), "--run", str(broken)], home))
+    assert "not a forge run folder (no run_manifest.json and adapter/)" in err
+    # shots without a dev split
+    err = one_line_error(cli(["eval", "mmcu", "--data", str(need(SHARED / "alpaca_cot" / "eval_raw_mmcu_test.json")),
+                              "--run", str(run), "--shots", "2"], home))  # fmt: skip
+    assert "--shots 2: no dev split with 2 rows for 心理" in err
+
+
+def test_a_judge_that_is_down_leaves_items_unjudged_and_the_run_finishes(run_dir):
+    home, run = run_dir
+    belle = need(SHARED / "belle" / "eval_set.json")
+    r = cli(["eval", "belle", "--data", str(belle), "--run", str(run), "--limit", "2", "--max-new-tokens", "4",
+             "--judge-endpoint", f"http://127.0.0.1:{_free_port()}/v1", "--judge-model", "x",
+             "--judge-retries", "1", "--out", str(run / "down.json")], home)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "0 unparsable, 2 unjudged, of 2" in r.stdout
+    res = json.loads((run / "down.json").read_text())
+    assert res["score"] is None and res["unjudged"] == 2 and res["judge"]["retries"] == 2
+    assert all(x["status"] == "unjudged" and "cannot reach" in x["judge_error"] for x in res["records"])

@@ -1,0 +1,350 @@
+"""Evaluation data in its published layouts -> plain items, with one-line errors that name the
+file, the line and the field.
+
+  multiple choice   CMMLU  folder of `<subject>.csv`, header `,Question,A,B,C,D,Answer`
+                    C-Eval folder of `<subject>_val.csv` (`dev/<subject>_dev.csv` for shots),
+                           header `id,question,A,B,C,D,answer[,explanation]`
+                    MMLU   folder of headerless `<subject>_test.csv`: question,A,B,C,D,answer
+                    MMCU   Alpaca-CoT's JSON array of {类别, 题目, 选项: "A:..\\nB:..", 答案}
+  chain of thought  GSM8K JSONL {question, answer ending in `#### N`}
+                    FLAN CoT TSV: question <TAB> answer [<TAB> rationale]
+  judged            Belle-eval: eval_set.json (JSONL {question, std_answer, class}) beside
+                    eval_prompt.json (JSONL {class, prompt}: the judge's instructions)
+
+A multiple-choice folder may hold the split folders (`test/` or `val/`, and `dev/`) or the
+CSV files themselves; shots come from the dev split, first k rows, as the published papers do.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MC_SUITES = ("cmmlu", "ceval", "mmlu", "mmcu")
+COT_SUITES = ("gsm8k", "flan-cot")
+SUITES = (*MC_SUITES, *COT_SUITES, "belle")
+LETTERS = "ABCD"
+
+
+class EvalDataError(ValueError):
+    """An eval file that is not in the layout its suite names; the message is one line."""
+
+
+@dataclass
+class MCItem:
+    id: str
+    subject: str
+    question: str
+    options: dict[str, str]  # letter -> text, in order
+    answer: str
+    file: str
+    line: int
+
+
+@dataclass
+class GenItem:
+    id: str
+    question: str
+    gold: str
+    kind: str  # number | letter | yesno | text: how the final answer is extracted and compared
+    file: str
+    line: int
+    category: str = ""
+    reference: str = ""  # Belle-eval's std_answer, shown to the judge
+
+
+@dataclass
+class EvalData:
+    suite: str
+    items: list
+    shots: dict[str, list[MCItem]] = field(default_factory=dict)  # subject -> dev items
+    files: list[Path] = field(default_factory=list)
+    judge_prompts: dict[str, str] = field(default_factory=dict)
+
+    def sha256(self, items: list, shots: int = 0) -> dict[str, str]:
+        """Hashes of the files these items (and their shots) came from; Belle's judge prompts too."""
+        used = {it.file for it in items}
+        used |= {s.file for it in items for s in self.shots.get(getattr(it, "subject", ""), [])[:shots]}
+        files = [
+            p
+            for p in self.files
+            if str(p) in used or (self.suite == "belle" and p.name != Path(items[0].file).name)
+        ]
+        return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def _fail(path: Path, line: int | None, msg: str) -> EvalDataError:
+    return EvalDataError(f"{path}{f':{line}' if line else ''}: {msg}")
+
+
+# ---- multiple choice ----------------------------------------------------------------------------
+
+_HEADERS = {
+    "cmmlu": ["Question", "A", "B", "C", "D", "Answer"],  # after the unnamed index column
+    "ceval": ["id", "question", "A", "B", "C", "D", "answer"],
+}
+_SPLITS = {"cmmlu": ("test", "dev"), "ceval": ("val", "dev"), "mmlu": ("test", "dev")}
+
+
+def _subject(path: Path) -> str:
+    return re.sub(r"_(test|val|dev)$", "", path.stem)
+
+
+def _csv_rows(path: Path):
+    """(first line of the row, row) for each CSV row; fields may hold newlines."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        start = 1
+        for row in reader:
+            yield start, row
+            start = reader.line_num + 1
+
+
+def _read_mc_csv(suite: str, path: Path, subject: str) -> list[MCItem]:
+    items = []
+    rows = _csv_rows(path)
+    if suite in _HEADERS:
+        want = _HEADERS[suite]
+        try:
+            _, header = next(rows)
+        except StopIteration:
+            raise _fail(path, None, "empty file") from None
+        got = header[1:] if suite == "cmmlu" else header[: len(want)]
+        if got != want:
+            shown = ",".join(([""] if suite == "cmmlu" else []) + want)
+            raise _fail(
+                path, 1, f"not a {suite} file: expected the header {shown!r}, got {','.join(header)!r}"
+            )
+    for line, row in rows:
+        if not any(cell.strip() for cell in row):
+            continue
+        if suite == "cmmlu":
+            cells, names = row[1:], _HEADERS["cmmlu"]
+        elif suite == "ceval":
+            cells, names = row[1:7], _HEADERS["ceval"][1:]
+        else:
+            cells, names = row, ["question", "A", "B", "C", "D", "answer"]
+            if line == 1 and [c.strip().lower() for c in row[:2]] == ["question", "a"]:
+                raise _fail(path, 1, "not an mmlu file: MMLU CSVs have no header row")
+        if len(cells) < 6:
+            raise _fail(path, line, f"expected 6 fields ({','.join(names)}), got {len(cells)}")
+        question, options, answer = cells[0], dict(zip(LETTERS, cells[1:5], strict=True)), cells[5].strip()
+        if answer not in options:
+            raise _fail(path, line, f"field {names[5]!r}: answer {answer!r} is not one of the options A-D")
+        rid = row[0] if suite == "ceval" else str(len(items))
+        items.append(MCItem(f"{subject}/{rid}", subject, question, options, answer, str(path), line))
+    return items
+
+
+_OPTION = re.compile(r"^\s*([A-Z])\s*[:：.．、)）]\s*(.*)$")
+
+
+def _read_mmcu(path: Path) -> list[MCItem]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise _fail(
+            path, getattr(e, "lineno", None), f"not JSON ({e.msg if hasattr(e, 'msg') else e})"
+        ) from None
+    if not isinstance(doc, list):
+        raise _fail(path, 1, "not an MMCU file: expected a JSON array of {类别, 题目, 选项, 答案}")
+    items = []
+    for i, rec in enumerate(doc):
+        where = f"record {i}"
+        for key in ("类别", "题目", "选项", "答案"):
+            if not isinstance(rec, dict) or not isinstance(rec.get(key), str):
+                raise _fail(path, None, f"{where}: field {key!r} missing or not a string (MMCU layout)")
+        options = {}
+        for part in rec["选项"].splitlines():
+            m = _OPTION.match(part)
+            if m:
+                options[m.group(1)] = m.group(2).strip()
+            elif part.strip() and options:  # an option text that runs over two lines
+                last = next(reversed(options))
+                options[last] += "\n" + part.strip()
+        if len(options) < 2:
+            raise _fail(path, None, f"{where}: field '选项': no 'A:...' options in {rec['选项'][:60]!r}")
+        answer = rec["答案"].strip()
+        if answer not in options:
+            raise _fail(
+                path, None, f"{where}: field '答案': answer {answer!r} is not one of {''.join(options)}"
+            )
+        subject = rec["类别"].strip() or "mmcu"
+        items.append(MCItem(f"{subject}/{i}", subject, rec["题目"], options, answer, str(path), i + 1))
+    return items
+
+
+def read_mc(suite: str, path: Path) -> EvalData:
+    path = Path(path)
+    if suite == "mmcu":
+        files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+        if not files or not all(f.is_file() for f in files):
+            raise _fail(path, None, "no MMCU .json file here")
+        items = [it for f in files for it in _read_mmcu(f)]
+        return EvalData(suite, items, {}, files)
+    test_split, dev_split = _SPLITS[suite]
+    if path.is_file():
+        tests, devs = [path], []
+    elif path.is_dir():
+        root = path / test_split if (path / test_split).is_dir() else path
+        tests = sorted(root.glob("*.csv"))
+        devs = sorted((path / dev_split).glob("*.csv")) if (path / dev_split).is_dir() else []
+    else:
+        raise _fail(path, None, "no such file or folder")
+    if not tests:
+        raise _fail(
+            path, None, f"no {suite} CSV files (expected {test_split}/<subject>.csv or <subject>.csv)"
+        )
+    items = [it for f in tests for it in _read_mc_csv(suite, f, _subject(f))]
+    subjects = {it.subject for it in items}
+    shots = {}
+    for f in devs:
+        if _subject(f) in subjects:
+            shots[_subject(f)] = _read_mc_csv(suite, f, _subject(f))
+    used = tests + [f for f in devs if _subject(f) in subjects]
+    return EvalData(suite, items, shots, used)
+
+
+# ---- chain of thought -----------------------------------------------------------------------------
+
+_GSM_GOLD = re.compile(r"####\s*(.+?)\s*$")
+
+
+def number(text: str) -> str | None:
+    """A number in canonical form: no thousands commas, no trailing .0, no sign noise."""
+    t = text.replace(",", "").replace("$", "").strip().rstrip(".")
+    try:
+        value = float(t)
+    except ValueError:
+        return None
+    return str(int(value)) if value == int(value) else repr(value)
+
+
+def read_gsm8k(path: Path) -> EvalData:
+    path = Path(path)
+    items = []
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                raise _fail(path, line_no, "not a JSON object (GSM8K is JSONL {question, answer})") from None
+            for key in ("question", "answer"):
+                if not isinstance(rec, dict) or not isinstance(rec.get(key), str):
+                    raise _fail(path, line_no, f"field {key!r} missing or not a string (GSM8K layout)")
+            m = _GSM_GOLD.search(rec["answer"].strip())
+            gold = number(m.group(1)) if m else None
+            if gold is None:
+                raise _fail(path, line_no, "field 'answer': no '#### <number>' at its end")
+            items.append(GenItem(f"gsm8k/{len(items)}", rec["question"], gold, "number", str(path), line_no))
+    return EvalData("gsm8k", items, {}, [path])
+
+
+def _flan_kind(gold: str) -> tuple[str, str]:
+    g = gold.strip()
+    m = re.fullmatch(r"\(?([A-Z])\)?", g)
+    if m:
+        return "letter", m.group(1)
+    if g.lower() in ("yes", "no"):
+        return "yesno", g.lower()
+    n = number(g)
+    if n is not None:
+        return "number", n
+    return "text", g
+
+
+def read_flan_cot(path: Path, rows: slice | None = None) -> EvalData:
+    """FLAN CoT TSVs (one file or a folder of them); `rows` picks a slice of each file, for a
+    held-out part that training did not use."""
+    path = Path(path)
+    files = sorted(path.glob("*.tsv")) if path.is_dir() else [path]
+    if not files or not all(f.is_file() for f in files):
+        raise _fail(path, None, "no FLAN CoT .tsv file here")
+    items = []
+    for f in files:
+        lines = f.read_text(encoding="utf-8").splitlines()
+        chosen = range(len(lines))[rows] if rows else range(len(lines))
+        for row in chosen:
+            cells = lines[row].split("\t")
+            if not lines[row].strip():
+                continue
+            if len(cells) < 2 or not cells[1].strip():
+                raise _fail(f, row + 1, "expected question<TAB>answer[<TAB>rationale], the answer is missing")
+            kind, gold = _flan_kind(cells[1])
+            question = cells[0].replace("\\n", "\n")
+            items.append(GenItem(f"{f.stem}/{row}", question, gold, kind, str(f), row + 1))
+    return EvalData("flan-cot", items, {}, files)
+
+
+# ---- Belle-eval ---------------------------------------------------------------------------------
+
+
+def category_key(name: str) -> str:
+    """Belle's class names differ in case and spacing between its two files ('open qa' and
+    'open QA', 'closed\\xa0qa'): compare them folded."""
+    return " ".join(name.replace("\xa0", " ").split()).casefold()
+
+
+def _jsonl_or_array(path: Path, layout: str) -> list[tuple[int, dict]]:
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            return list(enumerate(json.loads(text), 1))
+        except ValueError as e:
+            raise _fail(path, None, f"not JSON ({e})") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                out.append((n, json.loads(line)))
+            except ValueError:
+                raise _fail(path, n, f"not a JSON object ({layout})") from None
+    return out
+
+
+def read_belle(path: Path, prompts: Path | None = None) -> EvalData:
+    """eval_set.json, and the judge prompts from eval_prompt.json beside it (or `prompts`)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "eval_set.json"
+    prompts = Path(prompts) if prompts else path.with_name("eval_prompt.json")
+    for p in (path, prompts):
+        if not p.is_file():
+            raise _fail(p, None, "no such file (Belle-eval needs eval_set.json and eval_prompt.json)")
+    judge = {}
+    for n, rec in _jsonl_or_array(prompts, "eval_prompt.json is JSONL {class, prompt}"):
+        if not isinstance(rec, dict) or not all(isinstance(rec.get(k), str) for k in ("class", "prompt")):
+            raise _fail(prompts, n, "fields 'class' and 'prompt' must be strings (eval_prompt.json layout)")
+        judge[category_key(rec["class"])] = rec["prompt"]
+    items = []
+    for n, rec in _jsonl_or_array(path, "eval_set.json is JSONL {question, std_answer, class}"):
+        for key in ("question", "std_answer", "class"):
+            if not isinstance(rec, dict) or not isinstance(rec.get(key), str):
+                raise _fail(path, n, f"field {key!r} missing or not a string (eval_set.json layout)")
+        cat = category_key(rec["class"])
+        if cat not in judge:
+            raise _fail(path, n, f"field 'class': {rec['class']!r} has no judge prompt in {prompts.name}")
+        items.append(
+            GenItem(
+                f"belle/{len(items)}", rec["question"], "", "judged", str(path), n, cat, rec["std_answer"]
+            )
+        )
+    return EvalData("belle", items, {}, [path, prompts], judge)
+
+
+def read(suite: str, path: Path, rows: slice | None = None) -> EvalData:
+    if suite in MC_SUITES:
+        return read_mc(suite, path)
+    if suite == "gsm8k":
+        return read_gsm8k(path)
+    if suite == "flan-cot":
+        return read_flan_cot(path, rows)
+    if suite == "belle":
+        return read_belle(path)
+    raise EvalDataError(f"unknown suite {suite!r}; one of: {', '.join(SUITES)}")

@@ -1416,6 +1416,76 @@ def eval_(
 
 
 @app.command()
+def ablate(
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for the arms' runs and the report (reruns resume).")
+    ],
+    mixture: Annotated[
+        list[str] | None, typer.Option("--mixture", help="A mixture to train an arm on (repeatable).")
+    ] = None,
+    sweep: Annotated[
+        str | None,
+        typer.Option(
+            help="One mixture with a parameter swept: MIXTURE:PATH=V1|V2 (components.0.weight=0.5|2)."
+        ),
+    ] = None,
+    eval_: Annotated[
+        list[str] | None, typer.Option("--eval", help="SUITE=PATH to score every arm on (repeatable).")
+    ] = None,
+    recipe: Annotated[str | None, typer.Option(help="Training recipe shared by every arm.")] = None,
+    train_flag: Annotated[
+        list[str] | None,
+        typer.Option("--train-flag", help="Extra forge train flag for every arm, e.g. --max-steps=20."),
+    ] = None,
+    shots: Annotated[int, typer.Option(min=0, help="Multiple-choice suites: shots from the dev split.")] = 0,
+    limit: Annotated[int | None, typer.Option(min=1, help="Score the first N items of each suite.")] = None,
+    max_new_tokens: MaxNewOpt = 128,
+    seed: SeedOpt = 0,
+    judge_endpoint: Annotated[str | None, typer.Option(help="belle: the judge's API base.")] = None,
+    judge_model: Annotated[str | None, typer.Option(help="belle: the judge's model name.")] = None,
+):
+    """Alpaca-CoT's experiment: one base model and recipe tuned on each mixture (or a swept
+    one), every arm scored on the same suites, compared in report.html and report.json."""
+    from train.ablate import AblateError, Arm, parse_eval, run_ablation, sweep_variants
+
+    try:
+        arms = [Arm(m, m) for m in (mixture or [])]
+        if sweep:
+            arms += sweep_variants(sweep, out)
+        if len(arms) < 2:
+            raise AblateError("an ablation compares two or more arms: give --mixture twice, or --sweep")
+        if len({a.name for a in arms}) != len(arms):
+            raise AblateError("each arm must be a different mixture")
+        evals = [parse_eval(e, shots, limit) for e in (eval_ or [])]
+        if not evals:
+            raise AblateError("give at least one --eval SUITE=PATH")
+    except AblateError as e:
+        _fail(str(e))
+    judge = (
+        ["--judge-endpoint", judge_endpoint, "--judge-model", judge_model]
+        if judge_endpoint and judge_model
+        else []
+    )
+    if any(e.suite == "belle" for e in evals) and not judge:
+        _fail("--eval belle=... needs --judge-endpoint URL --judge-model NAME")
+    out.mkdir(parents=True, exist_ok=True)
+    report = run_ablation(arms, evals, out, recipe=recipe, train_flags=train_flag or [], seed=seed,
+                          max_new_tokens=max_new_tokens, judge=judge,
+                          say=lambda m: console.print(escape(m), highlight=False))  # fmt: skip
+    rows = []
+    for a in report["arms"]:
+        scores = [a["results"].get(e.suite, {}).get("score") for e in evals]
+        shown = "  ".join(
+            f"{e.suite} {'n/a' if s is None else f'{s:.4f}'}" for e, s in zip(evals, scores, strict=True)
+        )
+        rows.append(f"  {a['name']:<32} {a['status']:<7} {shown}")
+    console.print("\n".join(rows), highlight=False)
+    console.print(f"report -> {out / 'report.html'} (and report.json)", highlight=False)
+    if all(a["status"] == "failed" for a in report["arms"]):
+        raise typer.Exit(1)
+
+
+@app.command()
 def chat(
     model: ModelOpt = None,
     adapter: AdapterOpt = None,

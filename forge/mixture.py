@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,10 +76,15 @@ COMPONENT_KEYS = {"source", "where", "mixture", "weight", "max_examples", "epoch
 
 
 def mixture_dirs(user_dir: Path | None = None) -> list[Path]:
+    """The built-in mixtures, then ./mixtures (or `user_dir`), then each folder in
+    $FORGE_MIXTURES (os.pathsep-separated; forge ablate puts its sweep variants there).
+    A later folder's mixture wins over an earlier one of the same name."""
     dirs = [builtin_dir() / "mixtures"]
-    extra = user_dir if user_dir is not None else Path.cwd() / "mixtures"
-    if extra.is_dir() and extra.resolve() != dirs[0].resolve():
-        dirs.append(extra)
+    extra = [user_dir if user_dir is not None else Path.cwd() / "mixtures"]
+    extra += [Path(p) for p in os.environ.get("FORGE_MIXTURES", "").split(os.pathsep) if p]
+    for d in extra:
+        if d.is_dir() and all(d.resolve() != x.resolve() for x in dirs):
+            dirs.append(d)
     return dirs
 
 

@@ -74,13 +74,17 @@ def _encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int],
     return ctx, whole[len(ctx) :]
 
 
-def loglikelihoods(model, tokenizer, requests: list[tuple[str, str]], batch_size: int = 8) -> list[float]:
+def loglikelihoods(
+    model, tokenizer, requests: list[tuple[str, str]], batch_size: int = 8, share_prefix: bool = True
+) -> list[float]:
     """Sum of log-probabilities of each continuation after its context.
 
     Requests with the same context and a one-token continuation share one row (one forward
     pass scores them all); the rest get a row each. Rows are left-padded with explicit
     position ids, so a token sees the same positions as unpadded, and only the last few
-    positions' logits are computed (the vocabulary is the big axis)."""
+    positions' logits are computed (the vocabulary is the big axis). When all rows start with
+    the same tokens (a k-shot block), those are run once and their key/value cache is reused
+    by every batch."""
     rows: dict[tuple, list[tuple[int, list[int]]]] = {}
     for i, (context, continuation) in enumerate(requests):
         ctx, cont = _encode_pair(tokenizer, context, continuation)
@@ -94,25 +98,34 @@ def loglikelihoods(model, tokenizer, requests: list[tuple[str, str]], batch_size
         ids = list(key[0]) + (list(key[1][:-1]) if len(key) == 3 else [])
         work.append((ids[-limit:], wanted))  # left-truncate an over-long context, as lm-eval does
     work.sort(key=lambda w: -len(w[0]))
+    shared = _shared_prefix([list(k[0])[-limit:] for k in rows]) if share_prefix and len(work) > 1 else []
     out = [0.0] * len(requests)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
+    prefix_cache = _prefix_cache(model, shared, device) if len(shared) >= 16 else None
+    skip = len(shared) if prefix_cache is not None else 0
     for start in range(0, len(work), batch_size):
         batch = work[start : start + batch_size]
-        width = max(len(ids) for ids, _ in batch)
+        width = max(len(ids) for ids, _ in batch) - skip
         keep = max(len(cont) for _, wanted in batch for _, cont in wanted)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        mask = torch.zeros((len(batch), skip + width), dtype=torch.long)
+        mask[:, :skip] = 1
         for r, (row, _) in enumerate(batch):
-            ids[r, width - len(row) :] = torch.tensor(row)
-            mask[r, width - len(row) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            tail = row[skip:]
+            ids[r, width - len(tail) :] = torch.tensor(tail)
+            mask[r, skip + width - len(tail) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, skip:]
+        extra = {}
+        if prefix_cache is not None:
+            extra["past_key_values"] = _repeat_cache(prefix_cache, len(batch))
         with torch.no_grad():
             logits = model(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 position_ids=positions.to(device),
                 logits_to_keep=keep,
+                **extra,
             ).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
         for r, (_, wanted) in enumerate(batch):
@@ -121,6 +134,40 @@ def loglikelihoods(model, tokenizer, requests: list[tuple[str, str]], batch_size
                 steps = logprobs[r, keep - len(cont) :, :]
                 out[i] = float(steps.gather(1, torch.tensor(cont).unsqueeze(1)).sum())
     return out
+
+
+def _shared_prefix(contexts: list[list[int]]) -> list[int]:
+    """The tokens every context starts with, leaving each at least one token of its own (the
+    position that predicts the continuation must be in the batch)."""
+    first = contexts[0]
+    n = min(len(c) for c in contexts) - 1
+    for c in contexts[1:]:
+        k = 0
+        while k < n and c[k] == first[k]:
+            k += 1
+        n = k
+    return first[: max(0, n)]
+
+
+def _prefix_cache(model, prefix: list[int], device):
+    try:
+        with torch.no_grad():
+            return model(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values
+    except (TypeError, ValueError, RuntimeError):
+        return None  # a model without a reusable cache: every row runs in full
+
+
+def _repeat_cache(cache, n: int):
+    """A copy of the prefix cache for a batch of n rows (the forward pass appends to it)."""
+    import copy
+
+    fresh = copy.deepcopy(cache)
+    if hasattr(fresh, "batch_repeat_interleave"):
+        fresh.batch_repeat_interleave(n)
+    else:
+        for layer in fresh.layers:
+            layer.batch_repeat_interleave(n)
+    return fresh
 
 
 def score_mc(loaded, data: EvalData, shots: int = 0, batch_size: int = 8, limit: int | None = None) -> dict:
@@ -133,8 +180,16 @@ def score_mc(loaded, data: EvalData, shots: int = 0, batch_size: int = 8, limit:
             f"{' ...' if len(missing) > 3 else ''} (put dev/<subject>.csv beside the test files)"
         )
     contexts = [mc_context(it, data.shots.get(it.subject, [])[:shots], lang) for it in items]
-    requests = [(c, f" {letter}") for c, it in zip(contexts, items, strict=True) for letter in it.options]
-    scores = iter(loglikelihoods(loaded.model, loaded.tokenizer, requests, batch_size))
+    by_subject: dict[str, list[int]] = defaultdict(list)
+    for n, it in enumerate(items):
+        by_subject[it.subject].append(n)
+    found: dict[int, list[float]] = {}
+    for positions in by_subject.values():  # one call per subject: its items share the k-shot block
+        requests = [(contexts[n], f" {letter}") for n in positions for letter in items[n].options]
+        lls = iter(loglikelihoods(loaded.model, loaded.tokenizer, requests, batch_size))
+        for n in positions:
+            found[n] = [next(lls) for _ in items[n].options]
+    scores = iter(ll for n in range(len(items)) for ll in found[n])
     records, per_subject = [], defaultdict(lambda: [0, 0])
     for it, context in zip(items, contexts, strict=True):
         choices = {letter: next(scores) for letter in it.options}

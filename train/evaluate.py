@@ -376,10 +376,11 @@ def trained_records(run: Path, home: Path | None = None):
     for name, vid in sorted((manifest.get("source_versions") or {}).items()):
         folder = source_store(name, home).path / vid
         for shard in sorted(folder.glob("*.parquet")):
-            t = pq.read_table(shard, columns=cols)
-            t = t.filter(pc.is_in(t["id"], value_set=wanted))
-            if t.num_rows:
-                parts.append(t.append_column("source", pa.array([name] * t.num_rows, pa.string())))
+            for batch in pq.ParquetFile(shard).iter_batches(batch_size=65_536, columns=cols):
+                t = pa.Table.from_batches([batch])
+                t = t.filter(pc.is_in(t["id"], value_set=wanted))  # keep only what was trained on
+                if t.num_rows:
+                    parts.append(t.append_column("source", pa.array([name] * t.num_rows, pa.string())))
     if not parts:
         return pa.table(
             {c: pa.array([], pa.int64() if c == "raw_row" else pa.string()) for c in [*cols, "source"]}

@@ -1376,7 +1376,6 @@ def eval_(
     CoT by extracted final answers, Belle-eval by a judge model. A run folder gets
     eval/<suite>.json and a check of the items against what it trained on."""
     from train.evalsets import SUITES, EvalDataError, read
-    from train.evaluate import evaluate, summary_line, write_result
 
     if suite not in SUITES:
         _fail(f"unknown suite {suite!r}; one of: {', '.join(SUITES)}")
@@ -1394,6 +1393,8 @@ def eval_(
         eval_data = read(suite, data, _rows_slice(rows))
     except (EvalDataError, OSError) as e:
         _fail(str(e))
+    from train.evaluate import evaluate, summary_line, write_result  # torch: only once the data is good
+
     loaded = _load(model, adapter, run, template, quantization, trust_remote_code)
     with _progress() as prog:
         prog.add_task(

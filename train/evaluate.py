@@ -118,7 +118,7 @@ def loglikelihoods(
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, skip:]
         extra = {}
         if prefix_cache is not None:
-            extra["past_key_values"] = _repeat_cache(prefix_cache, len(batch))
+            extra[_cache_argument(model)] = _repeat_cache(prefix_cache, len(batch))
         with torch.no_grad():
             logits = model(
                 input_ids=ids.to(device),
@@ -149,12 +149,24 @@ def _shared_prefix(contexts: list[list[int]]) -> list[int]:
     return first[: max(0, n)]
 
 
+def _cache_argument(model) -> str:
+    """What the model's forward calls its key/value cache: `cache` in newer transformers,
+    `past_key_values` before (a PEFT wrapper is looked through)."""
+    import inspect
+
+    inner = model
+    while hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+
+
 def _prefix_cache(model, prefix: list[int], device):
     try:
         with torch.no_grad():
-            return model(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values
+            out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
     except (TypeError, ValueError, RuntimeError):
         return None  # a model without a reusable cache: every row runs in full
+    return out["cache"] if "cache" in out.keys() else out["past_key_values"]
 
 
 def _repeat_cache(cache, n: int):

@@ -9,7 +9,8 @@ exit (model loading included) with their peak RSS:
   lm-eval  lm_eval.simple_evaluate(model="hf", dtype float32, batch_size 8, device cpu), one
            task per subject: the settings a careful CPU user picks (batch 8 as forge)
 
-Prints items/s, peak RSS and both accuracies (they must be equal; the script checks it).
+Prints items/s, peak RSS, both accuracies (they must be equal; the script checks it) and the
+largest per-option log-likelihood difference between the two.
 
     .venv/bin/python bench/eval_bench.py [--per-subject 30] [--shots 5] [--keep]
 """
@@ -40,7 +41,8 @@ from pathlib import Path
 from tests.lm_eval_task import run_lm_eval
 found = run_lm_eval(Path({model!r}), Path({tasks!r}), {names!r}, {shots}, batch_size=8)
 right = sum(round(acc * len(items)) for acc, items in found.values())
-print("__LMEVAL__" + json.dumps({{"items": sum(len(i) for _, i in found.values()), "correct": right}}))
+lls = [ll for name in {names!r} for _, ll in found[name][1]]
+print("__LMEVAL__" + json.dumps({{"items": len(lls), "correct": right, "lls": lls}}))
 """
 
 
@@ -97,6 +99,9 @@ def main() -> None:
     )
 
     n = ours["items"]
+    # per item, per option: forge's records are in subject order, like the tasks list
+    diff = max(abs(a - b) for rec, theirs_ll in zip(ours["records"], theirs["lls"], strict=True)
+               for a, b in zip(rec["choices"].values(), theirs_ll, strict=True))  # fmt: skip
     correct = sum(r["correct"] for r in ours["records"])
     assert theirs["items"] == n, (theirs, n)
     rows = [
@@ -108,6 +113,10 @@ def main() -> None:
     print(f"eval_bench {now()}  (CMMLU, {len(SUBJECTS)} subjects x {a.per_subject or 'all'} items, "
           f"{a.shots}-shot, SmolLM2-135M-Instruct fp32, 2 cores; model loading included)")  # fmt: skip
     print(table(rows, ("way", "items", "seconds", "items/s", "peak RSS MB", "accuracy", "speed vs lm-eval")))
+    print(f"largest per-option log-likelihood difference over {n} items x 4 options: {diff:.2e} (bound 1e-4)")
+    if diff > 1e-4:
+        print("LOG-LIKELIHOODS DIFFER beyond 1e-4")
+        sys.exit(1)
     if theirs["correct"] != correct:
         print(f"ACCURACY DIFFERS: forge {correct}/{n}, lm-eval {theirs['correct']}/{n}")
         sys.exit(1)

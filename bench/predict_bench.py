@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -27,6 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, add_keep, table, work_dir  # noqa: E402
+
+sys.path.insert(0, str(REPO))  # tests/serving.py: forge serve started and stopped in one place
 
 
 def prompts_from_samples(n: int) -> list[dict]:
@@ -79,22 +79,9 @@ def ours(loaded, records, new_tokens: int, work: Path, batch: int) -> tuple[dict
 
 def serve_numbers(model: Path, clients: int, new_tokens: int) -> tuple[float, float]:
     """(median seconds to the first streamed token, total generated tokens/s)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "forge.cli", "serve", "--model", str(model), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(base + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
+    from tests.serving import forge_serve
+
+    with forge_serve(model) as base:
         firsts, tokens = [], [0]
         lock = threading.Lock()
 
@@ -129,9 +116,6 @@ def serve_numbers(model: Path, clients: int, new_tokens: int) -> tuple[float, fl
         seconds = time.perf_counter() - t0
         firsts.sort()
         return firsts[len(firsts) // 2], tokens[0] / seconds
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -103,29 +102,12 @@ def compare(cwd: Path, name: str, url: str, model: str, n: int, max_tokens: int)
 
 def served(cwd: Path, model: Path, name: str, records: int) -> tuple[list[tuple], str]:
     """forge serve on `model` as the endpoint of both ways."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    serve = subprocess.Popen(
-        [FORGE, "serve", "--model", str(model), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
-        rows = compare(cwd, name, f"http://127.0.0.1:{port}/v1", model.name, records, 16)
-        health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10))
+    from tests.serving import forge_serve
+
+    with forge_serve(model, env={"HF_HUB_OFFLINE": "1"}) as base:
+        rows = compare(cwd, name, f"{base}/v1", model.name, records, 16)
+        health = json.load(urllib.request.urlopen(f"{base}/health", timeout=10))
         return rows, f"{health['batched_requests']} requests in {health['batched_calls']} generate calls"
-    finally:
-        serve.terminate()
-        serve.wait(timeout=30)
 
 
 def main() -> None:

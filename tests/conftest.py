@@ -10,11 +10,15 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = (REPO.parent / "shared" / "corpora").resolve()
 
 
-def shared(rel: str) -> Path:
-    path = SHARED / rel
+def need(path: Path) -> Path:
+    """A real sample under ../shared, or a skip that says what is missing."""
     if not path.exists():
         pytest.skip(f"real sample {path} not present (needs ../shared beside the checkout)")
     return path
+
+
+def shared(rel: str) -> Path:
+    return need(SHARED / rel)
 
 
 def current(home: Path, kind: str, name: str) -> Path:
@@ -51,3 +55,26 @@ def built_samples(home, catalog):
     for name in ("alpaca", "belle_0.5m", "flan_cot"):
         build_source(catalog.get(name), home=home, sample=True)
     return home
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory, tiny_model) -> tuple[Path, Path]:
+    """(data home, run folder): a real tiny LoRA run on the sample mixture (alpaca, belle,
+    flan_cot samples), 3 steps. Shared by the inference and eval tests; they only add files
+    (predictions elsewhere, eval/ results) to the run folder."""
+    import subprocess
+    import sys
+
+    home = tmp_path_factory.mktemp("run-home")
+    env = {**os.environ, "FORGE_HOME": str(home), "COLUMNS": "200"}
+
+    def forge(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "forge.cli", *args], env=env, capture_output=True,
+                              text=True, timeout=600)  # fmt: skip
+
+    assert forge("build", "alpaca", "belle_0.5m", "flan_cot", "--sample").returncode == 0
+    out = home / "runs" / "tiny"
+    r = forge("train", "--mixture", "alpaca-belle-cot", "--model", str(tiny_model), "--max-steps", "3",
+              "--learning-rate", "0.01", "--output-dir", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return home, out

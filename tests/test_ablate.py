@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, SHARED
+from tests.conftest import REPO, SHARED, need
 
 FORGE = [sys.executable, "-m", "forge.cli"]
 EVALS = SHARED.parent / "evals"
@@ -24,8 +24,7 @@ def cli(args, home, cwd=None):
 
 @pytest.fixture(scope="module")
 def ablated(tmp_path_factory, tiny_model):
-    if not (EVALS / "cmmlu").is_dir():
-        pytest.skip("needs ../shared/evals beside the checkout")
+    need(EVALS / "cmmlu")
     home = tmp_path_factory.mktemp("ablate-home")
     shutil.copytree(tiny_model, home / "tiny-llama")  # where the tiny recipe looks for its model
     assert cli(["build", "alpaca", "belle_0.5m", "flan_cot", "--sample"], home).returncode == 0

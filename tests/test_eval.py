@@ -6,17 +6,14 @@ run-folder checks against the training lineage."""
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from tests.chat_server import ChatServer, belle_judge_reply
-from tests.conftest import REPO, SHARED
+from tests.conftest import REPO, SHARED, need
+from tests.serving import forge_serve, free_port
 
 FORGE = [sys.executable, "-m", "forge.cli"]
 EVALS = SHARED.parent / "evals"
@@ -28,29 +25,11 @@ def cli(args, home, timeout=600):
     return subprocess.run(FORGE + args, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"real sample {path} not present (needs ../shared beside the checkout)")
-    return path
-
-
 def one_line_error(r: subprocess.CompletedProcess) -> str:
     assert r.returncode == 1, r.stdout + r.stderr
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert "Traceback" not in r.stderr and lines and lines[-1].startswith("error:"), r.stderr
     return " ".join(lines)  # rich may wrap one long line
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_model):
-    """A real tiny LoRA run on the sample mixture (flan_cot, alpaca, belle samples)."""
-    home = tmp_path_factory.mktemp("eval-home")
-    assert cli(["build", "alpaca", "belle_0.5m", "flan_cot", "--sample"], home).returncode == 0
-    out = home / "runs" / "tiny"
-    r = cli(["train", "--mixture", "alpaca-belle-cot", "--model", str(tiny_model), "--max-steps", "3",
-             "--learning-rate", "0.01", "--output-dir", str(out)], home)  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    return home, out
 
 
 def test_cmmlu_five_shot_on_a_run_folder(run_dir):
@@ -192,32 +171,13 @@ def test_flan_cot_held_out_check_uses_the_run_lineage(run_dir):
     assert [x["line"] for x in held["records"]] == list(range(n - 4, n + 1))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_belle_eval_judged_by_forge_serve_and_by_a_scoring_endpoint(run_dir, tiny_model):
     home, run = run_dir
     belle = need(SHARED / "belle" / "eval_set.json")
     # 1. the judge is forge serve (tiny random model): its replies carry no score -> unparsable
-    port = _free_port()
-    serve = subprocess.Popen(FORGE + ["serve", "--model", str(tiny_model), "--port", str(port)],
-                             env={**os.environ, "FORGE_HOME": str(home)},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
+    with forge_serve(tiny_model, env={"FORGE_HOME": str(home)}) as judge:
         r = cli(["eval", "belle", "--data", str(belle), "--run", str(run), "--limit", "3", "--max-new-tokens", "8",
-                 "--judge-endpoint", f"http://127.0.0.1:{port}/v1", "--judge-model", "tiny"], home)  # fmt: skip
-    finally:
-        serve.terminate()
-        serve.wait(timeout=30)
+                 "--judge-endpoint", f"{judge}/v1", "--judge-model", "tiny"], home)  # fmt: skip
     assert r.returncode == 0, r.stderr
     res = json.loads((run / "eval" / "belle.json").read_text())
     assert res["items"] == 3 and res["unjudged"] == 0 and res["judged"] + res["unparsable"] == 3
@@ -274,7 +234,7 @@ def test_a_judge_that_is_down_leaves_items_unjudged_and_the_run_finishes(run_dir
     home, run = run_dir
     belle = need(SHARED / "belle" / "eval_set.json")
     r = cli(["eval", "belle", "--data", str(belle), "--run", str(run), "--limit", "2", "--max-new-tokens", "4",
-             "--judge-endpoint", f"http://127.0.0.1:{_free_port()}/v1", "--judge-model", "x",
+             "--judge-endpoint", f"http://127.0.0.1:{free_port()}/v1", "--judge-model", "x",
              "--judge-retries", "1", "--out", str(run / "down.json")], home)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "0 unparsable, 2 unjudged, of 2" in r.stdout

@@ -4,14 +4,13 @@ compatible server tested with the real openai client, curl, and (when installed)
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.conftest import REPO
+from tests.serving import forge_serve
 
 FORGE = [sys.executable, "-m", "forge.cli"]
 
@@ -19,21 +18,6 @@ FORGE = [sys.executable, "-m", "forge.cli"]
 def cli(args, home, **kw):
     env = {**os.environ, "FORGE_HOME": str(home), "COLUMNS": "200"}
     return subprocess.run(FORGE + args, env=env, capture_output=True, text=True, timeout=600, **kw)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_model):
-    """A real (tiny) LoRA run on the sample mixture: the folder forge chat/predict/serve take."""
-    home = tmp_path_factory.mktemp("infer-home")
-    assert cli(["build", "alpaca", "belle_0.5m", "flan_cot", "--sample"], home).returncode == 0
-    out = home / "runs" / "tiny"
-    r = cli(
-        ["train", "--mixture", "alpaca-belle-cot", "--model", str(tiny_model), "--max-steps", "3"]
-        + ["--learning-rate", "0.01", "--output-dir", str(out)],
-        home,
-    )
-    assert r.returncode == 0, r.stderr
-    return home, out
 
 
 @pytest.fixture(scope="module")
@@ -191,38 +175,12 @@ def test_chat_reads_turns_from_stdin(run_dir):
     assert "(history cleared)" in r.stdout
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(smollm2, tmp_path_factory):
     """forge serve on SmolLM2 (real language), with an API key, on a free loopback port."""
-    port = free_port()
     home = tmp_path_factory.mktemp("serve-home")
-    proc = subprocess.Popen(
-        FORGE + ["serve", "--model", str(smollm2), "--port", str(port), "--api-key", "sk-test"],
-        env={**os.environ, "FORGE_HOME": str(home)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    for _ in range(600):
-        try:
-            urllib.request.urlopen(base + "/health", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(proc.stderr.read()) from None
-            time.sleep(0.2)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=30)
+    with forge_serve(smollm2, "--api-key", "sk-test", env={"FORGE_HOME": str(home)}, wait_s=300) as base:
+        yield base
 
 
 @pytest.mark.slow
@@ -305,21 +263,14 @@ def test_chat_page_in_headless_chromium(smollm2, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    port = free_port()
-    proc = subprocess.Popen(FORGE + ["serve", "--model", str(smollm2), "--port", str(port)])
-    try:
+    with forge_serve(smollm2, wait_s=300) as base:
         options = webdriver.ChromeOptions()
         options.binary_location = found[0]
         for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,700"):
             options.add_argument(flag)
         browser = webdriver.Chrome(service=Service(found[1]), options=options)
         try:
-            for _ in range(600):
-                try:
-                    browser.get(f"http://127.0.0.1:{port}/")
-                    break
-                except Exception:  # noqa: BLE001 - the server is still loading the model
-                    time.sleep(0.2)
+            browser.get(f"{base}/")
             WebDriverWait(browser, 60).until(lambda b: "SmolLM2" in b.find_element(By.ID, "model").text)
             box = browser.find_element(By.ID, "input")
             box.send_keys("What is the capital of France?")
@@ -333,9 +284,6 @@ def test_chat_page_in_headless_chromium(smollm2, tmp_path):
             assert shot.stat().st_size > 10_000
         finally:
             browser.quit()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from forge.query import parse as compile_query
 from forge.stages import kept_intact, parse_score
 from tests.chat_server import ChatServer
 from tests.conftest import REPO
+from tests.serving import forge_serve
 
 FORGE = str(Path(sys.executable).parent / "forge")
 
@@ -236,34 +237,12 @@ def test_a_catalog_entry_with_a_bad_stage_is_one_line(tmp_path):
 def test_translate_through_forge_serve(built, tmp_path):
     """The real path: forge serve with a tiny random model as the endpoint. Its replies are
     noise, so most records are quarantined by the translation check; the test checks plumbing."""
-    import socket
-
     model = tmp_path / "tiny"
     assert run(["tiny-model", str(model)], built).returncode == 0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "FORGE_HOME": str(built / "home"), "HF_HUB_OFFLINE": "1"}
-    serve = subprocess.Popen(
-        [FORGE, "serve", "--model", str(model), "--port", str(port)], cwd=built, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        import urllib.request
-
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
-        r = run(["translate", "flan_cot", "--to", "zh", "--out", "served_zh", "--endpoint",
-                 f"http://127.0.0.1:{port}/v1", "--model", "tiny", "--limit", "3", "--max-tokens", "16",
-                 "--max-quarantine", "1"], built)  # fmt: skip
-        batched, alone, health = _concurrent_and_alone(f"http://127.0.0.1:{port}")
-    finally:
-        serve.terminate()
-        serve.wait(timeout=30)
+    with forge_serve(model, env={"FORGE_HOME": str(built / "home"), "HF_HUB_OFFLINE": "1"}) as base:
+        r = run(["translate", "flan_cot", "--to", "zh", "--out", "served_zh", "--endpoint", f"{base}/v1",
+                 "--model", "tiny", "--limit", "3", "--max-tokens", "16", "--max-quarantine", "1"], built)  # fmt: skip
+        batched, alone, health = _concurrent_and_alone(base)
     # greedy requests that arrive together share a generate call, and get the same text
     assert batched == alone
     assert health["largest_batch"] >= 2 and health["batched_calls"] < health["batched_requests"]

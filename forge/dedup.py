@@ -79,6 +79,15 @@ def record_texts(table: pa.Table) -> pa.Array:
     return normalize(pc.binary_join_element_wise(*cols, pa.scalar(" ", pa.large_string())).combine_chunks())
 
 
+def prompt_texts(table: pa.Table) -> pa.Array:
+    """The normalized prompt of each record (instruction and input): what an eval question
+    is compared with when checking for contamination."""
+    joined = pc.binary_join_element_wise(
+        pc.fill_null(table["instruction"], ""), pc.fill_null(table["input"], ""), " "
+    )
+    return normalize(joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined)
+
+
 def exact_keys(norm: pa.Array) -> np.ndarray:
     return np.array([xxhash.xxh3_64_intdigest(t.encode()) for t in norm.to_pylist()], dtype=np.uint64)
 
@@ -352,12 +361,7 @@ def run(
         if near:
             sigs.append(signatures(norm))
         if against:
-            prompt = normalize(
-                pc.binary_join_element_wise(
-                    pc.fill_null(table["instruction"], ""), pc.fill_null(table["input"], ""), " "
-                ).combine_chunks()
-            )
-            prompt_sigs.append(signatures(prompt))
+            prompt_sigs.append(signatures(prompt_texts(table)))
     n = len(ids)
     exact = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
     sig = np.concatenate(sigs) if sigs else None

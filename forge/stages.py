@@ -163,6 +163,11 @@ class ResponseCache:
         self._db.close()
 
 
+def reply_cache(home: Path) -> ResponseCache:
+    """The one reply cache of a data home, shared by the stages and forge eval's judge."""
+    return ResponseCache(home / "cache" / "model_replies.sqlite")
+
+
 def request_key(model: str, template_id: str, prompt: str, sampling: dict) -> str:
     blob = json.dumps([model, template_id, prompt, sampling], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -457,7 +462,7 @@ def run_stage(
     plan, built = prepare(src, home)
     bhash = stage_hash(src, plan, endpoint, built.manifest, limit)
     store = source_store(src.name, home)
-    cache = ResponseCache(home / "cache" / "model_replies.sqlite")
+    cache = reply_cache(home)
     client = ModelClient(endpoint, cache)
     try:
         with store.lock():

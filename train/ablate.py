@@ -228,21 +228,17 @@ def run_ablation(
 # ---- the HTML report --------------------------------------------------------------------------
 
 
-def _score(result: dict) -> float | None:
-    return result.get("score")
-
-
 def _chart(report: dict, suite: str) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = [a for a in report["arms"] if suite in a["results"] and _score(a["results"][suite]) is not None]
+    arms = [a for a in report["arms"] if suite in a["results"] and a["results"][suite]["score"] is not None]
     if not arms:
         return ""
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(arms) + 1.5), 3.0))
-    scores = [_score(a["results"][suite]) for a in arms]
+    scores = [a["results"][suite]["score"] for a in arms]
     ax.bar(range(len(arms)), scores, color="#1f4e79")
     ax.set_xticks(range(len(arms)), [a["name"] for a in arms], rotation=20, ha="right", fontsize=8)
     ax.set_ylim(0, max(1.0, max(scores)))
@@ -279,7 +275,7 @@ def render_html(report: dict) -> str:
             if r is None:
                 cells.append('<td class="failed">—</td>')
                 continue
-            score = _score(r)
+            score = r["score"]
             shown = "n/a" if score is None else f"{score:.4f}"
             cells.append(
                 f'<td><a href="{a["run"]}/eval/{s}.json">{shown}</a> <small>({r["items"]} items)</small>{_breakdown(r)}</td>'

@@ -64,16 +64,13 @@ class EvalData:
     shots: dict[str, list[MCItem]] = field(default_factory=dict)  # subject -> dev items
     files: list[Path] = field(default_factory=list)
     judge_prompts: dict[str, str] = field(default_factory=dict)
+    always: list[Path] = field(default_factory=list)  # files every item needs (Belle's judge prompts)
 
-    def sha256(self, items: list, shots: int = 0) -> dict[str, str]:
-        """Hashes of the files these items (and their shots) came from; Belle's judge prompts too."""
-        used = {it.file for it in items}
-        used |= {s.file for it in items for s in self.shots.get(getattr(it, "subject", ""), [])[:shots]}
-        files = [
-            p
-            for p in self.files
-            if str(p) in used or (self.suite == "belle" and p.name != Path(items[0].file).name)
-        ]
+    def sha256(self, shots: int = 0) -> dict[str, str]:
+        """Hashes of the files the items (and their shots) came from, and of `always`."""
+        used = {it.file for it in self.items}
+        used |= {s.file for it in self.items for s in self.shots.get(getattr(it, "subject", ""), [])[:shots]}
+        files = [p for p in self.files if str(p) in used] + self.always
         return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
@@ -335,7 +332,7 @@ def read_belle(path: Path, prompts: Path | None = None) -> EvalData:
                 f"belle/{len(items)}", rec["question"], "", "judged", str(path), n, cat, rec["std_answer"]
             )
         )
-    return EvalData("belle", items, {}, [path, prompts], judge)
+    return EvalData("belle", items, {}, [path], judge, always=[prompts])
 
 
 def read(suite: str, path: Path, rows: slice | None = None) -> EvalData:

@@ -182,9 +182,9 @@ def _repeat_cache(cache, n: int):
     return fresh
 
 
-def score_mc(loaded, data: EvalData, shots: int = 0, batch_size: int = 8, limit: int | None = None) -> dict:
+def score_mc(loaded, data: EvalData, shots: int = 0, batch_size: int = 8) -> dict:
     lang = suite_lang(data.suite)
-    items: list[MCItem] = data.items[:limit] if limit else data.items
+    items: list[MCItem] = data.items
     missing = sorted({it.subject for it in items if len(data.shots.get(it.subject, [])) < shots})
     if shots and missing:
         raise ValueError(
@@ -267,8 +267,8 @@ def _generate_all(loaded, prompts: list[str], max_new_tokens: int, batch_size: i
 
 
 def score_cot(loaded, data: EvalData, *, max_new_tokens: int = 256, batch_size: int = 8, seed: int = 0,
-              limit: int | None = None) -> dict:  # fmt: skip
-    items: list[GenItem] = data.items[:limit] if limit else data.items
+              ) -> dict:  # fmt: skip
+    items: list[GenItem] = data.items
     prompts = [it.question.strip() + COT_CUE for it in items]
     texts = _generate_all(loaded, prompts, max_new_tokens, batch_size, seed)
     records, correct = [], 0
@@ -311,15 +311,15 @@ def judge_prompt(instructions: str, item: GenItem, answer: str) -> str:
 
 
 def score_belle(loaded, data: EvalData, judge, *, home: Path | None = None, max_new_tokens: int = 256,
-                batch_size: int = 8, seed: int = 0, limit: int | None = None) -> dict:  # fmt: skip
+                batch_size: int = 8, seed: int = 0) -> dict:  # fmt: skip
     from concurrent.futures import ThreadPoolExecutor
 
     from forge.paths import data_home
-    from forge.stages import EndpointError, ModelClient, ResponseCache
+    from forge.stages import EndpointError, ModelClient, reply_cache
 
-    items: list[GenItem] = data.items[:limit] if limit else data.items
+    items: list[GenItem] = data.items
     answers = _generate_all(loaded, [it.question for it in items], max_new_tokens, batch_size, seed)
-    cache = ResponseCache((home or data_home()) / "cache" / "model_replies.sqlite")
+    cache = reply_cache(home or data_home())
     client = ModelClient(judge, cache)
 
     def ask(args: tuple[GenItem, str]) -> tuple[str | None, str | None]:
@@ -400,20 +400,16 @@ def trained_records(run: Path, home: Path | None = None):
     return pa.concat_tables(parts)
 
 
-def overlap_report(run: Path, data: EvalData, items: list, home: Path | None = None) -> dict:
+def overlap_report(run: Path, data: EvalData, home: Path | None = None) -> dict:
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     from forge import dedup
 
+    items = data.items
     trained = trained_records(run, home)
     report = {"checked_against": f"{trained.num_rows} records the run trained on (its batches lineage)"}
     if trained.num_rows and items:
-        prompts = dedup.normalize(
-            pc.binary_join_element_wise(
-                pc.fill_null(trained["instruction"], ""), pc.fill_null(trained["input"], ""), " "
-            )
-        )
+        prompts = dedup.prompt_texts(trained)
         questions = dedup.normalize(pa.array([it.question for it in items], pa.string()))
         hits = dedup.contaminated(dedup.signatures(prompts), dedup.signatures(questions))
         near = sorted({items[j].id for _, j, _ in hits})
@@ -435,20 +431,21 @@ def overlap_report(run: Path, data: EvalData, items: list, home: Path | None = N
 def evaluate(loaded, data: EvalData, *, shots: int = 0, batch_size: int = 8, seed: int = 0,
              limit: int | None = None, max_new_tokens: int = 256, judge=None, run: Path | None = None,
              home: Path | None = None) -> dict:  # fmt: skip
+    import dataclasses
+
+    if limit:
+        data = dataclasses.replace(data, items=data.items[:limit])  # every step below sees the same items
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     if data.suite in MC_SUITES:
-        result = score_mc(loaded, data, shots, batch_size, limit)
+        result = score_mc(loaded, data, shots, batch_size)
     elif data.suite in COT_SUITES:
-        result = score_cot(
-            loaded, data, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, limit=limit
-        )
+        result = score_cot(loaded, data, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
     else:
         if judge is None:
             raise ValueError("belle needs a judge: --judge-endpoint URL --judge-model NAME")
         result = score_belle(loaded, data, judge, home=home, max_new_tokens=max_new_tokens,
-                             batch_size=batch_size, seed=seed, limit=limit)  # fmt: skip
-    items = data.items[:limit] if limit else data.items
+                             batch_size=batch_size, seed=seed)  # fmt: skip
     head = {
         "suite": data.suite,
         "model": {
@@ -458,14 +455,12 @@ def evaluate(loaded, data: EvalData, *, shots: int = 0, batch_size: int = 8, see
             "template": loaded.template,
         },
         "run": str(run) if run else None,
-        "data": data.sha256(items, shots if data.suite in MC_SUITES else 0),
-        "items": len(items),
+        "data": data.sha256(shots if data.suite in MC_SUITES else 0),
+        "items": len(data.items),
         "shots": shots if data.suite in MC_SUITES else 0,
         "seed": seed,
         "seconds": round(time.perf_counter() - t0, 3),
-        "overlap": overlap_report(run, data, items, home)
-        if run
-        else "not checked (no run folder: no lineage)",
+        "overlap": overlap_report(run, data, home) if run else "not checked (no run folder: no lineage)",
     }
     return {**head, **result}
 

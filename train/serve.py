@@ -80,7 +80,7 @@ class Batcher:
         self.loaded, self.lock, self.max_batch = loaded, lock, max_batch
         self.wait, self.expect = wait, 1
         self.waiting: queue.Queue = queue.Queue()
-        self.batches: list[int] = []  # sizes of the generate calls made, for tests and /health
+        self.calls = self.requests = self.largest = 0  # generate calls made, for /health
         threading.Thread(target=self._work, name="forge-batcher", daemon=True).start()
 
     def submit(self, prompt: list[int], options: dict) -> Future:
@@ -103,15 +103,8 @@ class Batcher:
                     break
             self.expect = len(batch)
             groups: dict[tuple, list] = {}
-            for item in batch:
-                opts = item[1]
-                key = (
-                    opts["max_new_tokens"],
-                    opts["temperature"],
-                    opts["top_p"],
-                    opts["seed"],
-                    tuple(opts["stop"]),
-                )
+            for item in batch:  # one generate call per set of options, whatever options exist
+                key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(item[1].items()))
                 groups.setdefault(key, []).append(item)
             for items in groups.values():
                 # a request whose client left is dropped; the rest can no longer be cancelled
@@ -124,7 +117,9 @@ class Batcher:
         try:
             with self.lock:
                 results: list[Generation] = generate(self.loaded, [i[0] for i in items], **items[0][1])
-            self.batches.append(len(items))
+            self.calls += 1
+            self.requests += len(items)
+            self.largest = max(self.largest, len(items))
         except BaseException as e:  # noqa: BLE001 - handed to every waiting request
             for _, _, done in items:
                 done.set_exception(e)
@@ -291,10 +286,9 @@ def create_app(loaded: Loaded, api_key: str | None = None, max_batch: int = 16):
         )
 
     async def health(request):
-        batches = batcher.batches
         return JSONResponse(
-            {"status": "ok", "model": loaded.name, "batched_calls": len(batches),
-             "batched_requests": sum(batches), "largest_batch": max(batches, default=0)}
+            {"status": "ok", "model": loaded.name, "batched_calls": batcher.calls,
+             "batched_requests": batcher.requests, "largest_batch": batcher.largest}
         )  # fmt: skip
 
     async def page(request):

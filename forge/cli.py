@@ -1389,6 +1389,8 @@ def eval_(
                          max_retries=judge_retries, concurrency=judge_concurrency)  # fmt: skip
     if out is None and run is None:
         _fail("say where the result goes: --out FILE (a --run folder also gets eval/<suite>.json)")
+    if out is not None and out.is_dir():
+        _fail(f"--out {out} is a folder; give a file path for the result JSON")
     try:
         eval_data = read(suite, data, _rows_slice(rows))
     except (EvalDataError, OSError) as e:

@@ -224,6 +224,14 @@ def test_bad_input_is_one_line(run_dir, tmp_path):
     (broken / "run_manifest.json").write_text((run / "run_manifest.json").read_text())
     err = one_line_error(cli(["eval", "mmlu", "--data", str(FIXTURES / "mmlu"), "--run", str(broken)], home))
     assert "not a forge run folder (no run_manifest.json and adapter/)" in err
+    # an --out that is an existing folder: refused before any work, the folder untouched
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    err = one_line_error(cli(["eval", "mmlu", "--data", str(FIXTURES / "mmlu"), "--run", str(run),
+                              "--out", str(folder)], home))  # fmt: skip
+    assert f"--out {folder} is a folder; give a file path for the result JSON" in err
+    assert [p.name for p in folder.iterdir()] == ["keep.txt"]
     # shots without a dev split
     err = one_line_error(cli(["eval", "mmcu", "--data", str(need(SHARED / "alpaca_cot" / "eval_raw_mmcu_test.json")),
                               "--run", str(run), "--shots", "2"], home))  # fmt: skip

@@ -38,6 +38,7 @@ from forge import lang as langid
 from forge import normalize
 from forge.catalog import Source
 from forge.errors import BuildError
+from forge.executor import Executor
 from forge.locate import resolve
 from forge.paths import data_home, source_store, templates_dir
 from forge.schema import FORMATTED_COLUMNS, RECORD_SCHEMA, SCHEMA_VERSION
@@ -46,7 +47,7 @@ from formatters import FORMATTERS
 
 DEFAULT_SHARD_ROWS = 250_000
 LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
-PART_BYTES = 64 << 20  # raw bytes per independently built part
+PART_BYTES = int(os.environ.get("FORGE_PART_BYTES", 64 << 20))  # raw bytes per independently built part
 PARALLEL_MIN_BYTES = 32 << 20  # below this, worker start-up costs more than it saves
 ROW_GROUP_ROWS = 32_768
 
@@ -284,20 +285,6 @@ def write_json_atomic(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def _kill_with_parent(parent: int) -> None:
-    """Worker initializer: exit as soon as the parent is gone (kill -9 included), instead of
-    building on as an orphan. Parent death re-parents us, so getppid() changes; the parent's
-    pid comes as an argument in case it died before this ran."""
-    import threading
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.2)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="forge-parent-watch").start()
-
-
 def _full_disk(e: OSError) -> bool:
     return e.errno in (errno.ENOSPC, errno.EDQUOT)
 
@@ -318,11 +305,13 @@ def build_source(
     say: Callable[[str], None] | None = None,
     keep: int | None = None,
     revision: str | None = None,
+    executor: Executor | None = None,
 ) -> BuildResult:
     """Build one source into a new immutable version and commit it (forge.store); the
     previous version stays current and untouched until the new one is complete. `revision`
     overrides the catalog's pinned Hub revision for this build (the manifest's origin says
-    which was used)."""
+    which was used). `executor` runs the parts (forge.executor: local processes or Ray);
+    `workers` is the local one's process count."""
     if not (0.0 <= max_quarantine <= 1.0):  # also refuses NaN
         raise BuildError(f"--max-quarantine must be a fraction between 0 and 1, got {max_quarantine}")
     home = Path(home or data_home())
@@ -354,7 +343,8 @@ def build_source(
             if not force and (done := up_to_date(store, src.name, bhash, t0)):
                 return done
             vid, tmp = store.new_tmp()
-            job = _Job(src, files, raw, bhash, origin, t0, max_quarantine, detector, shard_rows, workers)
+            executor = executor or Executor("local", workers)
+            job = _Job(src, files, raw, bhash, origin, t0, max_quarantine, detector, shard_rows, executor)
             try:
                 return _build_version(job, store, vid, tmp, progress, keep)
             except BaseException:
@@ -414,7 +404,7 @@ class _Job:
     max_quarantine: float
     detector: str
     shard_rows: int
-    workers: int | None
+    executor: Executor
 
 
 def _build_version(job: _Job, store: Store, vid: str, tmp: Path, progress, keep: int | None) -> BuildResult:
@@ -422,34 +412,30 @@ def _build_version(job: _Job, store: Store, vid: str, tmp: Path, progress, keep:
     from forge import faults
 
     src, files, raw, bhash, origin, t0 = job.src, job.files, job.raw, job.bhash, job.origin, job.t0
-    max_quarantine, detector, shard_rows, workers = (
+    max_quarantine, detector, shard_rows, executor = (
         job.max_quarantine,
         job.detector,
         job.shard_rows,
-        job.workers,
+        job.executor,
     )
 
     parts = plan_parts(files)
-    jobs = [(src, part_files, i, tmp, detector, shard_rows) for i, part_files in enumerate(parts)]
-    n_workers = min(workers or os.cpu_count() or 1, len(parts))
-    if n_workers > 1 and sum(r["bytes"] for r in raw) >= PARALLEL_MIN_BYTES:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        # spawn, not fork: polars and Arrow keep thread pools that do not survive a fork
-        with ProcessPoolExecutor(
-            n_workers,
-            mp_context=mp.get_context("spawn"),
-            initializer=_kill_with_parent,
-            initargs=(os.getpid(),),
-        ) as pool:
-            results = []
-            for r in pool.map(_build_part, jobs):
-                results.append(r)
-                if progress:
-                    progress(r.formatted_from + r.connector_rejects)
+    jobs = [(src, part_files, i, str(tmp), detector, shard_rows) for i, part_files in enumerate(parts)]
+    small = sum(r["bytes"] for r in raw) < PARALLEL_MIN_BYTES
+    if executor.name == "local" and (small or len(parts) == 1 or executor.workers == 1):
+        staged = [_build_part_staged(j, progress) for j in jobs]
     else:
-        results = [_build_part(job, progress) for job in jobs]
+
+        def done(r: tuple) -> None:
+            if progress:
+                progress(r[0].formatted_from + r[0].connector_rejects)
+
+        staged = executor.map(_build_part_staged, jobs, done=done)
+    results = [_adopt(tmp, result, attempt) for result, attempt in staged]
+    for leftover in tmp.glob(".part-*"):  # attempts whose worker died: never committed
+        shutil.rmtree(leftover, ignore_errors=True)
+    for marker in tmp.glob(".fault-part-*"):  # forge.faults' test markers
+        marker.unlink()
     faults.point("build:parts-done")
 
     shards = [sh for r in results for sh in r.shards]
@@ -567,6 +553,33 @@ def plan_parts(files: list, target_bytes: int | None = None) -> list[list]:
         parts[-1].append(f)
         size += n
     return parts
+
+
+def _build_part_staged(job: tuple, progress: Callable[[int], None] | None = None) -> tuple[PartResult, str]:
+    """Build one part into a folder of its own inside the build's temporary folder. The
+    driver adopts that folder's files only from the attempt whose result it received, so a
+    part whose worker died and was retried (Ray) is committed exactly once."""
+    import uuid
+
+    from forge import faults
+
+    src, files, index, out_dir, detector, shard_rows = job
+    attempt = Path(out_dir) / f".part-{index:03d}.{uuid.uuid4().hex[:12]}"
+    attempt.mkdir()
+    result = _build_part((src, files, index, attempt, detector, shard_rows), progress)
+    faults.part_attempt(index, out_dir)
+    return result, attempt.name
+
+
+def _adopt(tmp: Path, result: PartResult, attempt: str) -> PartResult:
+    """Move one finished attempt's shards and quarantine into the version folder."""
+    folder = tmp / attempt
+    for shard in result.shards:
+        os.replace(folder / shard["file"], tmp / shard["file"])
+    for q in folder.glob(".quarantine-*.jsonl"):
+        os.replace(q, tmp / q.name)
+    shutil.rmtree(folder)
+    return result
 
 
 def _build_part(job: tuple, progress: Callable[[int], None] | None = None) -> PartResult:

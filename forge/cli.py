@@ -41,6 +41,22 @@ KeepOpt = Annotated[
         "--keep-versions", min=1, help="Versions to keep per dataset (default $FORGE_KEEP_VERSIONS or 2)."
     ),
 ]
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--executor", help="Where the work runs: local (processes, default) or ray ($FORGE_EXECUTOR)."
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="Ray cluster to join: auto or HOST:PORT ($RAY_ADDRESS); none starts a private one here.",
+    ),
+]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", min=1, help="Processes (local) or CPUs of a private Ray instance.")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
 OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace --out when it holds an earlier forge output.")
@@ -269,12 +285,18 @@ def build(
     ] = None,
     no_wait: NoWaitOpt = False,
     keep_versions: KeepOpt = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
     catalog: CatalogOpt = None,
     home: HomeOpt = None,
 ):
     """Build sources: raw files -> unified, tagged Parquet shards + manifest, as a new version."""
     from forge.build import build_source
     from forge.catalog import load_catalog
+    from forge.executor import choose
+
+    run_on = choose(executor, ray_address, workers)
 
     if not (0.0 <= max_quarantine <= 1.0):  # NaN fails both comparisons
         _fail(f"--max-quarantine must be a fraction between 0 and 1 (0.01 = 1%), got {max_quarantine}")
@@ -307,6 +329,7 @@ def build(
                     say=lambda msg: err.print(msg, highlight=False),
                     keep=keep_versions,
                     revision=revision,
+                    executor=run_on,
                 )
             except ForgeError as e:
                 failed.append(name)

@@ -1,0 +1,186 @@
+"""Where the independent parts of a job run: local processes (the default) or a Ray cluster.
+
+A job is a list of picklable work items and a module-level function that turns one item
+into one picklable result. The executor only runs them; the caller keeps every decision that
+makes the output deterministic (how the input is split, in which order results are
+committed), so a build gives the same bytes whichever executor ran it.
+
+Choosing one:  --executor local|ray   or FORGE_EXECUTOR
+               --ray-address auto|HOST:PORT   or RAY_ADDRESS   (no address: a private
+               Ray instance on this machine, sized to --workers)
+
+Ray is optional (pip install 'forge-instruct[ray]'); nothing here imports it unless the ray
+executor is chosen. Ray retries a task whose worker or node dies (`RAY_RETRIES` times); an
+error raised by forge's own code (a bad record file, a full disk) is not retried, and it
+reaches the caller as the original exception, so the CLI still prints one line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from forge.errors import ForgeError
+
+EXECUTORS = ("local", "ray")
+RAY_RETRIES = 3
+FORWARDED_ENV = ("FORGE_", "HF_HUB_OFFLINE", "HF_HOME", "HF_ENDPOINT")
+
+
+class ExecutorError(ForgeError):
+    pass
+
+
+@dataclass
+class Executor:
+    """name: local | ray; workers: processes for local (None: one per core); address: the
+    Ray cluster to join (None: start a private one)."""
+
+    name: str = "local"
+    workers: int | None = None
+    address: str | None = None
+
+    def map(
+        self,
+        fn: Callable,
+        items: list,
+        *,
+        done: Callable[[object], None] | None = None,
+        parallel: bool = True,
+    ) -> list:
+        """fn(item) for every item; results in item order. `done(result)` is called as each
+        result arrives (progress). parallel=False runs locally in this process (small jobs,
+        where starting workers costs more than it saves); Ray always uses its tasks."""
+        if self.name == "ray":
+            return list(self._ray_map(fn, items, done))
+        n = min(self.workers or os.cpu_count() or 1, len(items))
+        if not parallel or n <= 1:
+            results = []
+            for item in items:
+                results.append(fn(item))
+                if done:
+                    done(results[-1])
+            return results
+        return self._process_map(fn, items, n, done)
+
+    def _process_map(self, fn, items, n, done) -> list:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: polars and Arrow keep thread pools that do not survive a fork
+        with ProcessPoolExecutor(
+            n, mp_context=mp.get_context("spawn"), initializer=kill_with_parent, initargs=(os.getpid(),)
+        ) as pool:
+            results = []
+            for r in pool.map(fn, items):
+                results.append(r)
+                if done:
+                    done(r)
+            return results
+
+    def _ray_map(self, fn, items, done) -> Iterator:
+        ray = connect_ray(self.address, self.workers)
+        # workers of a running cluster do not inherit this process's environment: forge's own
+        # settings travel with the tasks
+        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+        task = ray.remote(max_retries=RAY_RETRIES, retry_exceptions=False)(fn).options(
+            runtime_env={"env_vars": env}
+        )
+        refs = [task.remote(item) for item in items]
+        order = {ref.hex(): i for i, ref in enumerate(refs)}
+        results: list = [None] * len(refs)
+        pending = list(refs)
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                for ref in ready:
+                    results[order[ref.hex()]] = ray.get(ref)
+                    if done:
+                        done(results[order[ref.hex()]])
+        except ray.exceptions.RayTaskError as e:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else None
+            if isinstance(cause, (ForgeError, OSError)):
+                raise cause from None  # forge's own error: the one line the user should see
+            raise ExecutorError(f"a Ray task failed: {str(e).splitlines()[0]}") from e
+        except ray.exceptions.RayError as e:
+            # retries exhausted: the worker or node kept dying
+            raise ExecutorError(
+                f"a Ray task failed after {RAY_RETRIES} retries: {str(e).splitlines()[0]}"
+            ) from e
+        return iter(results)
+
+
+def choose(name: str | None = None, address: str | None = None, workers: int | None = None) -> Executor:
+    """The executor the flags or the environment ask for (flags win)."""
+    name = name or os.environ.get("FORGE_EXECUTOR") or "local"
+    if name not in EXECUTORS:
+        raise ExecutorError(f"--executor must be one of {', '.join(EXECUTORS)}, got {name!r}")
+    if name == "local" and address:
+        raise ExecutorError("--ray-address goes with --executor ray")
+    if name == "ray":
+        address = address or os.environ.get("RAY_ADDRESS") or None
+    return Executor(name, workers, address)
+
+
+def connect_ray(address: str | None, workers: int | None):
+    """Join the cluster at `address`, or start a private one here; reuse a live connection."""
+    try:
+        import ray
+    except ImportError as e:
+        raise ExecutorError(
+            "--executor ray needs Ray: pip install 'forge-instruct[ray]' (or pip install ray)"
+        ) from e
+    if ray.is_initialized():
+        return ray
+    if address and address != "auto" and "://" not in address:
+        _reachable(address)  # Ray itself retries an absent cluster for minutes, printing C++ logs
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        else:
+            ray.init(
+                num_cpus=workers or os.cpu_count() or 1,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level="ERROR",
+                # the object store only carries small part results: keep its share of RAM small
+                object_store_memory=128 << 20,
+            )
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = address or "a private Ray instance"
+        raise ExecutorError(f"cannot start or join Ray at {where}: {str(e).splitlines()[0]}") from e
+    return ray
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except ValueError:
+        raise ExecutorError(f"--ray-address must be auto or HOST:PORT, got {address!r}") from None
+    except OSError as e:
+        raise ExecutorError(
+            f"cannot start or join Ray at {address}: nothing answers there ({e.strerror or e}); "
+            "start the cluster (ray start --head) or fix --ray-address"
+        ) from None
+
+
+def kill_with_parent(parent: int) -> None:
+    """Worker initializer: exit as soon as the parent is gone (kill -9 included), instead of
+    working on as an orphan. Parent death re-parents us, so getppid() changes; the parent's
+    pid comes as an argument in case it died before this ran."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="forge-parent-watch").start()

@@ -1,0 +1,178 @@
+"""forge on Ray: the same bytes as a local run, and each record committed exactly once when
+workers or a whole node die mid-build. One real two-node cluster on this machine (one CPU
+each) serves the module; the node-loss test kills the second node, so it runs last."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, shared
+
+ray = pytest.importorskip("ray")
+
+from tests.ray_cluster import ENV, Cluster  # noqa: E402
+
+PART_BYTES = "2000000"  # the real FLAN CoT TSVs (10 MB) become 6 parts
+
+
+def forge(home: Path, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    e = {**ENV, "FORGE_HOME": str(home), "COLUMNS": "200", "FORGE_PART_BYTES": PART_BYTES, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "forge.cli", *args], env=e, capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)  # fmt: skip
+
+
+def version(home: Path, kind: str, name: str) -> Path:
+    root = home / kind / name
+    return root / (root / "CURRENT").read_text().strip()
+
+
+def same_dataset(a: Path, b: Path) -> None:
+    """Byte-identical shards, and manifests equal apart from timing."""
+    files_a = sorted(p.name for p in a.iterdir() if not p.name.startswith("."))
+    files_b = sorted(p.name for p in b.iterdir() if not p.name.startswith("."))
+    assert files_a == files_b
+    for name in files_a:
+        if name.endswith(".parquet"):
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    ma, mb = (json.loads((x / "manifest.json").read_text()) for x in (a, b))
+    for m in (ma, mb):
+        m.pop("built_at", None)
+        m.pop("created_at", None)
+    assert ma == mb
+    assert not [p.name for p in b.iterdir() if p.name.startswith((".part-", ".fault-"))]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("ray"))
+    try:
+        c.start_node("head", head=True)
+        c.start_node("node2")
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def local_flan(tmp_path_factory) -> Path:
+    """The reference: FLAN CoT built by the local executor (in 6 parts)."""
+    home = tmp_path_factory.mktemp("local")
+    r = forge(home, "build", "flan_cot", "--from", str(shared("flan_cot")), "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((version(home, "sources", "flan_cot") / "manifest.json").read_text())
+    assert len(manifest["shards"]) == 6 and manifest["rows"] == 66_886
+    return version(home, "sources", "flan_cot")
+
+
+def test_local_path_never_imports_ray(tmp_path):
+    code = (
+        "import sys\n"
+        "from forge.build import build_source\nfrom forge.catalog import load_catalog\n"
+        f"build_source(load_catalog().get('alpaca'), home={str(tmp_path)!r}, sample=True)\n"
+        "from forge import mixture, dedup, executor\n"
+        "assert 'ray' not in sys.modules, 'the local path imported ray'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=ENV)
+    assert r.returncode == 0, r.stderr
+
+
+def test_executor_flags_are_checked(tmp_path):
+    r = forge(tmp_path, "build", "alpaca", "--sample", "--executor", "spark")
+    assert r.returncode == 1
+    assert r.stderr.strip() == "error: --executor must be one of local, ray, got 'spark'"
+    r = forge(tmp_path, "build", "alpaca", "--sample", "--ray-address", "auto")
+    assert r.stderr.strip() == "error: --ray-address goes with --executor ray"
+    # a cluster that is not there: one line, not a Ray traceback
+    r = forge(tmp_path, "build", "alpaca", "--sample", "--executor", "ray", "--ray-address", "127.0.0.1:9")
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: cannot start or join Ray at 127.0.0.1:9"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_ray_build_same_bytes_as_local(cluster, local_flan, tmp_path):
+    r = forge(tmp_path, "build", "flan_cot", "--from", str(shared("flan_cot")), "--executor", "ray",
+              "--ray-address", cluster.address)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    same_dataset(local_flan, version(tmp_path, "sources", "flan_cot"))
+
+
+def test_worker_that_exits_is_retried_and_commits_once(cluster, local_flan, tmp_path):
+    # part 2's first attempt writes its shards, then its worker dies with os._exit
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    r = forge(tmp_path / "home", "build", "flan_cot", "--from", str(shared("flan_cot")), "--executor", "ray",
+              "--ray-address", cluster.address, env={"FORGE_PART_FAULT": f"exit:2:{pids}"})  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in pids.iterdir()] == ["part-2.pid"]  # the fault did fire, in a Ray worker
+    assert int((pids / "part-2.pid").read_text()) != os.getpid()
+    same_dataset(local_flan, version(tmp_path / "home", "sources", "flan_cot"))
+
+
+def wait_for(path: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() or not path.read_text():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_worker_killed_by_pid_is_retried(cluster, local_flan, tmp_path):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    home = tmp_path / "home"
+    e = {
+        **ENV,
+        "FORGE_HOME": str(home),
+        "FORGE_PART_BYTES": PART_BYTES,
+        "FORGE_PART_FAULT": f"pause:1:{pids}:60",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "forge.cli", "build", "flan_cot", "--from",
+                             str(shared("flan_cot")), "--executor", "ray", "--ray-address", cluster.address],
+                            env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    wait_for(pids / "part-1.pid")
+    victim = int((pids / "part-1.pid").read_text())
+    assert victim != proc.pid  # a real Ray worker process, not the driver
+    os.kill(victim, signal.SIGKILL)
+    out, errs = proc.communicate(timeout=300)
+    assert proc.returncode == 0, errs
+    same_dataset(local_flan, version(home, "sources", "flan_cot"))
+
+
+def test_losing_a_node_mid_build(cluster, local_flan, tmp_path):
+    """Every part's first attempt pauses after writing its shards; once a part is paused on
+    the second node, that node is killed whole (raylet, workers, agents). Ray reschedules its
+    task on the head, and the build commits the same bytes. Runs last: the node stays dead."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    home = tmp_path / "home"
+    e = {
+        **ENV,
+        "FORGE_HOME": str(home),
+        "FORGE_PART_BYTES": PART_BYTES,
+        "FORGE_PART_FAULT": f"pause:*:{pids}:4",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "forge.cli", "build", "flan_cot", "--from",
+                             str(shared("flan_cot")), "--executor", "ray", "--ray-address", cluster.address],
+                            env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    deadline = time.monotonic() + 120
+    on_node2 = None
+    while on_node2 is None:
+        assert time.monotonic() < deadline and proc.poll() is None, "no part ever ran on the second node"
+        for f in pids.glob("part-*.pid"):
+            try:
+                if f.read_text() and cluster.on_node("node2", int(f.read_text())):
+                    on_node2 = f
+            except ValueError:
+                pass
+        time.sleep(0.05)
+    cluster.kill_node("node2")
+    out, errs = proc.communicate(timeout=300)
+    assert proc.returncode == 0, errs
+    same_dataset(local_flan, version(home, "sources", "flan_cot"))

@@ -1035,12 +1035,18 @@ def dedup(
         ),
     ] = False,
     overwrite: OverwriteOpt = False,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
     catalog: CatalogOpt = None,
     home: HomeOpt = None,
 ):
     """Remove exact and near duplicates within and across sources; report eval contamination."""
     from forge.catalog import load_catalog
     from forge.dedup import run
+    from forge.executor import choose
+
+    run_on = choose(executor, ray_address, workers)
 
     if not (0.0 < threshold <= 1.0):
         _fail(f"--threshold must be a similarity in (0, 1], got {threshold}")
@@ -1059,6 +1065,7 @@ def dedup(
             drop_contaminated=drop_contaminated,
             overwrite=overwrite,
             across_variants=across_variants,
+            executor=run_on,
         )
     console.print(
         f"{m['input_rows']:,} records -> kept {m['rows']:,}, dropped {m['dropped']:,} {m['dropped_reasons']}"

@@ -25,13 +25,16 @@ row: a zero-shot and an inversion template, or flan_cot and cot_zh over one TSV 
 remove each other unless across_variants is set. Every dropped record is kept in a side
 file with the id of the record it duplicates, its kind (exact/near) and the similarity.
 
-Memory: signatures only (64 x 4 bytes per record), computed batch by batch; the text is
-streamed twice (once to sign, once to write kept and dropped records).
+Memory: bounded by one batch, one partition and the duplicate graph, not by the corpus
+(see run(): keys and signatures are spilled to disk partitions). The text is streamed
+twice: once to sign, once to write kept and dropped records.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -157,29 +160,40 @@ def band_keys(sig: np.ndarray) -> np.ndarray:
     return key
 
 
-def similarity(sig: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (sig[a] == sig[b]).mean(axis=1)
+BAND_ROW = np.dtype([("key", "<u8"), ("band", "<u2"), ("idx", "<i8")])
 
 
-def candidate_pairs(keys: np.ndarray) -> np.ndarray:
-    """Pairs (i, j), i < j, that share a bucket in some band: each member is paired with
-    the bucket's first member and with its predecessor in the bucket."""
-    pairs = []
-    for band in range(keys.shape[1]):
-        k = keys[:, band]
-        order = np.argsort(k, kind="stable")
-        ks = k[order]
-        same = ks[1:] == ks[:-1]
-        if not same.any():
-            continue
-        starts = np.r_[0, np.flatnonzero(~same) + 1]
-        group_first = order[np.repeat(starts, np.diff(np.r_[starts, len(ks)]))]
-        members = np.flatnonzero(np.r_[False, same])
-        pairs.append(np.stack([order[members - 1], order[members]], axis=1))
-        pairs.append(np.stack([group_first[members], order[members]], axis=1))
-    if not pairs:
+def band_rows(sig: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """One BAND_ROW per (record, band): the unit that dedup partitions by key."""
+    keys = band_keys(sig)
+    rows = np.empty(keys.size, BAND_ROW)
+    rows["key"] = keys.reshape(-1)
+    rows["band"] = np.tile(np.arange(BANDS, dtype=np.uint16), len(sig))
+    rows["idx"] = np.repeat(idx, BANDS)
+    return rows
+
+
+def candidate_pairs_of(rows: np.ndarray) -> np.ndarray:
+    """Pairs (i, j), i < j, that share a bucket (band, key): each member is paired with the
+    bucket's first member and with its predecessor, members ordered by record index. Any
+    subset of rows holding whole buckets gives the same pairs for them, which is what lets
+    dedup split the rows into partitions by key."""
+    if len(rows) < 2:
         return np.zeros((0, 2), dtype=np.int64)
-    p = np.concatenate(pairs)
+    order = np.lexsort((rows["idx"], rows["key"], rows["band"]))
+    band, key, idx = rows["band"][order], rows["key"][order], rows["idx"][order]
+    same = (key[1:] == key[:-1]) & (band[1:] == band[:-1])
+    if not same.any():
+        return np.zeros((0, 2), dtype=np.int64)
+    starts = np.r_[0, np.flatnonzero(~same) + 1]
+    group_first = idx[np.repeat(starts, np.diff(np.r_[starts, len(idx)]))]
+    members = np.flatnonzero(np.r_[False, same])
+    p = np.concatenate(
+        [
+            np.stack([idx[members - 1], idx[members]], axis=1),
+            np.stack([group_first[members], idx[members]], axis=1),
+        ]
+    )
     p = np.sort(p, axis=1)
     p = p[p[:, 0] != p[:, 1]]
     return np.unique(p, axis=0)
@@ -199,20 +213,42 @@ def decide(
     threshold: float = THRESHOLD,
     origin: np.ndarray | None = None,
 ) -> DedupResult:
-    """Star clustering. rank: lower survives (priority, then id, folded into one order).
+    """Star clustering of records held in memory (the reference that run()'s partitioned
+    pipeline must equal). rank: lower survives (priority, then id, folded into one order).
     origin: equal values mark variants of one raw record, which never drop each other."""
+    edges = [_exact_edges(rank, exact)]
+    if sig is not None and len(rank):
+        edges.append(near_edges(band_rows(sig, np.arange(len(rank))), sig, threshold))
+    return star(rank, exact, np.concatenate(edges), origin)
+
+
+def near_edges(rows: np.ndarray, sig, threshold: float, first: int = 0) -> np.ndarray:
+    """(i, j, agreeing bins) for candidate pairs (forge.dedup.candidate_pairs' rule over the
+    band rows) whose estimated similarity reaches `threshold`. `sig` is the signature matrix,
+    or a function from record indices to their signatures."""
+    pairs = candidate_pairs_of(rows)
+    if not len(pairs):
+        return np.zeros((0, 3), np.int64)
+    if callable(sig):  # signatures read back from disk: a bounded number of pairs at a time
+        agree = np.concatenate(
+            [
+                (sig(c[:, 0]) == sig(c[:, 1])).sum(axis=1)
+                for c in np.array_split(pairs, -(-len(pairs) // 65536))
+            ]
+        )
+    else:
+        agree = (sig[pairs[:, 0]] == sig[pairs[:, 1]]).sum(axis=1)
+    ok = agree >= threshold * K
+    return np.column_stack([pairs[ok], agree[ok].astype(np.int64)])
+
+
+def star(rank: np.ndarray, exact: np.ndarray, e: np.ndarray, origin: np.ndarray | None = None) -> DedupResult:
+    """Visit records in survival order; drop one only when it has a verified edge (i, j,
+    agreeing bins) to a record that survives, and name the best such survivor its dup_of."""
     n = len(rank)
     dup_of = np.full(n, -1, dtype=np.int64)
     kind = np.full(n, "", dtype=object)
     sim = np.zeros(n, dtype=np.float32)
-    edges = [_exact_edges(rank, exact)]
-    if sig is not None and n:
-        pairs = candidate_pairs(band_keys(sig))
-        if len(pairs):
-            s = similarity(sig, pairs[:, 0], pairs[:, 1])
-            ok = s >= threshold
-            edges.append(np.column_stack([pairs[ok], np.round(s[ok] * K).astype(np.int64)]))
-    e = np.concatenate(edges) if edges else np.zeros((0, 3), np.int64)
     if origin is not None and len(e):
         e = e[origin[e[:, 0]] != origin[e[:, 1]]]  # variants of one raw record are kept
     # each edge points from the later record (in survival order) to the earlier one
@@ -239,21 +275,25 @@ def decide(
 def _exact_edges(rank: np.ndarray, exact: np.ndarray) -> np.ndarray:
     """(i, j, K) for records with equal keys: each member to its group's first member and to
     its predecessor (in survival order), enough for the star clustering to find a survivor."""
-    n = len(rank)
+    order = np.lexsort((rank, exact))
+    return group_edges(order, exact[order])
+
+
+def group_edges(idx: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """_exact_edges' rule for records `idx` sorted by (exact key, survival order)."""
+    n = len(idx)
     if n < 2:
         return np.zeros((0, 3), np.int64)
-    order = np.lexsort((rank, exact))
-    ks = exact[order]
-    same = ks[1:] == ks[:-1]
+    same = keys[1:] == keys[:-1]
     first = np.r_[True, ~same]
-    head = order[np.maximum.accumulate(np.where(first, np.arange(n), 0))]
+    head = idx[np.maximum.accumulate(np.where(first, np.arange(n), 0))]
     members = np.flatnonzero(~first)
     pairs = np.concatenate(
-        [np.stack([order[members], head[members]], 1), np.stack([order[members], order[members - 1]], 1)]
+        [np.stack([idx[members], head[members]], 1), np.stack([idx[members], idx[members - 1]], 1)]
     )
     pairs = np.unique(np.sort(pairs, axis=1), axis=0)
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-    return np.column_stack([pairs, np.full(len(pairs), K, np.int64)])
+    return np.column_stack([pairs, np.full(len(pairs), K, np.int64)]).astype(np.int64)
 
 
 def contaminated(
@@ -274,10 +314,14 @@ def contaminated(
     return sorted((i, j, s) for (i, j), s in found.items() if s >= threshold)
 
 
-def _scan(files: list[str], columns: list[str], batch_size: int = 32_768):
-    import pyarrow.dataset as ds
+def _scan(files: list[str], columns: list[str], batch_size: int = 8192):
+    """Record batches of `files`, in order, one row group read at a time: Arrow's dataset
+    scanner reads ahead of a slow consumer (the dedup writer) and held ~300 MB at 1M records."""
+    import pyarrow.parquet as pq
 
-    return ds.dataset(files, format="parquet").to_batches(columns=columns, batch_size=batch_size)
+    for f in files:
+        with pq.ParquetFile(f) as pf:
+            yield from pf.iter_batches(batch_size=batch_size, columns=columns)
 
 
 def load_eval_texts(path) -> list[tuple[str, int, str]]:
@@ -310,6 +354,143 @@ def load_eval_texts(path) -> list[tuple[str, int, str]]:
     return out
 
 
+# The partitioned pipeline behind run(). Memory is bounded by one input shard's batch, one
+# partition and the duplicate graph, never by the corpus, and each step is a task that a
+# Ray cluster can run (forge.executor); the driver only joins edges and writes the output.
+#
+#   sign       per input shard: exact key, MinHash signature (kept in a spill file), and one
+#              row per (record, band) appended to partition hash(key) mod P; exact keys go
+#              to their own partitions with the record's survival order (priority, id)
+#   pairs      per partition: candidate pairs inside buckets, verified against signatures
+#              read back from the spill: edges (i, j, agreeing bins)
+#   decide     driver: star clustering over the records that have edges (forge.dedup.star)
+#   write      driver: stream the input again, kept and dropped records to Parquet
+#
+# A bucket (band, key) lands whole in one partition and its members keep their input order,
+# so the edges, and hence the survivors and dup_of, equal decide() on the whole input.
+
+EXACT_ROW = np.dtype([("key", "<u8"), ("prio", "<i8"), ("id", "S32"), ("idx", "<i8")])
+META_ROW = np.dtype([("exact", "<u8"), ("origin", "<u8"), ("prio", "<i8"), ("id", "S32")])
+PARTITION_BYTES = int(os.environ.get("FORGE_DEDUP_PARTITION_BYTES", 16 << 20))
+
+
+@dataclass
+class SignJob:
+    file: str
+    index: int  # the shard's position in the input: names its spill files
+    first: int  # the global index of its first record
+    spill: str
+    partitions: int
+    near: bool
+    raw_sha: dict  # (source, raw file) -> sha256, names raw records across sources
+    priorities: dict
+    eval_sig: np.ndarray | None  # signatures of eval questions (contamination check)
+    threshold: float
+
+
+def sign_shard(job: SignJob) -> list[tuple[int, int, float]]:
+    """Spill one shard's keys and signatures; return its contamination hits (idx, eval, sim).
+    Files are written under temporary names and renamed, so a retried task is harmless."""
+    spill = Path(job.spill)
+    columns = ["id", "source", "instruction", "input", "output", "history", "raw_file", "raw_row"]
+    out: dict[str, object] = {}
+
+    def append(name: str, array: np.ndarray) -> None:
+        if name not in out:
+            out[name] = open(spill / f".{name}.tmp-{os.getpid()}", "wb")
+        array.tofile(out[name])
+
+    at = job.first
+    hits = []
+    for batch in _scan([job.file], columns):
+        table = pa.Table.from_batches([batch])
+        n = table.num_rows
+        idx = np.arange(at, at + n, dtype=np.int64)
+        at += n
+        norm = record_texts(table)
+        ids, srcs = table["id"].to_pylist(), table["source"].to_pylist()
+        if any(len(i) > 32 for i in ids):
+            raise ValueError(f"{job.file}: record ids longer than 32 characters; rebuild the source")
+        meta = np.empty(n, META_ROW)
+        meta["exact"] = exact_keys(norm)
+        meta["origin"] = [
+            xxhash.xxh3_64_intdigest(f"{job.raw_sha.get((s, f), s + f)}:{r}".encode())
+            for s, f, r in zip(srcs, table["raw_file"].to_pylist(), table["raw_row"].to_pylist(), strict=True)
+        ]
+        meta["prio"] = [job.priorities.get(s, 100) for s in srcs]
+        meta["id"] = ids
+        append(f"meta-{job.index:05d}", meta)
+        exact = np.empty(n, EXACT_ROW)
+        exact["key"], exact["prio"], exact["id"], exact["idx"] = meta["exact"], meta["prio"], meta["id"], idx
+        _append_partitioned(append, f"exact-{job.index:05d}", exact, exact["key"], job.partitions)
+        if job.near:
+            sig = signatures(norm)
+            append(f"sig-{job.index:05d}", sig)
+            rows = band_rows(sig, idx)
+            _append_partitioned(append, f"band-{job.index:05d}", rows, rows["key"], job.partitions)
+        if job.eval_sig is not None:
+            found = contaminated(signatures(prompt_texts(table)), job.eval_sig, job.threshold)
+            hits += [(int(idx[i]), j, sim) for i, j, sim in found]
+    for name, fh in out.items():
+        fh.close()
+        os.replace(spill / f".{name}.tmp-{os.getpid()}", spill / f"{name}.bin")
+    return hits
+
+
+def _append_partitioned(append, prefix: str, rows: np.ndarray, keys: np.ndarray, partitions: int) -> None:
+    part = (_mix(keys ^ np.uint64(0x5EED)) % np.uint64(partitions)).astype(np.int64)
+    order = np.argsort(part, kind="stable")
+    rows, part = rows[order], part[order]
+    bounds = np.searchsorted(part, np.arange(partitions + 1))
+    for p in range(partitions):
+        if bounds[p + 1] > bounds[p]:
+            append(f"{prefix}-{p:04d}", rows[bounds[p] : bounds[p + 1]])
+
+
+@dataclass
+class PairJob:
+    partition: int
+    spill: str
+    firsts: list[int]  # global index of each input shard's first record, plus the total
+    near: bool
+    threshold: float
+
+
+def partition_edges(job: PairJob) -> np.ndarray:
+    """Edges (i, j, agreeing bins) among the records of one partition's buckets."""
+    spill = Path(job.spill)
+    edges = []
+    exact = _read_rows(spill, f"exact-*-{job.partition:04d}.bin", EXACT_ROW)
+    if len(exact):
+        order = np.lexsort((exact["id"], exact["prio"], exact["key"]))  # key, then survival order
+        edges.append(group_edges(exact["idx"][order], exact["key"][order]))
+    del exact
+    if job.near:
+        rows = _read_rows(spill, f"band-*-{job.partition:04d}.bin", BAND_ROW)
+        edges.append(
+            near_edges(rows, lambda idx: _spilled(spill, job.firsts, "sig", idx, (K,)), job.threshold)
+        )
+    return np.concatenate(edges) if edges else np.zeros((0, 3), np.int64)
+
+
+def _read_rows(spill: Path, pattern: str, dtype: np.dtype) -> np.ndarray:
+    parts = [np.fromfile(f, dtype) for f in sorted(spill.glob(pattern))]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+
+def _spilled(spill: Path, firsts: list[int], name: str, idx: np.ndarray, shape: tuple, dtype=np.uint32):
+    """Rows `idx` (global record indices) of the per-shard spill files `name`-NNNNN.bin."""
+    out = np.empty((len(idx), *shape), dtype) if shape else np.empty(len(idx), dtype)
+    shard = np.searchsorted(firsts, idx, side="right") - 1
+    for s in np.unique(shard).tolist():
+        sel = np.flatnonzero(shard == s)
+        rows = firsts[s + 1] - firsts[s]
+        mm = np.memmap(spill / f"{name}-{s:05d}.bin", dtype, "r", shape=(rows, *shape))
+        out[sel] = mm[idx[sel] - firsts[s]]
+        del mm  # unmapped at once: the pages read do not stay in this process
+    return out
+
+
 def run(
     sources: list[str],
     out,
@@ -322,18 +503,20 @@ def run(
     drop_contaminated: bool = False,
     overwrite: bool = False,
     across_variants: bool = False,
+    executor=None,
 ) -> dict:
     """Deduplicate `sources` together into a derived dataset folder `out`:
     part-00000.parquet (kept), dropped.parquet (every removed record + reason, dup_of,
-    kind, similarity), contamination.json (when `against` eval files are given), manifest.json."""
+    kind, similarity), contamination.json (when `against` eval files are given), manifest.json.
+    `executor` (forge.executor) runs the sign and pairs steps: in this process by default,
+    or as Ray tasks; the output is the same."""
     import json
     import shutil
-    from pathlib import Path
 
     import pyarrow.parquet as pq
 
     from forge.build import open_built
-    from forge.select import shard_files
+    from forge.select import finish_derived, shard_files
     from forge.store import check_out, prepare_out
 
     priorities = priorities or {}
@@ -341,58 +524,59 @@ def run(
     check_out(Path(out), overwrite)  # before the expensive part, so a refusal comes at once
     # a raw record is named by its raw file's bytes and its row, whichever source rendered it
     raw_sha = {(s, r["name"]): r["sha256"] for s in sources for r in open_built(s, home).manifest["raw"]}
-    ids, srcs, keys, sigs, prompt_sigs, origins = [], [], [], [], [], []
-    columns = ["id", "source", "instruction", "input", "output", "history", "raw_file", "raw_row"]
-    for batch in _scan(files, columns):
-        table = pa.Table.from_batches([batch])
-        norm = record_texts(table)
-        ids.extend(table["id"].to_pylist())
-        srcs.extend(table["source"].to_pylist())
-        origins.extend(
-            xxhash.xxh3_64_intdigest(f"{raw_sha.get((s, f), s + f)}:{r}".encode())
-            for s, f, r in zip(
-                table["source"].to_pylist(),
-                table["raw_file"].to_pylist(),
-                table["raw_row"].to_pylist(),
-                strict=True,
-            )
-        )
-        keys.append(exact_keys(norm))
-        if near:
-            sigs.append(signatures(norm))
-        if against:
-            prompt_sigs.append(signatures(prompt_texts(table)))
-    n = len(ids)
-    exact = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
-    sig = np.concatenate(sigs) if sigs else None
-    prio = np.array([priorities.get(s, 100) for s in srcs], dtype=np.int64)
-    order = np.lexsort((np.array(ids, dtype=object).astype(str), prio))
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n)
-    origin = None if across_variants else np.array(origins, dtype=np.uint64)
-    result = decide(rank, exact, sig, threshold, origin)
-
-    contamination, contaminated_idx = [], []
-    if against:
-        evals = [item for f in against for item in load_eval_texts(f)]
-        eval_sig = signatures(normalize(pa.array([q for _, _, q in evals], pa.string())))
-        for i, j, s in contaminated(np.concatenate(prompt_sigs), eval_sig, threshold):
-            contaminated_idx.append(i)
-            contamination.append(
-                {
-                    "id": ids[i],
-                    "source": srcs[i],
-                    "eval_file": evals[j][0],
-                    "eval_row": evals[j][1],
-                    "similarity": round(s, 3),
-                    "eval_text": evals[j][2][:200],
-                }
-            )
-    contaminated_rows = set(contaminated_idx) if drop_contaminated else set()
+    file_source = [s for s in sources for _ in open_built(s, home).files()]  # shard_files' order
+    firsts = np.cumsum([0] + [pq.ParquetFile(f).metadata.num_rows for f in files]).tolist()
+    n = firsts[-1]
+    # partitions sized so that one holds about PARTITION_BYTES of band rows
+    partitions = max(1, -(-n * BANDS * BAND_ROW.itemsize // PARTITION_BYTES))
+    evals = [item for f in against or [] for item in load_eval_texts(f)]
+    eval_sig = signatures(normalize(pa.array([q for _, _, q in evals], pa.string()))) if evals else None
 
     out = Path(out)
     tmp = prepare_out(out, overwrite)
     try:
+        spill = tmp / ".spill"
+        spill.mkdir()
+        jobs = [
+            SignJob(f, i, firsts[i], str(spill), partitions, near, raw_sha, priorities, eval_sig, threshold)
+            for i, f in enumerate(files)
+        ]
+        hits = sorted(h for found in _map(executor, sign_shard, jobs) for h in found)
+        pair_jobs = [PairJob(p, str(spill), firsts, near, threshold) for p in range(partitions)]
+        edges = [e for e in _map(executor, partition_edges, pair_jobs) if len(e)]
+        e = np.concatenate(edges) if edges else np.zeros((0, 3), np.int64)
+
+        # the duplicate graph: only records with an edge, relabelled 0..m-1
+        nodes = np.unique(e[:, :2]) if len(e) else np.zeros(0, np.int64)
+        meta = _spilled(spill, firsts, "meta", nodes, (), META_ROW)
+        rank = np.empty(len(nodes), np.int64)
+        rank[np.lexsort((meta["id"], meta["prio"]))] = np.arange(len(nodes))
+        local = np.column_stack([np.searchsorted(nodes, e[:, 0]), np.searchsorted(nodes, e[:, 1]), e[:, 2]])
+        origin = None if across_variants else meta["origin"]
+        result = star(rank, meta["exact"], local, origin)
+        dropped_at = np.flatnonzero(result.dup_of >= 0)  # node positions, ascending = global order
+        dropped_idx = nodes[dropped_at]
+        node_ids = meta["id"].astype(str)
+
+        contamination = []
+        if hits:
+            hit_meta = _spilled(spill, firsts, "meta", np.array([h[0] for h in hits], np.int64), (), META_ROW)
+            for (i, j, sim), m in zip(hits, hit_meta, strict=True):
+                contamination.append(
+                    {
+                        "id": m["id"].decode(),
+                        "source": file_source[int(np.searchsorted(firsts, i, side="right")) - 1],
+                        "eval_file": evals[j][0],
+                        "eval_row": evals[j][1],
+                        "similarity": round(sim, 3),
+                        "eval_text": evals[j][2][:200],
+                    }
+                )
+        contaminated_idx = (
+            np.unique([h[0] for h in hits]) if drop_contaminated and hits else np.zeros(0, np.int64)
+        )
+        shutil.rmtree(spill)
+
         from forge.schema import RECORD_SCHEMA
 
         dropped_schema = (
@@ -408,29 +592,32 @@ def run(
             table = pa.Table.from_batches([batch]).cast(RECORD_SCHEMA)
             idx = np.arange(at, at + table.num_rows)
             at += table.num_rows
-            dup = result.dup_of[idx] >= 0
-            cont = np.array([i in contaminated_rows for i in idx], dtype=bool) & ~dup
-            drop = dup | cont
+            # pos: the record's node position when it is dropped as a duplicate, else -1
+            at_dropped = np.searchsorted(dropped_idx, idx)
+            found = at_dropped < len(dropped_idx)
+            found[found] = dropped_idx[at_dropped[found]] == idx[found]
+            pos = np.where(
+                found, dropped_at[np.minimum(at_dropped, len(dropped_at) - 1)] if len(dropped_at) else -1, -1
+            )
+            cont = np.isin(idx, contaminated_idx) & ~found
+            drop = found | cont
             kept_w.write_table(table.filter(pa.array(~drop)))
             if drop.any():
-                d_idx = idx[drop]
-                why = [
-                    f"{result.kind[i]} duplicate"
-                    if result.dup_of[i] >= 0
-                    else "contaminated: near-duplicates an eval item"
-                    for i in d_idx
-                ]
+                why, dup_ids, sims = [], [], []
+                for p in pos[drop].tolist():
+                    why.append(
+                        f"{result.kind[p]} duplicate"
+                        if p >= 0
+                        else "contaminated: near-duplicates an eval item"
+                    )
+                    dup_ids.append(node_ids[result.dup_of[p]] if p >= 0 else None)
+                    sims.append(result.sim[p] if p >= 0 else 0.0)
                 for w in why:
                     reasons[w] = reasons.get(w, 0) + 1
                 dropped = table.filter(pa.array(drop))
                 dropped = dropped.append_column("reason", pa.array(why, pa.string()))
-                dropped = dropped.append_column(
-                    "dup_of",
-                    pa.array(
-                        [ids[result.dup_of[i]] if result.dup_of[i] >= 0 else None for i in d_idx], pa.string()
-                    ),
-                )
-                dropped = dropped.append_column("similarity", pa.array(result.sim[d_idx], pa.float32()))
+                dropped = dropped.append_column("dup_of", pa.array(dup_ids, pa.string()))
+                dropped = dropped.append_column("similarity", pa.array(sims, pa.float32()))
                 drop_w.write_table(dropped)
         kept_w.close()
         drop_w.close()
@@ -455,9 +642,14 @@ def run(
         }
         if against:
             (tmp / "contamination.json").write_text(json.dumps(contamination, ensure_ascii=False, indent=1))
-        from forge.select import finish_derived
-
         return finish_derived(tmp, out, manifest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _map(executor, fn, jobs: list) -> list:
+    """Local: one job after another in this process (each is bounded in memory); Ray: tasks."""
+    if executor is not None and executor.name == "ray":
+        return executor.map(fn, jobs)
+    return [fn(job) for job in jobs]

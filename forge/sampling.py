@@ -11,9 +11,21 @@ mixture takes from each, see forge.mixture for how strategies set c_i):
 
 2. Records within a component: without replacement. Draw j is record
    perm_{i,e}(j mod n_i) with epoch e = j div n_i, where perm_{i,e} is a seeded
-   pseudo-random permutation of [0, n_i) (keyed multiply/xor-shift rounds on a power-of-two
-   domain, with cycle walking; see permute()).
-   A record repeats only after all n_i have been used, and then in a fresh order.
+   pseudo-random permutation of [0, n_i). A record repeats only after all n_i have been
+   used, and then in a fresh order.
+   perm_{i,e} is two-level, so that reading it is sequential and memory is bounded by a
+   window, not by n_i: the records are cut into blocks of BLOCK consecutive indices (about
+   one Parquet row group); the blocks are shuffled; the shuffled blocks are taken
+   WINDOW_BLOCKS at a time, and the records of those blocks are shuffled together (a
+   uniform permutation of the window). A component of at most BLOCK * WINDOW_BLOCKS records
+   is one window: a uniform permutation of all of it. What this changes for a larger
+   component: its draws are no longer a uniform shuffle of the whole component. Within an
+   epoch, the draws at positions [k W, (k+1) W) of the component (W = the window's records)
+   all come from the same WINDOW_BLOCKS blocks, so records that sit close together in the
+   source (one block) are drawn within W draws of each other. Which blocks share a window,
+   and the window order, change every epoch and seed.
+   Both levels use permute() (keyed multiply/xor-shift rounds on a power-of-two domain,
+   with cycle walking).
 
 3. Ranks and workers: global position k belongs to reader (k mod R) where R =
    world_size * num_workers and reader = rank * num_workers + worker. Readers get
@@ -91,6 +103,10 @@ def largest_remainder(total: int, rates: np.ndarray) -> np.ndarray:
     return counts
 
 
+BLOCK = 8192  # records per block: a row group of a built source
+WINDOW_BLOCKS = 8  # blocks shuffled together; the reader holds about this many row groups per component
+
+
 @dataclass
 class Block:
     positions: np.ndarray  # global stream positions
@@ -101,7 +117,17 @@ class Block:
 class Schedule:
     """The global stream for counts c_i over components of sizes n_i."""
 
-    def __init__(self, counts: list[int], sizes: list[int], seed: int, window: int = 65536):
+    def __init__(
+        self,
+        counts: list[int],
+        sizes: list[int],
+        seed: int,
+        window: int = 65536,
+        block: int = BLOCK,
+        window_blocks: int = WINDOW_BLOCKS,
+    ):
+        self.block = block
+        self.window_blocks = window_blocks
         self.counts = np.asarray(counts, dtype=np.int64)
         self.sizes = np.asarray(sizes, dtype=np.int64)
         if (self.counts > 0).any() and (self.sizes[self.counts > 0] <= 0).any():
@@ -158,10 +184,39 @@ class Schedule:
         while d < hi:
             epoch, pos = divmod(d, n)
             end = min(hi, (epoch + 1) * n)
-            out[d - lo : end - lo] = permute(
-                np.arange(pos, pos + end - d), n, int(_key(self.seed, 2, i, epoch))
-            )
+            out[d - lo : end - lo] = self.permutation(i, epoch, np.arange(pos, pos + end - d))
             d = end
+        return out
+
+    def permutation(self, i: int, epoch: int, pos: np.ndarray) -> np.ndarray:
+        """perm_{i,epoch}(pos): the record at positions `pos` of component i's epoch order."""
+        n = int(self.sizes[i])
+        key = int(_key(self.seed, 2, i, epoch))
+        span = self.block * self.window_blocks
+        if n <= span:  # one window: a uniform permutation of the whole component
+            return permute(pos, n, key)
+        # level 1: the order of the blocks; the last block may be short
+        n_blocks = -(-n // self.block)
+        order = permute(np.arange(n_blocks), n_blocks, int(_key(key, 1)))
+        sizes = np.minimum(self.block, n - order * self.block)
+        ends = np.cumsum(sizes)  # window k holds ordered blocks [k*WB, (k+1)*WB)
+        win_ends = ends[
+            np.minimum(np.arange(1, -(-n_blocks // self.window_blocks) + 1) * self.window_blocks, n_blocks)
+            - 1
+        ]
+        out = np.empty(len(pos), dtype=np.int64)
+        win_of = np.searchsorted(win_ends, pos, side="right")
+        for w in np.unique(win_of).tolist():
+            sel = np.flatnonzero(win_of == w)
+            start = int(win_ends[w - 1]) if w else 0
+            size = int(win_ends[w]) - start
+            # level 2: a uniform permutation inside the window, over its blocks in source
+            # order, so one window reads its row groups front to back
+            blocks = np.sort(order[w * self.window_blocks : (w + 1) * self.window_blocks])
+            bsizes = np.minimum(self.block, n - blocks * self.block)
+            t = permute(pos[sel] - start, size, int(_key(key, 2, w)))
+            b = np.searchsorted(np.cumsum(bsizes), t, side="right")
+            out[sel] = blocks[b] * self.block + (t - (np.cumsum(bsizes) - bsizes)[b])
         return out
 
     def iter_blocks(self, start: int = 0, rank: int = 0, world: int = 1):

@@ -84,3 +84,48 @@ def test_resume_from_any_position():
         p2, c2, r2 = collect(s, start=start)
         assert p2.tolist() == pos[start:].tolist()
         assert c2.tolist() == comp[start:].tolist() and r2.tolist() == rec[start:].tolist()
+
+
+@pytest.mark.parametrize("n", [65, 100, 129, 1000, 1023])
+def test_two_level_permutation_is_a_bijection_per_epoch(n):
+    s = Schedule([3 * n], [n], seed=9, block=16, window_blocks=4)  # windows of 64 records
+    for epoch in range(3):
+        out = s.permutation(0, epoch, np.arange(n))
+        assert sorted(out.tolist()) == list(range(n))
+    # any slice of positions gives the same records as the whole (seeking needs no state)
+    assert (
+        s.permutation(0, 1, np.arange(37, 61)).tolist() == s.permutation(0, 1, np.arange(n))[37:61].tolist()
+    )
+
+
+def test_two_level_stream_keeps_its_guarantees_and_bounds_what_a_window_reads():
+    """Component 0 (1000 records, 2500 draws) is larger than one window (4 blocks of 16):
+    counts stay exact, each epoch is a permutation, readers stay disjoint, a resumed
+    stream continues exactly; and any 64 consecutive draws of it touch at most 12 blocks
+    (three windows), where a uniform shuffle touches ~40. Component 1 (64 records) is one window."""
+    s = Schedule([2500, 700], [1000, 64], seed=4, window=97, block=16, window_blocks=4)
+    pos, comp, rec = collect(s)
+    assert pos.tolist() == list(range(3200))
+    assert np.bincount(comp).tolist() == [2500, 700]
+    r0 = rec[comp == 0]
+    for e in range(2):
+        assert sorted(r0[e * 1000 : (e + 1) * 1000].tolist()) == list(range(1000))
+    assert len(set(r0[2000:].tolist())) == 500
+    assert r0[:1000].tolist() != r0[1000:2000].tolist()  # a fresh order every epoch
+    touched = [len(set((r0[k : k + 64] // 16).tolist())) for k in range(0, 1000 - 64)]
+    assert max(touched) <= 12  # two full windows, or three when the one with the short block is between
+    assert len(set((r0[:64] // 16).tolist())) <= 4  # the first window: exactly its 4 blocks
+    # component 1 fits in one window: a uniform permutation, exactly as permute() gives it
+    r1 = rec[comp == 1]
+    assert sorted(r1[:64].tolist()) == list(range(64))
+    # readers: disjoint slices whose union is the stream
+    parts = [collect(s, rank=r, world=3) for r in range(3)]
+    assert sorted(np.concatenate([p[0] for p in parts]).tolist()) == list(range(3200))
+    assert all(np.all(p[0] % 3 == r) for r, p in enumerate(parts))
+    # resume from any position: the same suffix
+    pos2, comp2, rec2 = collect(s, start=1234)
+    assert pos2.tolist() == list(range(1234, 3200))
+    assert rec2.tolist() == rec[1234:].tolist() and comp2.tolist() == comp[1234:].tolist()
+    # a uniform shuffle of the same component would touch many more blocks per 64 draws
+    uniform = permute(np.arange(1000), 1000, 4)
+    assert len(set((uniform[:64] // 16).tolist())) > 30

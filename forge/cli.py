@@ -643,13 +643,21 @@ def mix(
     json_out: JsonOpt = False,
     no_wait: NoWaitOpt = False,
     keep_versions: KeepOpt = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
+    shard_rows: Annotated[
+        int, typer.Option("--shard-rows", min=1, help="Records per output shard.")
+    ] = 250_000,
     catalog: CatalogOpt = None,
     home: HomeOpt = None,
 ):
     """Sample a mixture and write it as Parquet shards + a lineage manifest (a new version)."""
     from forge.catalog import load_catalog
+    from forge.executor import choose
     from forge.mixture import materialize, resolve
     from forge.paths import mixture_store
+
+    run_on = choose(executor, ray_address)
 
     h = _home(home)
     m = resolve(name, load_catalog(catalog), home=h, seed=seed)
@@ -706,7 +714,13 @@ def mix(
     with _progress() as prog:
         prog.add_task(f"mix {name}", total=None)
         manifest = materialize(
-            m, h, wait=not no_wait, say=lambda msg: err.print(msg, highlight=False), keep=keep_versions
+            m,
+            h,
+            shard_rows,
+            wait=not no_wait,
+            say=lambda msg: err.print(msg, highlight=False),
+            keep=keep_versions,
+            executor=run_on,
         )
     console.print(
         f"wrote {manifest['rows']:,} records to {mixture_store(name, h).path / manifest['version']} "

@@ -145,6 +145,49 @@ def test_worker_killed_by_pid_is_retried(cluster, local_flan, tmp_path):
     same_dataset(local_flan, version(home, "sources", "flan_cot"))
 
 
+def test_ray_dedup_same_bytes_as_local(cluster, local_flan, tmp_path):
+    """Real FLAN CoT (66,886 records, 1,404 near duplicates): sign and pairs steps as Ray
+    tasks, 20 partitions, give the local run's output byte for byte."""
+    home = local_flan.parents[2]
+    r = forge(home, "dedup", "flan_cot", "--out", str(tmp_path / "local"))
+    assert r.returncode == 0, r.stderr
+    r = forge(home, "dedup", "flan_cot", "--out", str(tmp_path / "ray"), "--executor", "ray",
+              "--ray-address", cluster.address, env={"FORGE_DEDUP_PARTITION_BYTES": "1000000"})  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "dropped 1,404" in r.stdout
+    for name in ("part-00000.parquet", "dropped.parquet"):
+        assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes()
+    manifests = [json.loads((tmp_path / k / "manifest.json").read_text()) for k in ("local", "ray")]
+    assert [m.pop("name") for m in manifests] == ["local", "ray"]  # the --out folder's name
+    assert manifests[0] == manifests[1]
+
+
+def test_ray_mix_same_bytes_as_local(cluster, local_flan, tmp_path):
+    """One Ray task per output shard (5 shards of 15,000): shards, lineage and manifest as local."""
+    home = local_flan.parents[2]
+    mixes = tmp_path / "mixtures"
+    mixes.mkdir()
+    (mixes / "flan-half.yaml").write_text(
+        "name: flan-half\ndescription: half of FLAN CoT\nstrategy: rates\nsize: 70000\nseed: 3\n"
+        "components:\n  - {source: flan_cot, weight: 1}\n"
+    )
+    env = {"FORGE_MIXTURES": str(mixes)}
+    homes = {}
+    for kind, extra in (("local", []), ("ray", ["--executor", "ray", "--ray-address", cluster.address])):
+        homes[kind] = tmp_path / kind
+        import shutil
+
+        shutil.copytree(home / "sources", homes[kind] / "sources")
+        r = forge(homes[kind], "mix", "flan-half", "--shard-rows", "15000", *extra, env=env)
+        assert r.returncode == 0, r.stderr
+    a, b = (version(homes[k], "mixtures", "flan-half") for k in ("local", "ray"))
+    assert len(list(a.glob("part-*.parquet"))) == 5
+    same_dataset(a, b)
+    assert (a / "ids.parquet").read_bytes() == (b / "ids.parquet").read_bytes()
+    manifest = json.loads((a / "manifest.json").read_text())
+    assert manifest["rows"] == 70_000 and manifest["components"][0]["epochs"] > 1
+
+
 def test_losing_a_node_mid_build(cluster, local_flan, tmp_path):
     """Every part's first attempt pauses after writing its shards; once a part is paused on
     the second node, that node is killed whole (raylet, workers, agents). Ray reschedules its

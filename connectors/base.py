@@ -23,7 +23,10 @@ class SourceFile:
     path: Path  # where the bytes are on disk (the archive, for a member)
     name: str  # stable name inside the source (relative path); goes into ids and provenance
     member: str | None = None  # the member's path inside the archive at `path` (connectors.archive)
-    size: int | None = None  # the member's uncompressed size
+    size: int | None = None  # the member's uncompressed size (or a listed remote file's size)
+    # a Hub file known from the repo listing and not downloaded yet: its content id there
+    # ("sha256:..." for LFS files, "git:..." for others); the part that reads it fetches it
+    remote: str | None = None
 
     @property
     def nbytes(self) -> int:

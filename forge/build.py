@@ -88,7 +88,7 @@ def build_hash(src: Source, raw: list[dict], detector: str) -> str:
         "formatter": [src.formatter, FORMATTERS[src.formatter].VERSION, src.options],
         "tags": [src.lang, src.task, src.gen, src.category, detector, langid.VERSION],
         "normalization": normalize.NORMALIZATION,
-        "raw": [[r["name"], r["sha256"]] for r in raw],
+        "raw": [[r["name"], r.get("remote") or r["sha256"]] for r in raw],
         "members": src.members,
     }
     if src.formatter in ("cot", "tasks"):
@@ -306,22 +306,37 @@ def build_source(
     keep: int | None = None,
     revision: str | None = None,
     executor: Executor | None = None,
+    subsets: list[str] | None = None,
 ) -> BuildResult:
     """Build one source into a new immutable version and commit it (forge.store); the
     previous version stays current and untouched until the new one is complete. `revision`
     overrides the catalog's pinned Hub revision for this build (the manifest's origin says
     which was used). `executor` runs the parts (forge.executor: local processes or Ray);
-    `workers` is the local one's process count."""
+    `workers` is the local one's process count. `subsets` picks a Hub source's files by its
+    catalog hub.subsets glob (xP3's languages).
+
+    Parts whose input is unchanged since the last build (same files and contents, same
+    options) are not rebuilt: finished parts are kept under the source's .parts folder, so a
+    rebuild after one file changed, or a rerun after a crash, builds only what is missing."""
     if not (0.0 <= max_quarantine <= 1.0):  # also refuses NaN
         raise BuildError(f"--max-quarantine must be a fraction between 0 and 1, got {max_quarantine}")
     home = Path(home or data_home())
     t0 = time.perf_counter()
-    files, origin = resolve(src, from_path=from_path, sample=sample, home=home, revision=revision)
+    files, origin = resolve(
+        src, from_path=from_path, sample=sample, home=home, revision=revision, subsets=subsets
+    )
+    if subsets:
+        origin["subsets"] = list(subsets)
     raw = []
+    content: dict[str, str] = {}  # file path -> what its bytes are (sha256, or the Hub's id)
     from connectors.base import sha256_file
 
     seen = set()
     for f in files:
+        if f.remote:  # listed on the Hub, fetched by the part that reads it
+            raw.append({"name": f.name, "remote": f.remote, "bytes": f.size})
+            content[str(f.path)] = f.remote
+            continue
         if f.path in seen:  # the members of one archive: its bytes are hashed once
             continue
         seen.add(f.path)
@@ -334,6 +349,7 @@ def build_source(
                     )
             name = f.name.split(SEPARATOR)[0] if f.member else f.name
             raw.append({"name": name, "sha256": sha256_file(f.path), "bytes": f.path.stat().st_size})
+            content[str(f.path)] = raw[-1]["sha256"]
         except OSError as e:
             raise BuildError(f"{src.name}: cannot read {f.path}: {e.strerror}") from e
     bhash = build_hash(src, raw, detector)
@@ -344,7 +360,20 @@ def build_source(
                 return done
             vid, tmp = store.new_tmp()
             executor = executor or Executor("local", workers)
-            job = _Job(src, files, raw, bhash, origin, t0, max_quarantine, detector, shard_rows, executor)
+            job = _Job(
+                src,
+                files,
+                raw,
+                bhash,
+                origin,
+                t0,
+                max_quarantine,
+                detector,
+                shard_rows,
+                executor,
+                force,
+                content,
+            )
             try:
                 return _build_version(job, store, vid, tmp, progress, keep)
             except BaseException:
@@ -405,6 +434,8 @@ class _Job:
     detector: str
     shard_rows: int
     executor: Executor
+    force: bool = False
+    content: dict = field(default_factory=dict)  # file path -> sha256 or Hub content id
 
 
 def _build_version(job: _Job, store: Store, vid: str, tmp: Path, progress, keep: int | None) -> BuildResult:
@@ -420,22 +451,38 @@ def _build_version(job: _Job, store: Store, vid: str, tmp: Path, progress, keep:
     )
 
     parts = plan_parts(files)
-    jobs = [(src, part_files, i, str(tmp), detector, shard_rows) for i, part_files in enumerate(parts)]
+    cache = store.path / PART_CACHE
+    cache.mkdir(exist_ok=True)
+    keys = [part_key(job, part_files) for part_files in parts]
+    todo = [i for i in range(len(parts)) if job.force or not _reusable(cache / keys[i])]
+    jobs = [(src, parts[i], i, str(tmp), detector, shard_rows) for i in todo]
+
+    def finished(staged: tuple, count: bool) -> None:
+        """Keep a finished part in the cache at once, so a crash later loses none of it."""
+        result, attempt = staged
+        _keep_part(tmp / attempt, result, cache / keys[result.index])
+        faults.point("build:part-kept")
+        if count and progress:
+            progress(result.formatted_from + result.connector_rejects)
+
     small = sum(r["bytes"] for r in raw) < PARALLEL_MIN_BYTES
-    if executor.name == "local" and (small or len(parts) == 1 or executor.workers == 1):
-        staged = [_build_part_staged(j, progress) for j in jobs]
-    else:
-
-        def done(r: tuple) -> None:
-            if progress:
-                progress(r[0].formatted_from + r[0].connector_rejects)
-
-        staged = executor.map(_build_part_staged, jobs, done=done)
-    results = [_adopt(tmp, result, attempt) for result, attempt in staged]
+    if executor.name == "local" and (small or len(jobs) <= 1 or executor.workers == 1):
+        for j in jobs:
+            finished(_build_part_staged(j, progress), count=False)
+    elif jobs:
+        executor.map(_build_part_staged, jobs, done=lambda r: finished(r, count=True))
+    results = [_reuse_part(cache / keys[i], i, tmp) for i in range(len(parts))]
+    if progress:
+        for i in set(range(len(parts))) - set(todo):
+            progress(results[i].formatted_from + results[i].connector_rejects)
     for leftover in tmp.glob(".part-*"):  # attempts whose worker died: never committed
         shutil.rmtree(leftover, ignore_errors=True)
     for marker in tmp.glob(".fault-part-*"):  # forge.faults' test markers
         marker.unlink()
+    fetched = {name: sha for r in results for name, sha in r.raw_sha.items()}
+    for r in raw:  # Hub files listed before the build: their sha256 is known now
+        if "sha256" not in r:
+            r["sha256"] = fetched[r["name"]]
     faults.point("build:parts-done")
 
     shards = [sh for r in results for sh in r.shards]
@@ -492,9 +539,13 @@ def _build_version(job: _Job, store: Store, vid: str, tmp: Path, progress, keep:
         "license": src.license,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "warnings": [zh_warning] if zh_warning else [],
+        "parts": {"built": len(todo), "reused": len(parts) - len(todo)},
     }
     write_json_atomic(tmp / "manifest.json", manifest)
     version = store.commit(vid, tmp, keep)
+    for entry in cache.iterdir():  # keep the parts of the committed version only
+        if entry.name not in keys:
+            shutil.rmtree(entry, ignore_errors=True)
     return BuildResult(
         src.name,
         "built",
@@ -536,6 +587,64 @@ class PartResult:
     connector_rejects: int
     quarantined: int
     reasons: dict
+    index: int = 0
+    raw_sha: dict = field(default_factory=dict)  # Hub files this part fetched: name -> sha256
+
+
+PART_CACHE = ".parts"
+
+
+def part_key(job: _Job, files: list) -> str:
+    """What a part's output depends on: the build's options (its hash without the raw files),
+    the shard size and the part's own files and contents."""
+    base = build_hash(job.src, [], job.detector)
+    ident = [[f.name, f.member, job.content[str(f.path)]] for f in files]
+    return hashlib.sha256(json.dumps([base, job.shard_rows, ident]).encode()).hexdigest()[:32]
+
+
+def _reusable(entry: Path) -> bool:
+    """A cached part can stand in for a rebuild when its result and every shard are intact
+    (the cache shares bytes with committed versions: a damaged shard is damaged in both)."""
+    try:
+        data = json.loads((entry / "result.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return not damaged_shards(entry, data)
+
+
+def _keep_part(attempt: Path, result: PartResult, entry: Path) -> None:
+    """Move a finished attempt folder to the part cache, with its result."""
+    import dataclasses
+
+    data = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+    data["counts"] = {k: dict(v) for k, v in result.counts.items()}  # asdict() garbles Counters
+    write_json_atomic(attempt / "result.json", data)
+    if entry.exists():  # --force: the new build replaces it
+        shutil.rmtree(entry)
+    os.replace(attempt, entry)
+
+
+def _reuse_part(entry: Path, index: int, tmp: Path) -> PartResult:
+    """Link a cached part's shards and quarantine into the version folder as part `index`."""
+    data = json.loads((entry / "result.json").read_text())
+    result = PartResult(**{**data, "counts": {k: Counter(v) for k, v in data["counts"].items()}})
+    shards = []
+    for n, shard in enumerate(result.shards):
+        name = f"part-{index:03d}-{n:05d}.parquet"
+        _link(entry / shard["file"], tmp / name)
+        shards.append({**shard, "file": name})
+    for q in entry.glob(".quarantine-*.jsonl"):
+        _link(q, tmp / f".quarantine-{index:03d}.jsonl")
+    result.shards, result.index = shards, index
+    return result
+
+
+def _link(src: Path, dst: Path) -> None:
+    """A hard link (no copy: the cache and the version share the bytes), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def plan_parts(files: list, target_bytes: int | None = None) -> list[list]:
@@ -557,29 +666,29 @@ def plan_parts(files: list, target_bytes: int | None = None) -> list[list]:
 
 def _build_part_staged(job: tuple, progress: Callable[[int], None] | None = None) -> tuple[PartResult, str]:
     """Build one part into a folder of its own inside the build's temporary folder. The
-    driver adopts that folder's files only from the attempt whose result it received, so a
+    driver keeps (in the part cache) only the attempt whose result it received, so a
     part whose worker died and was retried (Ray) is committed exactly once."""
     import uuid
 
+    from connectors.base import sha256_file
     from forge import faults
+    from forge.locate import fetch
 
     src, files, index, out_dir, detector, shard_rows = job
     attempt = Path(out_dir) / f".part-{index:03d}.{uuid.uuid4().hex[:12]}"
     attempt.mkdir()
-    result = _build_part((src, files, index, attempt, detector, shard_rows), progress)
+    local, raw_sha = [], {}
+    for f in files:  # Hub files are fetched here, by the part (the task) that reads them
+        if f.remote:
+            got = fetch(src, f)
+            raw_sha[f.name] = f.remote[7:] if f.remote.startswith("sha256:") else sha256_file(got.path)
+            local.append(got)
+        else:
+            local.append(f)
+    result = _build_part((src, local, index, attempt, detector, shard_rows), progress)
+    result.index, result.raw_sha = index, raw_sha
     faults.part_attempt(index, out_dir)
     return result, attempt.name
-
-
-def _adopt(tmp: Path, result: PartResult, attempt: str) -> PartResult:
-    """Move one finished attempt's shards and quarantine into the version folder."""
-    folder = tmp / attempt
-    for shard in result.shards:
-        os.replace(folder / shard["file"], tmp / shard["file"])
-    for q in folder.glob(".quarantine-*.jsonl"):
-        os.replace(q, tmp / q.name)
-    shutil.rmtree(folder)
-    return result
 
 
 def _build_part(job: tuple, progress: Callable[[int], None] | None = None) -> PartResult:

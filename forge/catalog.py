@@ -35,7 +35,7 @@ KNOWN = set(REQUIRED) | {
     "derive",
     "endpoint",
 }
-HUB_KEYS = {"repo", "files", "revision", "repo_type"}
+HUB_KEYS = {"repo", "files", "revision", "repo_type", "subsets"}
 
 
 @dataclass
@@ -44,6 +44,9 @@ class HubLocation:
     files: list[str]
     revision: str = "main"
     repo_type: str = "dataset"
+    # a glob with {subset} (xP3: "{subset}/*.jsonl"): `forge build --subset zh` reads only
+    # the files it matches, and downloads nothing else
+    subsets: str | None = None
 
 
 @dataclass
@@ -159,8 +162,13 @@ def parse_source(path: Path, name: str, spec) -> Source:
         files = h.get("files", [])
         if isinstance(files, str):
             files = [files]
+        subsets = h.get("subsets")
+        if subsets is not None and (not isinstance(subsets, str) or "{subset}" not in subsets):
+            raise _fail(
+                path, name, "hub.subsets", f"expected a glob containing {{subset}}, found {subsets!r}"
+            )
         hub = HubLocation(
-            h["repo"], list(files), str(h.get("revision", "main")), h.get("repo_type", "dataset")
+            h["repo"], list(files), str(h.get("revision", "main")), h.get("repo_type", "dataset"), subsets
         )
     members = spec.get("members", [])
     if isinstance(members, str):

@@ -283,6 +283,12 @@ def build(
             help="Hub revision (commit, branch, tag) instead of the catalog's pinned one, this build only."
         ),
     ] = None,
+    subset: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--subset", help="Only these subsets of a Hub source that declares hub.subsets (xp3: languages)."
+        ),
+    ] = None,
     no_wait: NoWaitOpt = False,
     keep_versions: KeepOpt = None,
     executor: ExecutorOpt = None,
@@ -330,6 +336,7 @@ def build(
                     keep=keep_versions,
                     revision=revision,
                     executor=run_on,
+                    subsets=subset,
                 )
             except ForgeError as e:
                 failed.append(name)

@@ -71,10 +71,26 @@ def resolve(
     home: Path | None = None,
     offline: bool | None = None,
     revision: str | None = None,
+    subsets: list[str] | None = None,
 ) -> tuple[list[SourceFile], dict]:
     """Files to read and a description of where they came from (for provenance). Archives
     among them are replaced by their members when the source names `members`. `revision`
-    overrides the catalog's pinned Hub revision for this build."""
+    overrides the catalog's pinned Hub revision for this build; `subsets` picks files by the
+    catalog's hub.subsets glob (xP3's languages) before anything is downloaded.
+
+    A Hub source that the Hub can list comes back as listed files (SourceFile.remote set, not
+    downloaded): each build part fetches its own files, so a large source downloads and builds
+    file by file, and a rerun fetches only what is missing. Offline, the files cached in the
+    data home are used as before."""
+    if subsets:
+        if not (src.hub and src.hub.subsets) or from_path is not None or sample:
+            raise BuildError(
+                f"{src.name}: --subset applies to a Hub source whose catalog entry declares hub.subsets "
+                f"(for example xp3's languages)"
+            )
+        src = dataclasses.replace(
+            src, hub=dataclasses.replace(src.hub, files=[src.hub.subsets.format(subset=x) for x in subsets])
+        )
     if revision is not None:
         if not src.hub or from_path is not None or sample:
             raise BuildError(
@@ -131,12 +147,9 @@ def _locate(
         if files:
             return _named(files), {"kind": "local", "path": str(pattern)}
     if src.hub:
-        return _from_hub(src, home, offline), {
-            "kind": "hub",
-            "repo": src.hub.repo,
-            "revision": src.hub.revision,
-            "files": src.hub.files,
-        }
+        origin = {"kind": "hub", "repo": src.hub.repo, "revision": src.hub.revision, "files": src.hub.files}
+        listed = None if src.members else hub_listing(src, home, offline)
+        return (listed if listed is not None else _from_hub(src, home, offline)), origin
     if src.url:
         return _from_urls(src, home), {"kind": "url", "urls": src.url}
     where = f" (local path {src.local} has no files)" if src.local else ""
@@ -148,12 +161,71 @@ def matches_hub_pattern(path: str, pattern: str) -> bool:
     return fnmatch.fnmatch(path, pattern)
 
 
+def _hub_target(src: Source, home: Path | None) -> Path:
+    hub = src.hub
+    return hub_cache_dir(home) / hub.repo_type / hub.repo.replace("/", "--") / hub.revision
+
+
+def hub_listing(src: Source, home: Path | None, offline: bool | None) -> list[SourceFile] | None:
+    """The source's files as the Hub lists them at the pinned revision (name, size, content
+    id), nothing downloaded; None when the Hub cannot be asked (offline or unreachable: the
+    download path then says so in one line, or uses the cache)."""
+    if offline or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return None
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    hub = src.hub
+    try:
+        entries = list(
+            HfApi().list_repo_tree(hub.repo, repo_type=hub.repo_type, revision=hub.revision, recursive=True)
+        )
+    except Exception:  # noqa: BLE001 - unreachable, offline, not found: the download path reports it
+        return None
+    patterns = hub.files or ["*"]
+    target = _hub_target(src, home)
+    files = []
+    for e in entries:
+        if isinstance(e, RepoFile) and any(matches_hub_pattern(e.path, pat) for pat in patterns):
+            content = f"sha256:{e.lfs.sha256}" if e.lfs else f"git:{e.blob_id}"
+            files.append(SourceFile(target / e.path, e.path, size=e.size, remote=content))
+    if not files:
+        raise BuildError(f"{src.name}: {hub.repo}@{hub.revision} has no files matching {patterns}")
+    return sorted(files, key=lambda f: f.name)
+
+
+def fetch(src: Source, f: SourceFile) -> SourceFile:
+    """Download one listed Hub file into the data home's cache (skipped when it is there
+    already, resumed when partial), check its content against the listing, and return it as
+    a local file."""
+    from huggingface_hub import hf_hub_download
+
+    from connectors.base import sha256_file
+
+    hub = src.hub
+    try:
+        path = hf_hub_download(
+            hub.repo,
+            f.name,
+            repo_type=hub.repo_type,
+            revision=hub.revision,
+            local_dir=str(f.path.parents[len(Path(f.name).parts) - 1]),  # the listing's target folder
+        )
+    except Exception as e:  # network, auth, missing file: one clear line
+        raise BuildError(
+            f"{src.name}: download of {f.name} from {hub.repo}@{hub.revision} failed: {e}"
+        ) from e
+    if f.remote.startswith("sha256:") and sha256_file(Path(path)) != f.remote.split(":", 1)[1]:
+        raise BuildError(f"{src.name}: {f.name} downloaded from {hub.repo} does not match the Hub's sha256")
+    return SourceFile(Path(path), f.name)
+
+
 def _from_hub(src: Source, home: Path | None, offline: bool | None) -> list[SourceFile]:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     hub = src.hub
-    target = hub_cache_dir(home) / hub.repo_type / hub.repo.replace("/", "--") / hub.revision
+    target = _hub_target(src, home)
     try:
         root = snapshot_download(
             repo_id=hub.repo,

@@ -15,6 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
+LFS_MIN_BYTES = 100_000  # the tests' stand-in for a repo's .gitattributes LFS rules
+
 
 class HubState:
     def __init__(self, root: Path):
@@ -212,14 +214,16 @@ def make_handler(state: HubState):
                     entries.append({"type": "directory", "path": rel, "oid": "0" * 40})
                 else:
                     data = p.read_bytes()
-                    entries.append(
-                        {
-                            "type": "file",
-                            "path": rel,
-                            "size": len(data),
-                            "oid": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest(),
-                        }
-                    )
+                    entry = {
+                        "type": "file",
+                        "path": rel,
+                        "size": len(data),
+                        "oid": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest(),
+                    }
+                    if len(data) >= LFS_MIN_BYTES:  # large files go through LFS, as on the Hub
+                        sha = hashlib.sha256(data).hexdigest()
+                        entry["lfs"] = {"oid": sha, "size": len(data), "pointerSize": 134}
+                    entries.append(entry)
             self._json(200, entries)
 
         def _resolve(self):

@@ -100,9 +100,15 @@ def test_manifest_contents(home, catalog):
 def test_no_temp_files_left(home, catalog):
     build_source(catalog.get("alpaca"), home=home, sample=True)
     folder = home / "sources" / "alpaca"
-    leftovers = [p.name for p in folder.iterdir() if p.name.startswith(".") and p.name != ".lock"]
+    leftovers = [
+        p.name for p in folder.iterdir() if p.name.startswith(".") and p.name not in (".lock", ".parts")
+    ]
     assert leftovers == []
-    assert sorted(p.name for p in folder.iterdir()) == [".lock", "CURRENT", "v000001"]
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", ".parts", "CURRENT", "v000001"]
+    # the part cache holds the committed version's one part, sharing its bytes (a hard link)
+    (entry,) = (folder / ".parts").iterdir()
+    shard = folder / "v000001" / "part-000-00000.parquet"
+    assert (entry / "part-000-00000.parquet").stat().st_ino == shard.stat().st_ino
 
 
 def test_missing_input_is_an_error(home, catalog, tmp_path):

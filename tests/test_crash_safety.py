@@ -314,7 +314,7 @@ def test_disk_full_mid_build_keeps_the_previous_version(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
         assert snapshot(current(home, "sources", "belle_0.5m")) == before
         names = sorted(p.name for p in (home / "sources" / "belle_0.5m").iterdir())
-        assert names == [".lock", "CURRENT", "v000001"]  # no temporary files left
+        assert names == [".lock", ".parts", "CURRENT", "v000001"]  # no temporary files left
         # free space (a bigger disk), and the next build succeeds
         subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
         again = forge(["build", "belle_0.5m", "--from", str(big)], home)

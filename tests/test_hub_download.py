@@ -77,3 +77,96 @@ def test_unreachable_hub_is_one_clear_line(tmp_path):
         in r.stderr
     )
     assert "Traceback" not in r.stderr
+
+
+def _jsonl(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def test_large_hub_source_builds_file_by_file_resumes_and_rebuilds_only_what_changed(tmp_path):
+    """An xP3-shaped repo (one JSONL per language folder, real records): --subset downloads
+    only its languages; each file is a part that fetches its own file; a build killed after
+    one part resumes without downloading or rebuilding it again; a changed upstream file is
+    the only one downloaded and rebuilt, and the result equals a fresh build."""
+    belle = [json.loads(x) for x in shared("belle/dev1K.json").read_text().splitlines()]
+    alpaca = json.loads(shared("alpaca/alpaca_5000.json").read_text())
+    code = json.loads(shared("code_alpaca/code_alpaca_2k.json").read_text())
+    root = tmp_path / "hub"
+    repo = root / "datasets" / "someone" / "xp3-like"
+
+    def as_xp3(records):
+        return [
+            {"inputs": (r["instruction"] + "\n" + r["input"]).strip(), "targets": r["output"]}
+            for r in records
+        ]
+
+    _jsonl(repo / "zh" / "xp3_zh.jsonl", as_xp3(belle))  # ~0.5 MB: an LFS file (sha256 listed)
+    _jsonl(repo / "en" / "xp3_en.jsonl", as_xp3(alpaca[:100]))  # small: a plain git file
+    _jsonl(repo / "code" / "xp3_code.jsonl", as_xp3(code[:200]))
+    (repo / "README.md").write_text("card")
+    (tmp_path / "catalog.yaml").write_text(
+        textwrap.dedent("""
+        sources:
+          xp3_like:
+            description: xP3-shaped repo
+            connector: json
+            connector_options: {format: jsonl}
+            formatter: columns
+            options: {instruction: inputs, input: null, output: targets}
+            hub: {repo: someone/xp3-like, files: ["*/*.jsonl"], subsets: "{subset}/*.jsonl", revision: main}
+            lang: ML
+            task: MT
+            gen: COL
+    """)
+    )
+    home = tmp_path / "home"
+    with LocalHub(root) as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "FORGE_HOME": str(home),
+               "HF_HOME": str(tmp_path / "hf"), "FORGE_PART_BYTES": "1000", "COLUMNS": "200"}  # fmt: skip
+
+        def downloads() -> list[str]:
+            return [p.rsplit("/", 2)[-2] for m, p, _ in hub.state.requests if m == "GET" and "/resolve/" in p]
+
+        def manifest() -> dict:
+            return json.loads((current(home, "sources", "xp3_like") / "manifest.json").read_text())
+
+        r = forge_cli(["build", "xp3_like", "--catalog", "catalog.yaml", "--subset", "zh", "--subset", "en"],
+                      env, tmp_path)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert sorted(downloads()) == ["en", "zh"]  # the code file was never fetched
+        m = manifest()
+        assert m["rows"] == 1100 and m["origin"]["subsets"] == ["zh", "en"]
+        assert [x["name"] for x in m["raw"]] == ["en/xp3_en.jsonl", "zh/xp3_zh.jsonl"]
+        assert m["raw"][1]["remote"] == "sha256:" + m["raw"][1]["sha256"]  # listed id = content
+        assert m["raw"][0]["remote"].startswith("git:")
+
+        bad = forge_cli(["build", "xp3_like", "--catalog", "catalog.yaml", "--subset", "xx"], env, tmp_path)
+        assert bad.returncode == 1
+        assert bad.stderr.strip() == (
+            "error: xp3_like: someone/xp3-like@main has no files matching ['xx/*.jsonl']"
+        )
+
+        # the whole source, killed right after its first new part is kept
+        crash = forge_cli(["build", "xp3_like", "--catalog", "catalog.yaml"],
+                          {**env, "FORGE_FAULT": "build:part-kept"}, tmp_path)  # fmt: skip
+        assert crash.returncode == -9
+        assert sorted(downloads()) == ["code", "en", "zh"]
+        r = forge_cli(["build", "xp3_like", "--catalog", "catalog.yaml"], env, tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert sorted(downloads()) == ["code", "en", "zh"]  # nothing fetched twice
+        assert manifest()["parts"] == {"built": 0, "reused": 3} and manifest()["rows"] == 1300
+
+        # upstream changes one file: only it is downloaded and rebuilt
+        _jsonl(repo / "en" / "xp3_en.jsonl", as_xp3(alpaca[100:250]))
+        r = forge_cli(["build", "xp3_like", "--catalog", "catalog.yaml"], env, tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert sorted(downloads()) == ["code", "en", "en", "zh"]
+        assert manifest()["parts"] == {"built": 1, "reused": 2} and manifest()["rows"] == 1350
+        fresh = forge_cli(["build", "xp3_like", "--catalog", "catalog.yaml"],
+                          {**env, "FORGE_HOME": str(tmp_path / "fresh")}, tmp_path)  # fmt: skip
+        assert fresh.returncode == 0, fresh.stderr
+        a, b = current(home, "sources", "xp3_like"), current(tmp_path / "fresh", "sources", "xp3_like")
+        assert sorted(p.name for p in a.glob("*.parquet")) == sorted(p.name for p in b.glob("*.parquet"))
+        for shard in a.glob("*.parquet"):
+            assert shard.read_bytes() == (b / shard.name).read_bytes()

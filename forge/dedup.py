@@ -371,7 +371,8 @@ def load_eval_texts(path) -> list[tuple[str, int, str]]:
 
 EXACT_ROW = np.dtype([("key", "<u8"), ("prio", "<i8"), ("id", "S32"), ("idx", "<i8")])
 META_ROW = np.dtype([("exact", "<u8"), ("origin", "<u8"), ("prio", "<i8"), ("id", "S32")])
-PARTITION_BYTES = int(os.environ.get("FORGE_DEDUP_PARTITION_BYTES", 16 << 20))
+PARTITION_BYTES = int(os.environ.get("FORGE_DEDUP_PARTITION_BYTES", 8 << 20))
+PARALLEL_MIN_ROWS = 200_000  # below this, starting worker processes costs more than it saves
 
 
 @dataclass
@@ -508,17 +509,20 @@ def run(
     """Deduplicate `sources` together into a derived dataset folder `out`:
     part-00000.parquet (kept), dropped.parquet (every removed record + reason, dup_of,
     kind, similarity), contamination.json (when `against` eval files are given), manifest.json.
-    `executor` (forge.executor) runs the sign and pairs steps: in this process by default,
-    or as Ray tasks; the output is the same."""
+    `executor` (forge.executor) runs the sign and pairs steps: local worker processes for a
+    large input (else this process), or Ray tasks; the output is the same."""
     import json
     import shutil
 
     import pyarrow.parquet as pq
 
     from forge.build import open_built
+    from forge.executor import Executor
     from forge.select import finish_derived, shard_files
     from forge.store import check_out, prepare_out
 
+    executor = executor or Executor()
+    home = Path(home) if home is not None else None
     priorities = priorities or {}
     files = shard_files(sources, home)
     check_out(Path(out), overwrite)  # before the expensive part, so a refusal comes at once
@@ -541,9 +545,9 @@ def run(
             SignJob(f, i, firsts[i], str(spill), partitions, near, raw_sha, priorities, eval_sig, threshold)
             for i, f in enumerate(files)
         ]
-        hits = sorted(h for found in _map(executor, sign_shard, jobs) for h in found)
+        hits = sorted(h for found in _map(executor, sign_shard, jobs, n) for h in found)
         pair_jobs = [PairJob(p, str(spill), firsts, near, threshold) for p in range(partitions)]
-        edges = [e for e in _map(executor, partition_edges, pair_jobs) if len(e)]
+        edges = [e for e in _map(executor, partition_edges, pair_jobs, n) if len(e)]
         e = np.concatenate(edges) if edges else np.zeros((0, 3), np.int64)
 
         # the duplicate graph: only records with an edge, relabelled 0..m-1
@@ -556,7 +560,7 @@ def run(
         result = star(rank, meta["exact"], local, origin)
         dropped_at = np.flatnonzero(result.dup_of >= 0)  # node positions, ascending = global order
         dropped_idx = nodes[dropped_at]
-        node_ids = meta["id"].astype(str)
+        node_ids = meta["id"]  # bytes; decoded only for the records written as dropped
 
         contamination = []
         if hits:
@@ -610,7 +614,7 @@ def run(
                         if p >= 0
                         else "contaminated: near-duplicates an eval item"
                     )
-                    dup_ids.append(node_ids[result.dup_of[p]] if p >= 0 else None)
+                    dup_ids.append(node_ids[result.dup_of[p]].decode() if p >= 0 else None)
                     sims.append(result.sim[p] if p >= 0 else 0.0)
                 for w in why:
                     reasons[w] = reasons.get(w, 0) + 1
@@ -648,8 +652,9 @@ def run(
         raise
 
 
-def _map(executor, fn, jobs: list) -> list:
-    """Local: one job after another in this process (each is bounded in memory); Ray: tasks."""
-    if executor is not None and executor.name == "ray":
+def _map(executor, fn, jobs: list, rows: int) -> list:
+    """Ray: tasks. Local: worker processes for a large input (each step is bounded in memory,
+    and the cores work together), else one job after another in this process."""
+    if executor is not None and (executor.name == "ray" or rows >= PARALLEL_MIN_ROWS):
         return executor.map(fn, jobs)
     return [fn(job) for job in jobs]

@@ -47,15 +47,14 @@ class Executor:
         items: list,
         *,
         done: Callable[[object], None] | None = None,
-        parallel: bool = True,
     ) -> list:
         """fn(item) for every item; results in item order. `done(result)` is called as each
-        result arrives (progress). parallel=False runs locally in this process (small jobs,
-        where starting workers costs more than it saves); Ray always uses its tasks."""
+        result arrives (progress, or keeping a finished part at once). Local: a pool of
+        `workers` spawned processes (this process alone when that is one); Ray: one task each."""
         if self.name == "ray":
             return list(self._ray_map(fn, items, done))
         n = min(self.workers or os.cpu_count() or 1, len(items))
-        if not parallel or n <= 1:
+        if n <= 1:
             results = []
             for item in items:
                 results.append(fn(item))
@@ -82,12 +81,11 @@ class Executor:
     def _ray_map(self, fn, items, done) -> Iterator:
         ray = connect_ray(self.address, self.workers)
         # workers of a running cluster do not inherit this process's environment: forge's own
-        # settings travel with the tasks
+        # settings travel with each task (not as a Ray runtime_env, which would start fresh
+        # workers for every job instead of reusing the warm ones)
         env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
-        task = ray.remote(max_retries=RAY_RETRIES, retry_exceptions=False)(fn).options(
-            runtime_env={"env_vars": env}
-        )
-        refs = [task.remote(item) for item in items]
+        task = ray.remote(max_retries=RAY_RETRIES, retry_exceptions=False)(_in_env)
+        refs = [task.remote(fn, env, item) for item in items]
         order = {ref.hex(): i for i, ref in enumerate(refs)}
         results: list = [None] * len(refs)
         pending = list(refs)
@@ -111,6 +109,15 @@ class Executor:
                 f"a Ray task failed after {RAY_RETRIES} retries: {str(e).splitlines()[0]}"
             ) from e
         return iter(results)
+
+
+def _in_env(fn: Callable, env: dict, item):
+    """Run fn(item) in a Ray worker with the driver's forge settings (and none left over from
+    an earlier job that this worker served)."""
+    for k in [k for k in os.environ if k.startswith(FORWARDED_ENV) and k not in env]:
+        del os.environ[k]
+    os.environ.update(env)
+    return fn(item)
 
 
 def choose(name: str | None = None, address: str | None = None, workers: int | None = None) -> Executor:

@@ -210,6 +210,9 @@ def fetch(src: Source, f: SourceFile) -> SourceFile:
             repo_type=hub.repo_type,
             revision=hub.revision,
             local_dir=str(f.path.parents[len(Path(f.name).parts) - 1]),  # the listing's target folder
+            # read now, not at import: a Ray worker may have imported huggingface_hub for an
+            # earlier job with other settings
+            endpoint=os.environ.get("HF_ENDPOINT") or None,
         )
     except Exception as e:  # network, auth, missing file: one clear line
         raise BuildError(

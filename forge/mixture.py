@@ -51,7 +51,7 @@ from forge.build import Built, open_built
 from forge.catalog import Catalog, unknown_message
 from forge.errors import MixtureError, QueryError
 from forge.paths import builtin_dir, mixture_store
-from forge.sampling import Schedule, largest_remainder
+from forge.sampling import WINDOW_BLOCKS, Schedule, largest_remainder
 from forge.schema import RECORD_SCHEMA
 from forge.store import check_name
 from formatters.safeyaml import YamlInputError, load_yaml_file
@@ -395,15 +395,17 @@ def _group_counts(path: Path, spec: dict, strategy: str, groups) -> list[int]:
 class RecordReader:
     """Random access to records of built sources, by (leaf, record index), with an LRU
     cache of decoded row groups bounded in count and in bytes, so memory stays bounded
-    however long the records are (a row group of long CoT records decodes to ~40 MB)."""
+    however long the records are (a row group of long CoT records decodes to ~40 MB). The
+    two-level permutation (forge.sampling) keeps a stretch of the stream inside a window of
+    WINDOW_BLOCKS row groups per component, so two windows' worth is what the cache holds."""
 
     def __init__(
         self,
         mix: Mixture,
         home: Path | None = None,
         columns: list[str] | None = None,
-        cache_row_groups: int = 64,
-        cache_bytes: int = 1 << 30,
+        cache_row_groups: int = 2 * WINDOW_BLOCKS,
+        cache_bytes: int = 512 << 20,
     ):
         self.mix = mix
         self.columns = columns

@@ -193,3 +193,56 @@ def test_partitioned_dedup_equals_the_in_memory_reference(home, catalog, tmp_pat
         assert got == expected
         assert m["input_rows"] == len(ids) and m["rows"] == len(ids) - len(expected)
         assert not (out / ".spill").exists()
+
+
+def _synthetic(path, n: int, seed: int = 0) -> None:
+    """n records of 8 random sentences from a pool; 2% are near copies of earlier ones."""
+    rng = np.random.default_rng(seed)
+    words = np.array([f"w{i}" for i in range(5000)])
+    pool = [" ".join(words[rng.integers(0, 5000, 8)]) for _ in range(5000)]
+    picks = rng.integers(0, len(pool), (n, 8))
+    with open(path, "w") as fh:
+        for i in range(n):
+            p = picks[i]
+            if i > 0 and rng.random() < 0.02:
+                p = picks[rng.integers(0, i)].copy()
+                p[rng.integers(0, 8)] = rng.integers(0, len(pool))
+            s = [pool[j] for j in p]
+            fh.write(json.dumps({"instruction": " ".join(s[:2]), "input": "", "output": " ".join(s[2:])}) + "\n")
+
+
+def test_dedup_memory_does_not_grow_with_the_corpus(tmp_path):
+    """Python and numpy memory at its peak (tracemalloc, each run in a fresh interpreter)
+    while deduplicating 3 and 12 batches of records (24,576 and 98,304): keys and signatures
+    live in disk partitions, so
+    4x the records must cost no more than the duplicate graph (2% of them) and a few buffers.
+    Holding every signature and id in memory, as dedup used to, grows by ~30 MB here."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    peaks = {}
+    for n in (3 * 8192, 12 * 8192):
+        data = tmp_path / f"s{n}.jsonl"
+        _synthetic(data, n)
+        (tmp_path / f"c{n}.yaml").write_text(
+            textwrap.dedent(f"""
+            sources:
+              synth:
+                {{description: x, connector: json, connector_options: {{format: jsonl}}, formatter: columns, local: {data}, lang: EN, task: MT, gen: SI}}
+            """)
+        )
+        home = tmp_path / f"h{n}"
+        build_source(load_catalog(tmp_path / f"c{n}.yaml").get("synth"), home=home)
+        code = (
+            "import json, tracemalloc\nfrom forge import dedup\ndedup.PARTITION_BYTES = 1 << 20\n"
+            f"tracemalloc.start()\nm = dedup.run(['synth'], {str(tmp_path / f'dd{n}')!r}, home={str(home)!r})\n"
+            "print(json.dumps([m['input_rows'], m['dropped'], tracemalloc.get_traced_memory()[1]]))\n"
+        )
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert r.returncode == 0, r.stderr
+        rows, dropped, peaks[n] = json.loads(r.stdout.splitlines()[-1])
+        assert rows == n and 0.015 * n < dropped < 0.025 * n
+    print({n: f"{p / 2**20:.1f} MB" for n, p in peaks.items()})
+    assert peaks[12 * 8192] < peaks[3 * 8192] + (3 << 20), peaks

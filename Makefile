@@ -11,6 +11,11 @@ $(VENV)/.installed: pyproject.toml scripts/install.sh
 	VENV=$(VENV) TORCH="$(TORCH)" PY=$(PY) scripts/install.sh
 	touch $@
 
+# the tests also run forge on a real Ray cluster: the ray extra on top of the demo's install
+$(VENV)/.installed-ray: $(VENV)/.installed
+	VENV=$(VENV) TORCH="$(TORCH)" PY=$(PY) FORGE_EXTRAS=dev,quant,report,track,serve,real,ray scripts/install.sh
+	touch $@
+
 install: $(VENV)/.installed
 
 demo: install
@@ -25,7 +30,7 @@ demo: install
 	@echo "  mixtures/NAME/vNNNNNN/  alpaca-belle-cot shards + ids.parquet lineage"
 	@echo "  runs/                   adapter + run_manifest.json + eval/mmlu.json (scores per item)"
 
-test: install
+test: $(VENV)/.installed-ray
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest tests
 

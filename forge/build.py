@@ -8,9 +8,12 @@ Layout under the data home (one immutable version per build, see forge/store.py)
   sources/<name>/v000003/part-000-00000.parquet   zstd Parquet, RECORD_SCHEMA
   sources/<name>/v000003/manifest.json            rows/bytes/sha256/xxh3 per shard, build hash, tags
   sources/<name>/v000003/quarantine.jsonl         every rejected raw record with file, line, reason
+  sources/<name>/.parts/<key>/                    finished parts (hard links), reused by the next
+                                                  build when a part's input and options are unchanged
 
 A build writes a new version under the source's writer lock and commits it by replacing
 CURRENT; readers pin the version they resolved, so a rebuild never changes what they read.
+The parts of a build run on an executor (forge/executor.py): local processes or Ray tasks.
 """
 
 from __future__ import annotations

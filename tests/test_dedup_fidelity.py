@@ -208,7 +208,9 @@ def _synthetic(path, n: int, seed: int = 0) -> None:
                 p = picks[rng.integers(0, i)].copy()
                 p[rng.integers(0, 8)] = rng.integers(0, len(pool))
             s = [pool[j] for j in p]
-            fh.write(json.dumps({"instruction": " ".join(s[:2]), "input": "", "output": " ".join(s[2:])}) + "\n")
+            fh.write(
+                json.dumps({"instruction": " ".join(s[:2]), "input": "", "output": " ".join(s[2:])}) + "\n"
+            )
 
 
 def test_dedup_memory_does_not_grow_with_the_corpus(tmp_path):
@@ -240,7 +242,9 @@ def test_dedup_memory_does_not_grow_with_the_corpus(tmp_path):
             f"tracemalloc.start()\nm = dedup.run(['synth'], {str(tmp_path / f'dd{n}')!r}, home={str(home)!r})\n"
             "print(json.dumps([m['input_rows'], m['dropped'], tracemalloc.get_traced_memory()[1]]))\n"
         )
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300
+        )
         assert r.returncode == 0, r.stderr
         rows, dropped, peaks[n] = json.loads(r.stdout.splitlines()[-1])
         assert rows == n and 0.015 * n < dropped < 0.025 * n

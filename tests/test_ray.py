@@ -188,6 +188,34 @@ def test_ray_mix_same_bytes_as_local(cluster, local_flan, tmp_path):
     assert manifest["rows"] == 70_000 and manifest["components"][0]["epochs"] > 1
 
 
+def test_ray_tasks_download_their_own_hub_files(cluster, tmp_path):
+    """A Hub source listed by the driver and fetched inside the Ray tasks (the workers get
+    HF_ENDPOINT from forge, not from their own environment): same shards as a local build."""
+    from tests.hub_server import LocalHub
+
+    repo = tmp_path / "hub" / "datasets" / "someone" / "belle-split"
+    lines = shared("belle/dev1K.json").read_text().splitlines()
+    for i in range(3):
+        (repo / f"part{i}").mkdir(parents=True)
+        (repo / f"part{i}" / "train.jsonl").write_text("\n".join(lines[i * 300 : (i + 1) * 300]) + "\n")
+    (tmp_path / "catalog.yaml").write_text(
+        "sources:\n  belle_split:\n    {description: x, connector: json, connector_options: {format: jsonl}, "
+        "formatter: columns, hub: {repo: someone/belle-split, files: ['*/*.jsonl'], revision: main}, "
+        "lang: CN, task: MT, gen: SI}\n"
+    )
+    with LocalHub(tmp_path / "hub") as hub:
+        env = {"HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "FORGE_PART_BYTES": "1000"}
+        for kind, extra in (("local", []), ("ray", ["--executor", "ray", "--ray-address", cluster.address])):
+            r = forge(tmp_path / kind, "build", "belle_split", "--catalog", str(tmp_path / "catalog.yaml"), *extra,
+                      env={**env, "HF_HOME": str(tmp_path / f"hf-{kind}")})  # fmt: skip
+            assert r.returncode == 0, r.stderr
+        gets = [p for m, p, _ in hub.state.requests if m == "GET" and "/resolve/" in p]
+        assert len(gets) == 6  # each file once per build
+    a, b = (version(tmp_path / k, "sources", "belle_split") for k in ("local", "ray"))
+    assert json.loads((a / "manifest.json").read_text())["rows"] == 900
+    same_dataset(a, b)
+
+
 def test_losing_a_node_mid_build(cluster, local_flan, tmp_path):
     """Every part's first attempt pauses after writing its shards; once a part is paused on
     the second node, that node is killed whole (raylet, workers, agents). Ray reschedules its
@@ -199,7 +227,7 @@ def test_losing_a_node_mid_build(cluster, local_flan, tmp_path):
         **ENV,
         "FORGE_HOME": str(home),
         "FORGE_PART_BYTES": PART_BYTES,
-        "FORGE_PART_FAULT": f"pause:*:{pids}:4",
+        "FORGE_PART_FAULT": f"pause:*:{pids}:2",
     }
     proc = subprocess.Popen([sys.executable, "-m", "forge.cli", "build", "flan_cot", "--from",
                              str(shared("flan_cot")), "--executor", "ray", "--ray-address", cluster.address],

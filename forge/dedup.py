@@ -547,8 +547,11 @@ def run(
         ]
         hits = sorted(h for found in _map(executor, sign_shard, jobs, n) for h in found)
         pair_jobs = [PairJob(p, str(spill), firsts, near, threshold) for p in range(partitions)]
-        edges = [e for e in _map(executor, partition_edges, pair_jobs, n) if len(e)]
-        e = np.concatenate(edges) if edges else np.zeros((0, 3), np.int64)
+        # one pair shares a bucket in up to BANDS partitions: merge edges as they arrive, so
+        # the driver holds the distinct edges, not every band's copy of them
+        edge_set = EdgeSet()
+        _map(executor, partition_edges, pair_jobs, n, done=edge_set.add)
+        e = edge_set.result()
 
         # the duplicate graph: only records with an edge, relabelled 0..m-1
         nodes = np.unique(e[:, :2]) if len(e) else np.zeros(0, np.int64)
@@ -652,9 +655,40 @@ def run(
         raise
 
 
-def _map(executor, fn, jobs: list, rows: int) -> list:
+def _map(executor, fn, jobs: list, rows: int, done=None) -> list | None:
     """Ray: tasks. Local: worker processes for a large input (each step is bounded in memory,
-    and the cores work together), else one job after another in this process."""
+    and the cores work together), else one job after another in this process. With `done`,
+    each result goes to it as it arrives and none is kept."""
     if executor is not None and (executor.name == "ray" or rows >= PARALLEL_MIN_ROWS):
-        return executor.map(fn, jobs)
-    return [fn(job) for job in jobs]
+        return executor.map(fn, jobs, done=done, keep=done is None)
+    if done is None:
+        return [fn(job) for job in jobs]
+    for job in jobs:
+        done(fn(job))
+    return None
+
+
+class EdgeSet:
+    """Distinct edges (i, j, agreeing bins), merged in batches as partitions report them."""
+
+    def __init__(self, batch: int = 1 << 22):
+        self.batch = batch
+        self.merged = np.zeros((0, 3), np.int64)
+        self.pending: list[np.ndarray] = []
+        self.pending_rows = 0
+
+    def add(self, edges: np.ndarray) -> None:
+        if len(edges):
+            self.pending.append(edges)
+            self.pending_rows += len(edges)
+            if self.pending_rows >= max(self.batch, len(self.merged)):
+                self._merge()
+
+    def _merge(self) -> None:
+        if self.pending:
+            self.merged = np.unique(np.concatenate([self.merged, *self.pending]), axis=0)
+            self.pending, self.pending_rows = [], 0
+
+    def result(self) -> np.ndarray:
+        self._merge()
+        return self.merged

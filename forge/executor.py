@@ -47,23 +47,26 @@ class Executor:
         items: list,
         *,
         done: Callable[[object], None] | None = None,
+        keep: bool = True,
     ) -> list:
         """fn(item) for every item; results in item order. `done(result)` is called as each
-        result arrives (progress, or keeping a finished part at once). Local: a pool of
+        result arrives (progress, or keeping a finished part at once); keep=False keeps no
+        result (done consumes them), so large results never pile up here. Local: a pool of
         `workers` spawned processes (this process alone when that is one); Ray: one task each."""
         if self.name == "ray":
-            return list(self._ray_map(fn, items, done))
+            return list(self._ray_map(fn, items, done, keep))
         n = min(self.workers or os.cpu_count() or 1, len(items))
         if n <= 1:
             results = []
             for item in items:
-                results.append(fn(item))
+                r = fn(item)
                 if done:
-                    done(results[-1])
+                    done(r)
+                results.append(r if keep else None)
             return results
-        return self._process_map(fn, items, n, done)
+        return self._process_map(fn, items, n, done, keep)
 
-    def _process_map(self, fn, items, n, done) -> list:
+    def _process_map(self, fn, items, n, done, keep) -> list:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
@@ -73,12 +76,12 @@ class Executor:
         ) as pool:
             results = []
             for r in pool.map(fn, items):
-                results.append(r)
                 if done:
                     done(r)
+                results.append(r if keep else None)
             return results
 
-    def _ray_map(self, fn, items, done) -> Iterator:
+    def _ray_map(self, fn, items, done, keep) -> Iterator:
         ray = connect_ray(self.address, self.workers)
         # workers of a running cluster do not inherit this process's environment: forge's own
         # settings travel with each task (not as a Ray runtime_env, which would start fresh
@@ -88,14 +91,17 @@ class Executor:
         refs = [task.remote(fn, env, item) for item in items]
         order = {ref.hex(): i for i, ref in enumerate(refs)}
         results: list = [None] * len(refs)
-        pending = list(refs)
+        pending = refs  # a reference dropped once its result is read frees it in the object store
+        del refs
         try:
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
                 for ref in ready:
-                    results[order[ref.hex()]] = ray.get(ref)
+                    r = ray.get(ref)
                     if done:
-                        done(results[order[ref.hex()]])
+                        done(r)
+                    results[order[ref.hex()]] = r if keep else None
+                    del r
         except ray.exceptions.RayTaskError as e:
             for ref in pending:
                 ray.cancel(ref, force=True)

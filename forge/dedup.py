@@ -160,17 +160,31 @@ def band_keys(sig: np.ndarray) -> np.ndarray:
     return key
 
 
-BAND_ROW = np.dtype([("key", "<u8"), ("band", "<u2"), ("idx", "<i8")])
+BAND_ROW = np.dtype([("key", "<u8"), ("band", "<u2"), ("idx", "<i8"), ("exact", "<u8")])
 
 
-def band_rows(sig: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """One BAND_ROW per (record, band): the unit that dedup partitions by key."""
+def band_rows(sig: np.ndarray, idx: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """One BAND_ROW per (record, band): the unit that dedup partitions by key. The record's
+    exact key rides along, so exact duplicates need no signature read to be verified."""
     keys = band_keys(sig)
     rows = np.empty(keys.size, BAND_ROW)
     rows["key"] = keys.reshape(-1)
     rows["band"] = np.tile(np.arange(BANDS, dtype=np.uint16), len(sig))
     rows["idx"] = np.repeat(idx, BANDS)
+    rows["exact"] = np.repeat(exact, BANDS)
     return rows
+
+
+def unique_rows(pairs: np.ndarray) -> np.ndarray:
+    """The distinct rows of an (n, 2 or 3) array of record index pairs (plus a score that the
+    pair decides), sorted by (i, j). One uint64 key per pair: far faster than unique(axis=0)."""
+    if len(pairs) < 2:
+        return pairs
+    if pairs[:, :2].max() >= 1 << 32:  # beyond 4G records: the general (slow) way
+        return np.unique(pairs, axis=0)
+    key = (pairs[:, 0].astype(np.uint64) << np.uint64(32)) | pairs[:, 1].astype(np.uint64)
+    _, first = np.unique(key, return_index=True)
+    return pairs[first]
 
 
 def candidate_pairs_of(rows: np.ndarray) -> np.ndarray:
@@ -196,7 +210,7 @@ def candidate_pairs_of(rows: np.ndarray) -> np.ndarray:
     )
     p = np.sort(p, axis=1)
     p = p[p[:, 0] != p[:, 1]]
-    return np.unique(p, axis=0)
+    return unique_rows(p)
 
 
 @dataclass
@@ -218,24 +232,31 @@ def decide(
     origin: equal values mark variants of one raw record, which never drop each other."""
     edges = [_exact_edges(rank, exact)]
     if sig is not None and len(rank):
-        edges.append(near_edges(band_rows(sig, np.arange(len(rank))), sig, threshold))
+        edges.append(near_edges(band_rows(sig, np.arange(len(rank)), exact), sig, threshold))
     return star(rank, exact, np.concatenate(edges), origin)
 
 
-def near_edges(rows: np.ndarray, sig, threshold: float, first: int = 0) -> np.ndarray:
-    """(i, j, agreeing bins) for candidate pairs (forge.dedup.candidate_pairs' rule over the
-    band rows) whose estimated similarity reaches `threshold`. `sig` is the signature matrix,
-    or a function from record indices to their signatures."""
+def near_edges(rows: np.ndarray, sig, threshold: float) -> np.ndarray:
+    """(i, j, agreeing bins) for candidate pairs (candidate_pairs_of's rule over the band
+    rows) whose estimated similarity reaches `threshold`. `sig` is the signature matrix, or a
+    function from record indices to their signatures (read back from disk: then a pair of
+    exact duplicates, whose signatures are equal by construction, scores K unread)."""
     pairs = candidate_pairs_of(rows)
     if not len(pairs):
         return np.zeros((0, 3), np.int64)
-    if callable(sig):  # signatures read back from disk: a bounded number of pairs at a time
-        agree = np.concatenate(
-            [
-                (sig(c[:, 0]) == sig(c[:, 1])).sum(axis=1)
-                for c in np.array_split(pairs, -(-len(pairs) // 65536))
-            ]
-        )
+    if callable(sig):
+        uniq, first = np.unique(rows["idx"], return_index=True)
+        exact = rows["exact"][first]
+        same = exact[np.searchsorted(uniq, pairs[:, 0])] == exact[np.searchsorted(uniq, pairs[:, 1])]
+        agree = np.full(len(pairs), K, dtype=np.int64)
+        rest = pairs[~same]
+        if len(rest):  # a bounded number of pairs at a time
+            agree[~same] = np.concatenate(
+                [
+                    (sig(c[:, 0]) == sig(c[:, 1])).sum(axis=1)
+                    for c in np.array_split(rest, -(-len(rest) // 65536))
+                ]
+            )
     else:
         agree = (sig[pairs[:, 0]] == sig[pairs[:, 1]]).sum(axis=1)
     ok = agree >= threshold * K
@@ -291,7 +312,7 @@ def group_edges(idx: np.ndarray, keys: np.ndarray) -> np.ndarray:
     pairs = np.concatenate(
         [np.stack([idx[members], head[members]], 1), np.stack([idx[members], idx[members - 1]], 1)]
     )
-    pairs = np.unique(np.sort(pairs, axis=1), axis=0)
+    pairs = unique_rows(np.sort(pairs, axis=1))
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
     return np.column_stack([pairs, np.full(len(pairs), K, np.int64)]).astype(np.int64)
 
@@ -427,7 +448,7 @@ def sign_shard(job: SignJob) -> list[tuple[int, int, float]]:
         if job.near:
             sig = signatures(norm)
             append(f"sig-{job.index:05d}", sig)
-            rows = band_rows(sig, idx)
+            rows = band_rows(sig, idx, meta["exact"])
             _append_partitioned(append, f"band-{job.index:05d}", rows, rows["key"], job.partitions)
         if job.eval_sig is not None:
             found = contaminated(signatures(prompt_texts(table)), job.eval_sig, job.threshold)
@@ -686,7 +707,7 @@ class EdgeSet:
 
     def _merge(self) -> None:
         if self.pending:
-            self.merged = np.unique(np.concatenate([self.merged, *self.pending]), axis=0)
+            self.merged = unique_rows(np.concatenate([self.merged, *self.pending]))
             self.pending, self.pending_rows = [], 0
 
     def result(self) -> np.ndarray:

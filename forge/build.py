@@ -456,7 +456,8 @@ def _build_version(job: _Job, store: Store, vid: str, tmp: Path, progress, keep:
     parts = plan_parts(files)
     cache = store.path / PART_CACHE
     cache.mkdir(exist_ok=True)
-    keys = [part_key(job, part_files) for part_files in parts]
+    base = build_hash(src, [], detector)  # the options every part shares (templates read once)
+    keys = [part_key(base, job, part_files) for part_files in parts]
     todo = [i for i in range(len(parts)) if job.force or not _reusable(cache / keys[i])]
     jobs = [(src, parts[i], i, str(tmp), detector, shard_rows) for i in todo]
 
@@ -597,10 +598,9 @@ class PartResult:
 PART_CACHE = ".parts"
 
 
-def part_key(job: _Job, files: list) -> str:
-    """What a part's output depends on: the build's options (its hash without the raw files),
-    the shard size and the part's own files and contents."""
-    base = build_hash(job.src, [], job.detector)
+def part_key(base: str, job: _Job, files: list) -> str:
+    """What a part's output depends on: the build's options (`base`: its hash without the raw
+    files), the shard size and the part's own files and contents."""
     ident = [[f.name, f.member, job.content[str(f.path)]] for f in files]
     return hashlib.sha256(json.dumps([base, job.shard_rows, ident]).encode()).hexdigest()[:32]
 

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from forge.catalog import Source
-from forge.locate import matches_hub_pattern
+from forge.locate import hub_offline, matches_hub_pattern
 
 
 class Offline(Exception):
@@ -180,7 +179,7 @@ def _is_connection_error(e: BaseException) -> bool:
 
 def check_sources(sources: list[Source], verified_path: Path) -> list[CheckResult]:
     """Check each source's location; raises Offline when the network cannot be used."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+    if hub_offline():
         raise Offline("HF_HUB_OFFLINE is set")
     verified = load_verified(verified_path)
     out = []

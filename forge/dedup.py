@@ -547,9 +547,10 @@ def run(
     priorities = priorities or {}
     files = shard_files(sources, home)
     check_out(Path(out), overwrite)  # before the expensive part, so a refusal comes at once
+    built = {s: open_built(s, home) for s in sources}
     # a raw record is named by its raw file's bytes and its row, whichever source rendered it
-    raw_sha = {(s, r["name"]): r["sha256"] for s in sources for r in open_built(s, home).manifest["raw"]}
-    file_source = [s for s in sources for _ in open_built(s, home).files()]  # shard_files' order
+    raw_sha = {(s, r["name"]): r["sha256"] for s in sources for r in built[s].manifest["raw"]}
+    file_source = [s for s in sources for _ in built[s].files()]  # shard_files' order
     firsts = np.cumsum([0] + [pq.ParquetFile(f).metadata.num_rows for f in files]).tolist()
     n = firsts[-1]
     # partitions sized so that one holds about PARTITION_BYTES of band rows
@@ -676,17 +677,15 @@ def run(
         raise
 
 
-def _map(executor, fn, jobs: list, rows: int, done=None) -> list | None:
+def _map(executor, fn, jobs: list, rows: int, done=None) -> list:
     """Ray: tasks. Local: worker processes for a large input (each step is bounded in memory,
     and the cores work together), else one job after another in this process. With `done`,
     each result goes to it as it arrives and none is kept."""
-    if executor is not None and (executor.name == "ray" or rows >= PARALLEL_MIN_ROWS):
-        return executor.map(fn, jobs, done=done, keep=done is None)
-    if done is None:
-        return [fn(job) for job in jobs]
-    for job in jobs:
-        done(fn(job))
-    return None
+    from forge.executor import Executor
+
+    if executor.name == "local" and rows < PARALLEL_MIN_ROWS:
+        executor = Executor("local", workers=1)
+    return executor.map(fn, jobs, done=done, keep=done is None)
 
 
 class EdgeSet:

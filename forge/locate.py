@@ -161,6 +161,11 @@ def matches_hub_pattern(path: str, pattern: str) -> bool:
     return fnmatch.fnmatch(path, pattern)
 
 
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE forbids asking the Hub (huggingface_hub's truthy spellings)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
 def _hub_target(src: Source, home: Path | None) -> Path:
     hub = src.hub
     return hub_cache_dir(home) / hub.repo_type / hub.repo.replace("/", "--") / hub.revision
@@ -170,7 +175,7 @@ def hub_listing(src: Source, home: Path | None, offline: bool | None) -> list[So
     """The source's files as the Hub lists them at the pinned revision (name, size, content
     id), nothing downloaded; None when the Hub cannot be asked (offline or unreachable: the
     download path then says so in one line, or uses the cache)."""
-    if offline or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+    if offline or hub_offline():
         return None
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile

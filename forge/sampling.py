@@ -214,9 +214,10 @@ class Schedule:
             # order, so one window reads its row groups front to back
             blocks = np.sort(order[w * self.window_blocks : (w + 1) * self.window_blocks])
             bsizes = np.minimum(self.block, n - blocks * self.block)
+            bends = np.cumsum(bsizes)
             t = permute(pos[sel] - start, size, int(_key(key, 2, w)))
-            b = np.searchsorted(np.cumsum(bsizes), t, side="right")
-            out[sel] = blocks[b] * self.block + (t - (np.cumsum(bsizes) - bsizes)[b])
+            b = np.searchsorted(bends, t, side="right")
+            out[sel] = blocks[b] * self.block + (t - (bends - bsizes)[b])
         return out
 
     def iter_blocks(self, start: int = 0, rank: int = 0, world: int = 1):

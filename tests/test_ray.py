@@ -23,10 +23,22 @@ from tests.ray_cluster import ENV, Cluster  # noqa: E402
 PART_BYTES = "2000000"  # the real FLAN CoT TSVs (10 MB) become 6 parts
 
 
+def _env(home: Path, env: dict | None) -> dict:
+    return {**ENV, "FORGE_HOME": str(home), "COLUMNS": "200", "FORGE_PART_BYTES": PART_BYTES, **(env or {})}
+
+
 def forge(home: Path, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    e = {**ENV, "FORGE_HOME": str(home), "COLUMNS": "200", "FORGE_PART_BYTES": PART_BYTES, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "forge.cli", *args], env=e, capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)  # fmt: skip
+    return subprocess.run([sys.executable, "-m", "forge.cli", *args], env=_env(home, env), capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)  # fmt: skip
+
+
+def ray_build_in_background(cluster, home: Path, fault: str) -> subprocess.Popen:
+    """`forge build flan_cot` on the cluster with FORGE_PART_FAULT set, left running so the
+    test can kill a worker or a node under it."""
+    return subprocess.Popen([sys.executable, "-m", "forge.cli", "build", "flan_cot", "--from",
+                             str(shared("flan_cot")), "--executor", "ray", "--ray-address", cluster.address],
+                            env=_env(home, {"FORGE_PART_FAULT": fault}), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
 
 
 def version(home: Path, kind: str, name: str) -> Path:
@@ -127,15 +139,7 @@ def test_worker_killed_by_pid_is_retried(cluster, local_flan, tmp_path):
     pids = tmp_path / "pids"
     pids.mkdir()
     home = tmp_path / "home"
-    e = {
-        **ENV,
-        "FORGE_HOME": str(home),
-        "FORGE_PART_BYTES": PART_BYTES,
-        "FORGE_PART_FAULT": f"pause:1:{pids}:60",
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "forge.cli", "build", "flan_cot", "--from",
-                             str(shared("flan_cot")), "--executor", "ray", "--ray-address", cluster.address],
-                            env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    proc = ray_build_in_background(cluster, home, f"pause:1:{pids}:60")
     wait_for(pids / "part-1.pid")
     victim = int((pids / "part-1.pid").read_text())
     assert victim != proc.pid  # a real Ray worker process, not the driver
@@ -223,15 +227,7 @@ def test_losing_a_node_mid_build(cluster, local_flan, tmp_path):
     pids = tmp_path / "pids"
     pids.mkdir()
     home = tmp_path / "home"
-    e = {
-        **ENV,
-        "FORGE_HOME": str(home),
-        "FORGE_PART_BYTES": PART_BYTES,
-        "FORGE_PART_FAULT": f"pause:*:{pids}:2",
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "forge.cli", "build", "flan_cot", "--from",
-                             str(shared("flan_cot")), "--executor", "ray", "--ray-address", cluster.address],
-                            env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    proc = ray_build_in_background(cluster, home, f"pause:*:{pids}:2")
     deadline = time.monotonic() + 120
     on_node2 = None
     while on_node2 is None:

@@ -33,6 +33,8 @@ def state(src: Source, record: dict | None) -> str:
         return f"**not verified**: {record['note']}"
     if kind == "hub" and record.get("partial_listing") and not record.get("selected"):
         return "pinned; the selected files are not verified (folder listing not readable)"
+    if kind == "url" and record.get("listed") is False:
+        return "pinned (commit in URL); the file is named by the repo's own script and README, not listed"
     if kind == "url":
         return "verified, pinned (commit in URL)"
     return "verified, pinned"

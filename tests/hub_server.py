@@ -26,9 +26,9 @@ class HubState:
         self.requests: list[tuple[str, str, dict]] = []  # (method, path, headers)
         self.fail_next: dict[str, list[int]] = {}  # path regex -> status codes to answer first
 
-        # (repo_type, repo_id) -> {"revision": sha, "files": {path: size}}: a published tree
-        # recorded without its contents (catalog.verified.json), listed but not downloadable
-        self.trees: dict[tuple[str, str], dict] = {}
+        # (repo_type, repo_id) -> {sha: {path: size}}: a repo's published trees at the commits
+        # they were recorded at (catalog.verified.json), listed but not downloadable
+        self.trees: dict[tuple[str, str], dict[str, dict]] = {}
         self.answered: dict[tuple[str, str, str], Path] = {}  # (type, repo, sha) -> folder
 
     def repo_dir(self, repo_type: str, repo_id: str, revision: str = "main") -> Path:
@@ -163,16 +163,15 @@ def make_handler(state: HubState):
             return self._resolve()
 
         def _info(self, repo_type: str, repo_id: str, revision: str):
-            tree = state.trees.get((repo_type, repo_id))
-            if tree is not None:
-                if revision not in (tree["revision"], "main"):
+            trees = state.trees.get((repo_type, repo_id))
+            if trees is not None:
+                sha = list(trees)[-1] if revision == "main" else revision  # main: the last recorded
+                if sha not in trees:
                     return self._send(
                         404, b'{"error": "Invalid rev id"}', {"X-Error-Code": "RevisionNotFound"}
                     )
-                siblings = [{"rfilename": f} for f in sorted(tree["files"])]
-                return self._json(
-                    200, {"id": repo_id, "sha": tree["revision"], "private": False, "siblings": siblings}
-                )
+                siblings = [{"rfilename": f} for f in sorted(trees[sha])]
+                return self._json(200, {"id": repo_id, "sha": sha, "private": False, "siblings": siblings})
             repo = state.repo_dir(repo_type, repo_id, revision)
             if not repo.is_dir():
                 return self._send(404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"})
@@ -191,15 +190,15 @@ def make_handler(state: HubState):
             )
 
         def _tree(self, repo_type: str, repo_id: str, prefix: str, revision: str = "main"):
-            tree = state.trees.get((repo_type, repo_id))
-            if tree is not None:
-                if revision != tree["revision"]:
+            trees = state.trees.get((repo_type, repo_id))
+            if trees is not None:
+                if revision not in trees:
                     return self._send(
                         404, b'{"error": "Invalid rev id"}', {"X-Error-Code": "RevisionNotFound"}
                     )
                 entries = [
                     {"type": "file", "path": f, "size": size_in_bytes(size), "oid": "0" * 40}
-                    for f, size in sorted(tree["files"].items())
+                    for f, size in sorted(trees[revision].items())
                     if f.startswith(prefix)
                 ]
                 return self._json(200, entries)

@@ -251,10 +251,9 @@ def test_readme_locations_table_is_generated_from_the_records():
 
 def serve_trees(hub: LocalHub) -> None:
     for record in CHECKABLE.values():
-        hub.state.trees[("dataset", record["repo"])] = {
-            "revision": record["revision"],
-            "files": record["files"],
-        }
+        # one repo may hold several sources, each verified at its own commit (QingyiSi/Alpaca-CoT)
+        commits = hub.state.trees.setdefault(("dataset", record["repo"]), {})
+        commits.setdefault(record["revision"], {}).update(record["files"])
 
 
 def test_check_passes_on_every_verified_tree(tmp_path):
@@ -298,7 +297,7 @@ def test_check_reports_a_broken_entry_one_line_each(tmp_path):
         # a file recorded as verified has since disappeared from the published tree
         files = dict(VERIFIED["belle_1m"]["files"])
         del files["README.md"]
-        hub.state.trees[("dataset", "BelleGroup/train_1M_CN")]["files"] = files
+        hub.state.trees[("dataset", "BelleGroup/train_1M_CN")] = {VERIFIED["belle_1m"]["revision"]: files}
         env = hub_env(hub, tmp_path)
         r = forge(["sources", "--check", "camel", "webgpt", "belle_1m", "belle_2m"], env, tmp_path)
     assert r.returncode == 1
@@ -371,3 +370,37 @@ def test_sources_shows_the_pinned_revision(tmp_path):
     assert rows["camel"]["revision"] == CAMEL_SHA
     assert rows["alpaca"]["revision"] == "761dc5bfbdeeffa89b8bff5d038781a4055f796a"
     shutil.rmtree(tmp_path / "home", ignore_errors=True)
+
+
+def test_sources_moved_to_verified_copies_build_from_repos_laid_out_like_them(tmp_path):
+    """gpteacher_general and baize now come from the Hub copies that could be verified: Alpaca-CoT's
+    GPTeacher/Instruct/ (GPTeacher's records with `response` renamed `output`) and taskydata's
+    copy of baize-chatbot's data/ (its own file names and format)."""
+    from tests.conftest import shared
+
+    records = json.loads(shared("gpteacher/codegen-instruct.json").read_text())[:40]
+    formatted = [
+        {"instruction": r["instruction"], "input": r["input"], "output": r["response"]} for r in records
+    ]
+    instruct = tmp_path / "hub" / "datasets" / "QingyiSi" / "Alpaca-CoT" / "GPTeacher" / "Instruct"
+    instruct.mkdir(parents=True)
+    (instruct / "formatted_gpt4-instruct-similarity-0.9-dataset.json").write_text(
+        json.dumps(formatted, indent=4)
+    )
+    (instruct / "formatted_gpt4-instruct-similarity-0.8-dataset.json").write_text(json.dumps(formatted[:3]))
+    baize = tmp_path / "hub" / "datasets" / "taskydata" / "baize_chatbot"
+    baize.mkdir(parents=True)
+    shutil.copy(FIXTURES / "baize.json", baize / "quora_chat_data.json")
+    (baize / "medical_chat_data.json").write_text("[]")
+    with LocalHub(tmp_path / "hub") as hub:
+        env = hub_env(hub, tmp_path)
+        for name in ("gpteacher_general", "baize"):
+            r = forge(["build", name], env, tmp_path)
+            assert r.returncode == 0, r.stderr
+    m = manifest(tmp_path, "gpteacher_general")
+    assert (m["rows"], m["quarantined"]) == (40, 0)
+    assert m["origin"]["revision"] == VERIFIED["gpteacher_general"]["revision"]
+    assert [x["name"] for x in m["raw"]] == VERIFIED["gpteacher_general"]["selected"]
+    m = manifest(tmp_path, "baize")
+    assert (m["rows"], m["origin"]["revision"]) == (1, VERIFIED["baize"]["revision"])
+    assert [x["name"] for x in m["raw"]] == ["quora_chat_data.json"]

@@ -240,3 +240,42 @@ def pinned_revision(src: Source) -> str | None:
         if len(parts) > 5 and parts[2] == "raw.githubusercontent.com":
             return parts[5]
     return None
+
+
+def add_entry(path: Path, name: str, entry: dict, *, replace: bool = False) -> bool:
+    """Add one source to a user catalog file. The entry is appended as text, so the file keeps
+    its comments and order; a layout that cannot take an appended entry (another top-level key
+    after `sources:`, or an entry being replaced) is rewritten whole. Either way the result is
+    parsed back and compared before it replaces the file. Returns True when appended."""
+    import re
+
+    import yaml
+
+    from forge.store import write_atomic
+
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    try:
+        data = (yaml.safe_load(text) if text.strip() else None) or {}
+    except yaml.YAMLError as e:
+        raise CatalogError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("sources") or {}, dict):
+        raise CatalogError(f"{path}: expected a top-level 'sources:' mapping")
+    sources = data.get("sources") or {}
+    if name in sources and not replace:
+        raise CatalogError(f"{path}: source {name!r} is already there")
+    wanted = {**data, "sources": {**sources, name: entry}}
+    block = yaml.safe_dump({name: entry}, allow_unicode=True, sort_keys=False, width=100)
+    block = "".join(f"  {line}\n" for line in block.splitlines())
+    if "sources" not in data:
+        base = text.rstrip("\n") + ("\n\n" if text.strip() else "") + "sources:"
+    else:  # `sources: {}` (or null) cannot take an indented entry below it
+        base = re.sub(r"(?m)^sources:[ \t]*(\{[ \t]*\}|null|~)?[ \t]*(#.*)?$", "sources:", text, count=1)
+    candidate = base.rstrip("\n") + "\n\n" + block
+    try:
+        appended = name not in sources and yaml.safe_load(candidate) == wanted
+    except yaml.YAMLError:
+        appended = False
+    if not appended:
+        candidate = yaml.safe_dump(wanted, sort_keys=False, allow_unicode=True, width=100)
+    write_atomic(path, candidate.encode("utf-8"))
+    return appended

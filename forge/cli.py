@@ -449,17 +449,14 @@ def _derive_command(
                 f"{out!r} is already in {existing.catalog_file} with a different stage or endpoint; edit it there"
             )
     else:
-        import yaml
+        from forge.catalog import add_entry
 
-        from forge.store import write_atomic
-
-        text = path.read_text(encoding="utf-8") if path.exists() else "sources:\n"
-        if "sources:" not in text:
-            _fail(f"{path}: expected a top-level 'sources:' mapping")
-        block = yaml.safe_dump({out: entry}, allow_unicode=True, sort_keys=False, width=100)
-        block = "".join(f"  {line}\n" for line in block.splitlines())
-        write_atomic(path, (text.rstrip("\n") + "\n\n" + block).encode())
-        console.print(f"added {out!r} to {path}", highlight=False, soft_wrap=True)
+        try:
+            appended = add_entry(path, out, entry)
+        except ForgeError as e:
+            _fail(str(e))
+        how = "" if appended else " (rewritten whole: its layout could not take an appended entry)"
+        console.print(f"added {out!r} to {path}{how}", highlight=False, soft_wrap=True)
         cat = load_catalog(catalog)  # without --catalog, ./catalog.yaml is the one just written
     try:
         r = _run_derived(cat.get(out), h, max_quarantine, force, "fast", None)

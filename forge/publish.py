@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from forge.build import open_built
-from forge.catalog import Catalog
+from forge.catalog import Catalog, add_entry
 from forge.errors import ForgeError
 from forge.paths import data_home
 from forge.store import MARKER, finish_out, prepare_out
@@ -578,10 +577,5 @@ def pull(spec: str, catalog_file: Path, *, revision: str = "main") -> tuple[str,
         "license": ", ".join(lic) if isinstance(lic, list) else lic,
         "homepage": f"https://huggingface.co/datasets/{repo}",
     }
-    data = yaml.safe_load(catalog_file.read_text()) if catalog_file.exists() else None
-    data = data or {"sources": {}}
-    data.setdefault("sources", {})[name] = entry
-    tmp = catalog_file.with_name(f".{catalog_file.name}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-    os.replace(tmp, catalog_file)
+    add_entry(catalog_file, name, entry, replace=True)  # pulling again refreshes the entry
     return name, entry

@@ -64,3 +64,43 @@ def test_invalid_yaml_names_file(tmp_path):
 def test_unknown_source_suggests_close_matches():
     with pytest.raises(CatalogError, match=r"unknown source 'alpacca'; did you mean alpaca"):
         load_catalog().get("alpacca")
+
+
+def test_add_entry_keeps_comments_and_handles_layouts_an_append_would_break(tmp_path):
+    import yaml
+
+    from forge.catalog import add_entry
+
+    entry = {"description": "d", "derive": {"from": "flan_cot", "stage": "translate", "to": "zh"}}
+    # block style: appended as text, so comments and order survive
+    block = tmp_path / "block.yaml"
+    block.write_text("# my sources\nsources:\n  mine:\n    description: x  # keep me\n")
+    assert add_entry(block, "new", entry) is True
+    assert "# keep me" in block.read_text() and "# my sources" in block.read_text()
+    assert list(yaml.safe_load(block.read_text())["sources"]) == ["mine", "new"]
+    # `sources: {}` would have taken an indented entry as invalid YAML
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("# empty for now\nsources: {}\n")
+    assert add_entry(flow, "new", entry) is True
+    assert yaml.safe_load(flow.read_text()) == {"sources": {"new": entry}} and "# empty" in flow.read_text()
+    # another top-level key after sources: appending would file the entry under it; rewritten
+    after = tmp_path / "after.yaml"
+    after.write_text("sources:\n  mine: {description: x}\nextra: {keep: 1}\n")
+    assert add_entry(after, "new", entry) is False
+    assert yaml.safe_load(after.read_text()) == {
+        "sources": {"mine": {"description": "x"}, "new": entry},
+        "extra": {"keep": 1},
+    }
+    # a missing file is created; a name already there is refused and the file left alone
+    fresh = tmp_path / "fresh.yaml"
+    assert add_entry(fresh, "new", entry) is True and yaml.safe_load(fresh.read_text()) == {
+        "sources": {"new": entry}
+    }
+    before = block.read_text()
+    with pytest.raises(CatalogError, match=r"block.yaml: source 'new' is already there"):
+        add_entry(block, "new", entry)
+    assert block.read_text() == before
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sources: [1, 2]\n")
+    with pytest.raises(CatalogError, match=r"bad.yaml: expected a top-level 'sources:' mapping"):
+        add_entry(bad, "new", entry)

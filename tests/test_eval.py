@@ -128,12 +128,19 @@ def test_ceval_mmlu_and_mmcu_layouts(tiny_model):
 
 
 def test_gsm8k_and_answer_extraction(run_dir):
-    from train.evaluate import extract_answer, parse_judge_score
+    from train.evaluate import extract_answer, option_letters, parse_judge_score
 
     assert extract_answer("She sells 9 eggs.\n#### 18", "number") == "18"
     assert extract_answer("3 + 4 = 7, so the answer is 1,234.", "number") == "1234"
     assert extract_answer("5 then 6 then 7.0", "number") == "7"
     assert extract_answer("The answer is (C).", "letter") == "C"
+    # prose capitals are not options; parenthesized letters come first; choices bound the letters
+    assert extract_answer("A box holds 6 eggs, so (B) fits. I think B.", "letter", "ABCDE") == "B"
+    assert extract_answer("I think so. A dog can't fly.", "letter") is None
+    assert extract_answer("Between A and D, I'd pick D", "letter", "ABCD") == "D"
+    assert extract_answer("So the answer is E", "letter", "ABCD") is None
+    assert option_letters("Which? Options: (A) red (B) blue (C) green") == "ABC"
+    assert option_letters("Is (A) true?") is None
     assert extract_answer("Yes, it can. So the answer is no.", "yesno") == "no"
     assert extract_answer("no idea", "number") is None
     assert parse_judge_score("理由。\n得分: 0.7") == 0.7

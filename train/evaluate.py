@@ -224,16 +224,27 @@ def score_mc(loaded, data: EvalData, shots: int = 0, batch_size: int = 8) -> dic
 _NUM = r"-?\$?\d[\d,]*(?:\.\d+)?"
 
 
-def extract_answer(text: str, kind: str) -> str | None:
+def option_letters(question: str) -> str | None:
+    """The option letters a multiple-choice question offers ("(A) ... (B) ..."), if any."""
+    found = sorted(set(re.findall(r"\(([A-Z])\)", question)))
+    return "".join(found) if len(found) >= 2 else None
+
+
+def extract_answer(text: str, kind: str, choices: str | None = None) -> str | None:
     """The final answer a generation gives: after '####', else after 'answer is', else (for
-    numbers and yes/no) the last one in the text."""
+    numbers, letters and yes/no) the last one in the text. A letter must be one of `choices`
+    when they are known; "(C)" counts before a bare "C", and a capital that starts a word of
+    prose ("A box ...", "I think ...") is not taken for an option."""
     marked = re.findall(r"####\s*(.+)", text) or re.findall(r"answer is:?\s*(.+)", text, flags=re.IGNORECASE)
     tail = marked[-1].strip() if marked else None
     if kind == "number":
         found = re.findall(_NUM, tail if tail else text)
         return number(found[0] if tail else found[-1]) if found else None
     if kind == "letter":
-        found = re.findall(r"\(?\b([A-Z])\b\)?", tail if tail else text)
+        where, allowed = tail if tail else text, set(choices or "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+        found = [c for c in re.findall(r"\(([A-Z])\)", where) if c in allowed] or [
+            c for c in re.findall(r"\b([A-Z])\b(?!'| +[a-z])", where) if c in allowed
+        ]
         return (found[0] if tail else found[-1]) if found else None
     if kind == "yesno":
         found = re.findall(r"\b(yes|no)\b", (tail if tail else text).lower())
@@ -273,7 +284,7 @@ def score_cot(loaded, data: EvalData, *, max_new_tokens: int = 256, batch_size: 
     texts = _generate_all(loaded, prompts, max_new_tokens, batch_size, seed)
     records, correct = [], 0
     for it, prompt, text in zip(items, prompts, texts, strict=True):
-        got = extract_answer(text, it.kind)
+        got = extract_answer(text, it.kind, option_letters(it.question) if it.kind == "letter" else None)
         gold = _norm_text(it.gold) if it.kind == "text" else it.gold
         ok = got is not None and got == gold
         correct += ok
@@ -489,6 +500,7 @@ __all__ = [
     "category_key",
     "evaluate",
     "extract_answer",
+    "option_letters",
     "loglikelihoods",
     "parse_judge_score",
     "write_result",

@@ -390,7 +390,7 @@ def plan_stage(src: Source) -> Plan:
     except jinja2.TemplateSyntaxError as e:
         raise BuildError(f"{src.name}: template line {e.lineno}: {e.message}") from None
     if stage == "translate":
-        fields = d.pop("fields", ["instruction", "input", "output"])
+        fields = d.pop("fields", ["instruction", "input", "output", "history"])
         if d.get("to") not in LANG_NAMES:
             raise BuildError(
                 f"{src.name}: derive.to must be one of {', '.join(LANG_NAMES)}, found {d.get('to')!r}"
@@ -399,9 +399,14 @@ def plan_stage(src: Source) -> Plan:
         fields = [d.pop("field", "output")]
     else:
         fields = []
-    bad = [f for f in fields if f not in ("instruction", "input", "output")]
+    allowed = (
+        ("instruction", "input", "output", "history")
+        if stage == "translate"
+        else ("instruction", "input", "output")
+    )
+    bad = [f for f in fields if f not in allowed]
     if bad:
-        raise BuildError(f"{src.name}: unknown field {bad[0]!r} (instruction, input, output)")
+        raise BuildError(f"{src.name}: unknown field {bad[0]!r} ({', '.join(allowed)})")
     tid = hashlib.sha256(text.encode()).hexdigest()[:12]
     return Plan(stage, origin, list(fields), text, f"{stage}-{tid}", d)
 
@@ -557,10 +562,18 @@ def _run(
 
     def prompts_for(rec: dict) -> list[tuple[str, str]]:
         if plan.stage == "translate":
+            # a dialogue's earlier turns are text of the record too: "history.I.user" etc.
+            texts = [(f, rec[f]) for f in plan.fields if f != "history"]
+            if "history" in plan.fields:
+                texts += [
+                    (f"history.{i}.{role}", turn[role])
+                    for i, turn in enumerate(rec["history"] or [])
+                    for role in ("user", "assistant")
+                ]
             return [
-                (f, template.render(text=rec[f], target=target, field=f, record=rec))
-                for f in plan.fields
-                if rec[f]
+                (f, template.render(text=text, target=target, field=f.split(".")[0], record=rec))
+                for f, text in texts
+                if text
             ]
         return [("reply", template.render(**rec, record=rec))]
 
@@ -610,7 +623,7 @@ def _run(
                     }
                     for k in ("instruction", "input", "output"):
                         out[k].append(row.get(k, rec[k]))
-                    out["history"].append(rec["history"])
+                    out["history"].append(row.get("history", rec["history"]))
                     out["category"].append(rec["category"])
                     out["raw_file"].append(rec["raw_file"])
                     out["raw_row"].append(rec["raw_row"])
@@ -655,13 +668,21 @@ def _apply(plan: Plan, rec: dict, replies: dict) -> tuple[dict, str | None]:
         if error:
             return {}, error if f == "reply" else error.replace("endpoint:", f"endpoint ({f}):", 1)
     if plan.stage == "translate":
-        row = {}
+        row: dict = {}
+        history = [dict(turn) for turn in rec["history"] or []]
         for f, (reply, _) in replies.items():
             reply = reply.strip()
-            why = kept_intact(rec[f], reply)
+            if f.startswith("history."):
+                _, i, role = f.split(".")
+                original, put = history[int(i)][role], history[int(i)]
+            else:
+                original, put = rec[f], row
+            why = kept_intact(original, reply)
             if why:
                 return {}, f"translation check ({f}): {why}"
-            row[f] = reply
+            put[f.rsplit(".", 1)[-1]] = reply
+        if history:
+            row["history"] = history
         return row, None
     reply = replies["reply"][0].strip()
     if plan.stage == "rewrite":

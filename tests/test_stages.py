@@ -289,3 +289,36 @@ def test_a_refused_request_leaves_the_user_catalog_untouched(built):
         r = run([*args, "--endpoint", "http://127.0.0.1:9/v1", "--model", "m"], built)
         assert r.returncode == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert (built / "catalog.yaml").read_text() == "sources: {}\n"
+
+
+def test_translate_covers_a_dialogues_earlier_turns(tmp_path):
+    """A multi-turn record is translated whole: its history turns too, each checked like a field."""
+    fixture = REPO / "tests" / "data" / "fixtures" / "ultrachat.jsonl"
+    r = run(["build", "ultrachat", "--from", str(fixture)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    source = records(tmp_path, "ultrachat")
+    turns = sum(len(h) for h in source["history"].to_list())
+    assert turns == 1  # record 1 has one earlier turn, record 2 none
+    with ChatServer() as server:
+        args = ["translate", "ultrachat", "--to", "zh", "--out", "ultrachat_zh", "--endpoint", server.url]
+        r = run([*args, "--model", "fake"], tmp_path)
+        assert r.returncode == 0, r.stderr
+        # instruction + output of 2 records, plus user + assistant of the one earlier turn
+        assert len(server.state.prompts) == 2 * 2 + 2 * turns
+    out = {row["raw_row"]: row for row in records(tmp_path, "ultrachat_zh").iter_rows(named=True)}
+    first = out[source.row(0, named=True)["raw_row"]]
+    assert first["history"] == [{"user": "词 词 词?", "assistant": "词 词 词 词."}]
+    assert first["instruction"] == "词 词 词 词?" and first["lang"] == "zh"
+    assert out[source.row(1, named=True)["raw_row"]]["history"] == []
+    # --fields without history leaves the earlier turns as they were
+    with ChatServer() as server:
+        args = ["translate", "ultrachat", "--to", "zh", "--out", "ultrachat_zh2", "--endpoint", server.url]
+        r = run([*args, "--model", "fake", "--fields", "instruction,output"], tmp_path)
+        assert r.returncode == 0, r.stderr
+        # the same instruction/output prompts as above: all four come from the cache
+        assert "0 requests sent, 4 answered from the cache" in r.stdout and not server.state.prompts
+    kept = records(tmp_path, "ultrachat_zh2")["history"].to_list()
+    assert sorted(map(len, kept)) == [0, 1] and {
+        "user": "What is rain?",
+        "assistant": "Water falling from clouds.",
+    } in [t for h in kept for t in h]

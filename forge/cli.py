@@ -516,7 +516,8 @@ def translate(
     endpoint: EndpointOpt,
     model: ModelOpt,
     fields: Annotated[
-        str, typer.Option(help="Comma-separated fields to translate (history: every earlier turn of a dialogue).")
+        str,
+        typer.Option(help="Comma-separated fields to translate (history: every earlier turn of a dialogue)."),
     ] = "instruction,input,output,history",
     template: Annotated[Path | None, typer.Option(help="A Jinja prompt ({{ text }}, {{ target }}).")] = None,
     key_env: KeyEnvOpt = None,

@@ -32,7 +32,7 @@ def state(src: Source, record: dict | None) -> str:
     if kind == "unverified":
         return f"**not verified**: {record['note']}"
     if kind == "hub" and record.get("partial_listing") and not record.get("selected"):
-        return "pinned; the selected files are not verified (folder listing not readable)"
+        return "pinned; the folder verified by its commit history, its file names not listed"
     if kind == "url" and record.get("listed") is False:
         return "pinned (commit in URL); the file is named by the repo's own script and README, not listed"
     if kind == "url":

@@ -128,7 +128,7 @@ def test_ceval_mmlu_and_mmcu_layouts(tiny_model):
 
 
 def test_gsm8k_and_answer_extraction(run_dir):
-    from train.evaluate import extract_answer, option_letters, parse_judge_score
+    from train.evaluate import COT_CUE, COT_CUE_ZH, cot_cue, extract_answer, option_letters, parse_judge_score
 
     assert extract_answer("She sells 9 eggs.\n#### 18", "number") == "18"
     assert extract_answer("3 + 4 = 7, so the answer is 1,234.", "number") == "1234"
@@ -141,6 +141,8 @@ def test_gsm8k_and_answer_extraction(run_dir):
     assert extract_answer("So the answer is E", "letter", "ABCD") is None
     assert option_letters("Which? Options: (A) red (B) blue (C) green") == "ABC"
     assert option_letters("Is (A) true?") is None
+    assert cot_cue("小明有3个苹果，又买了5个，一共有几个？") == COT_CUE_ZH
+    assert cot_cue("Tom has 3 apples (苹果) and buys 5 more.") == COT_CUE
     assert extract_answer("Yes, it can. So the answer is no.", "yesno") == "no"
     assert extract_answer("no idea", "number") is None
     assert parse_judge_score("理由。\n得分: 0.7") == 0.7

@@ -37,6 +37,9 @@ from train.evalsets import COT_SUITES, MC_SUITES, EvalData, GenItem, MCItem, cat
 
 CUE = {"zh": "答案：", "en": "Answer:"}
 COT_CUE = "\nThink it through step by step, then give the final answer on its own line as '#### <answer>'."
+COT_CUE_ZH = (
+    "\n请一步一步推理，最后单独一行写出最终答案，格式为“#### 答案”。"  # the same ask, for Chinese questions
+)
 JUDGE_TEMPLATE_ID = "belle-judge-v1"
 
 
@@ -224,6 +227,13 @@ def score_mc(loaded, data: EvalData, shots: int = 0, batch_size: int = 8) -> dic
 _NUM = r"-?\$?\d[\d,]*(?:\.\d+)?"
 
 
+def cot_cue(question: str) -> str:
+    """The step-by-step ask in the question's language: Chinese when most of its letters are Han."""
+    han = len(re.findall(r"[\u4e00-\u9fff]", question))
+    latin = len(re.findall(r"[A-Za-z]", question))
+    return COT_CUE_ZH if han > latin else COT_CUE
+
+
 def option_letters(question: str) -> str | None:
     """The option letters a multiple-choice question offers ("(A) ... (B) ..."), if any."""
     found = sorted(set(re.findall(r"\(([A-Z])\)", question)))
@@ -280,7 +290,7 @@ def _generate_all(loaded, prompts: list[str], max_new_tokens: int, batch_size: i
 def score_cot(loaded, data: EvalData, *, max_new_tokens: int = 256, batch_size: int = 8, seed: int = 0,
               ) -> dict:  # fmt: skip
     items: list[GenItem] = data.items
-    prompts = [it.question.strip() + COT_CUE for it in items]
+    prompts = [it.question.strip() + cot_cue(it.question) for it in items]
     texts = _generate_all(loaded, prompts, max_new_tokens, batch_size, seed)
     records, correct = [], 0
     for it, prompt, text in zip(items, prompts, texts, strict=True):

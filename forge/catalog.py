@@ -268,8 +268,10 @@ def add_entry(path: Path, name: str, entry: dict, *, replace: bool = False) -> b
     block = "".join(f"  {line}\n" for line in block.splitlines())
     if "sources" not in data:
         base = text.rstrip("\n") + ("\n\n" if text.strip() else "") + "sources:"
-    else:  # `sources: {}` (or null) cannot take an indented entry below it
-        base = re.sub(r"(?m)^sources:[ \t]*(\{[ \t]*\}|null|~)?[ \t]*(#.*)?$", "sources:", text, count=1)
+    elif not sources:  # `sources: {}` (or null) cannot take an indented entry below it
+        base = re.sub(r"(?m)^sources:[ \t]*(\{[ \t]*\}|null|~)[ \t]*(#.*)?$", r"sources:  \2", text, count=1)
+    else:
+        base = text
     candidate = base.rstrip("\n") + "\n\n" + block
     try:
         appended = name not in sources and yaml.safe_load(candidate) == wanted

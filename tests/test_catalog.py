@@ -80,9 +80,10 @@ def test_add_entry_keeps_comments_and_handles_layouts_an_append_would_break(tmp_
     assert list(yaml.safe_load(block.read_text())["sources"]) == ["mine", "new"]
     # `sources: {}` would have taken an indented entry as invalid YAML
     flow = tmp_path / "flow.yaml"
-    flow.write_text("# empty for now\nsources: {}\n")
+    flow.write_text("# empty for now\nsources: {}  # none yet\n")
     assert add_entry(flow, "new", entry) is True
-    assert yaml.safe_load(flow.read_text()) == {"sources": {"new": entry}} and "# empty" in flow.read_text()
+    assert yaml.safe_load(flow.read_text()) == {"sources": {"new": entry}}
+    assert "# empty for now" in flow.read_text() and "# none yet" in flow.read_text()
     # another top-level key after sources: appending would file the entry under it; rewritten
     after = tmp_path / "after.yaml"
     after.write_text("sources:\n  mine: {description: x}\nextra: {keep: 1}\n")

@@ -123,7 +123,10 @@ def served(
             r for mt in max_tokens for r in compare(cwd, name, f"{base}/v1", model.name, records, mt, target)
         ]
         health = json.load(urllib.request.urlopen(f"{base}/health", timeout=10))
-        return rows, f"{health['batched_requests']} requests in {health['batched_calls']} generate calls"
+        return rows, (
+            f"{health['batched_requests']} requests in {health['decode_steps']} decode steps "
+            f"({health['batching']} batching, at most {health['largest_batch']} together)"
+        )
 
 
 def main() -> None:

@@ -312,3 +312,66 @@ def test_a_prompt_adapter_on_a_different_base_is_one_line(run_dir, tiny_model, t
                "--out", str(tmp_path / "o.jsonl")], home)  # fmt: skip
     assert bad.returncode == 1 and "does not fit the base" in bad.stderr and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def _creak_prompts(loaded, n: int) -> list[list[int]]:
+    """Prompts of different lengths from real FLAN CoT questions (forge's sample without ../shared)."""
+    from tests.conftest import SHARED
+    from train.infer import build_prompt
+
+    tsv = SHARED / "flan_cot" / "creak_train.tsv"
+    if not tsv.is_file():
+        tsv = REPO / "samples" / "flan_cot" / "creak_train.tsv"
+    questions = [line.split("\t")[0] for line in tsv.read_text(encoding="utf-8").splitlines()[:n]]
+    return [build_prompt(loaded, {"instruction": q * (1 + i % 3), "input": "", "output": "", "history": []})
+            for i, q in enumerate(questions)]  # fmt: skip
+
+
+def test_continuous_decoding_gives_what_each_prompt_gets_alone(tiny_model):
+    """Prompts join the running batch at different steps with different lengths and token
+    budgets, and leave as they finish; each gets the tokens one-at-a-time generate gives it."""
+    from train.infer import Decoder, generate, load
+
+    loaded = load(str(tiny_model))
+    prompts = _creak_prompts(loaded, 7)
+    budgets = [3, 9, 17, 5, 12, 1, 7]
+    assert len({len(p) for p in prompts}) > 3 and Decoder.supported(loaded)
+    decoder, got = Decoder(loaded), {}
+    for i in range(3):
+        got.update(decoder.add(i, prompts[i], budgets[i], []))
+    for _ in range(4):
+        got.update(decoder.step())
+    for i in range(3, 7):  # join mid-flight
+        got.update(decoder.add(i, prompts[i], budgets[i], []))
+    assert 5 in got  # a budget of 1 is answered by the prefill alone
+    while decoder.active:
+        got.update(decoder.step())
+        if decoder.active:
+            assert decoder.mask[:, 0].any()  # padding that every row shares is trimmed
+    assert decoder.cache is None and sorted(got) == list(range(7))
+    for i, (prompt, budget) in enumerate(zip(prompts, budgets, strict=True)):
+        alone = generate(loaded, [prompt], max_new_tokens=budget)[0]
+        assert (got[i].tokens, got[i].finish_reason, got[i].text) == (
+            alone.tokens,
+            alone.finish_reason,
+            alone.text,
+        )
+        assert got[i].prompt_tokens == len(prompt)
+
+
+def test_static_batching_fallback_answers_like_generate(tiny_model):
+    """Models whose KV cache cannot be merged row by row get whole batched generate calls."""
+    import threading
+
+    from train.infer import generate, load
+    from train.serve import Batcher
+
+    loaded = load(str(tiny_model))
+    prompts = _creak_prompts(loaded, 5)
+    batcher = Batcher(loaded, threading.Lock(), max_batch=8, continuous=False)
+    assert batcher.decoder is None
+    options = {"max_new_tokens": 6, "temperature": 0.0, "top_p": 1.0, "seed": 0, "stop": []}
+    futures = [batcher.submit(p, options) for p in prompts]
+    results = [f.result(timeout=60) for f in futures]
+    alone = [generate(loaded, [p], max_new_tokens=6)[0] for p in prompts]
+    assert [r.tokens for r in results] == [a.tokens for a in alone] and batcher.requests == 5

@@ -243,9 +243,10 @@ def test_translate_through_forge_serve(built, tmp_path):
         r = run(["translate", "flan_cot", "--to", "zh", "--out", "served_zh", "--endpoint", f"{base}/v1",
                  "--model", "tiny", "--limit", "3", "--max-tokens", "16", "--max-quarantine", "1"], built)  # fmt: skip
         batched, alone, health = _concurrent_and_alone(base)
-    # greedy requests that arrive together share a generate call, and get the same text
+    # greedy requests that arrive together are decoded together, and get the same text
     assert batched == alone
-    assert health["largest_batch"] >= 2 and health["batched_calls"] < health["batched_requests"]
+    assert health["batching"] == "continuous" and health["batched_requests"] == 8
+    assert health["largest_batch"] >= 2 and health["decode_steps"] < 8 * 12  # fewer steps than alone
     assert r.returncode == 0, r.stderr
     m = manifest(built, "served_zh")
     assert m["input_records"] == 3 and m["rows"] + m["quarantined"] == 3
@@ -270,7 +271,7 @@ def _concurrent_and_alone(url: str) -> tuple[list[str], list[str], dict]:
         batched = list(pool.map(ask, range(8)))
     health = json.load(urllib.request.urlopen(url + "/health", timeout=10))
     alone = [ask(i) for i in range(8)]
-    health["batched_calls"] -= before["batched_calls"]
+    health["decode_steps"] -= before["decode_steps"]
     health["batched_requests"] -= before["batched_requests"]
     return batched, alone, health
 

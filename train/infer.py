@@ -223,6 +223,128 @@ def generate(
     return results
 
 
+class Decoder:
+    """Greedy decoding where prompts join between steps and leave as soon as they finish
+    (continuous batching), so a short reply never waits for a long one and the batch stays full
+    while requests keep coming. forge serve drives it from one thread.
+
+    Each prompt is prefilled alone (no padding), then its KV cache is merged into the running
+    batch: rows are left-padded to a common length and the attention mask hides the padding,
+    while each row keeps its own position ids, so a row computes what it would alone (up to
+    float rounding). Rows that finish are dropped from the cache, and padding every row shares
+    is trimmed. Only plain per-layer KV caches can be merged this way; `supported` says whether
+    the model has them (otherwise forge serve batches whole generate calls instead)."""
+
+    def __init__(self, loaded: Loaded):
+        self.loaded = loaded
+        self.cache = None  # transformers DynamicCache over the active rows
+        self.mask: torch.Tensor | None = None  # (rows, cached positions): 0 = padding
+        self.rows: list[dict] = []  # tag, prompt, tokens, max_new_tokens, stop
+
+    @staticmethod
+    def supported(loaded: Loaded) -> bool:
+        try:
+            from transformers import DynamicCache
+            from transformers.cache_utils import DynamicLayer
+
+            layers = DynamicCache(config=loaded.model.config).layers
+        except (ImportError, TypeError, AttributeError, ValueError):
+            return False  # an older transformers: no per-layer cache objects to merge
+        prompt_learning = any(
+            getattr(c, "is_prompt_learning", False)
+            for c in (getattr(loaded.model, "peft_config", None) or {}).values()
+        )
+        return bool(layers) and all(type(x) is DynamicLayer for x in layers) and not prompt_learning
+
+    @property
+    def active(self) -> int:
+        return len(self.rows)
+
+    def add(self, tag, prompt: list[int], max_new_tokens: int, stop: list[str]) -> list[tuple]:
+        """Prefill one prompt and take it into the batch; returns [(tag, Generation)] when its
+        first token already ends it."""
+        from transformers import DynamicCache
+
+        model = self.loaded.model
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            out = model(
+                input_ids=torch.tensor([prompt], device=model.device),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        row = {"tag": tag, "prompt": prompt, "tokens": [int(out.logits[0, -1].argmax())],
+               "max_new_tokens": max_new_tokens, "stop": stop}  # fmt: skip
+        if self._done(row):
+            return [self._result(row)]
+        self._merge(cache, len(prompt))
+        self.rows.append(row)
+        return []
+
+    def step(self) -> list[tuple]:
+        """One token for every active row; returns [(tag, Generation)] for the rows it finished."""
+        model, rows = self.loaded.model, self.rows
+        ids = torch.tensor([[r["tokens"][-1]] for r in rows], device=model.device)
+        positions = torch.tensor(
+            [[len(r["prompt"]) + len(r["tokens"]) - 1] for r in rows], device=model.device
+        )
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(rows), 1))], dim=1)
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
+                        past_key_values=self.cache, use_cache=True)  # fmt: skip
+        keep, finished = [], []
+        for i, (row, token) in enumerate(zip(rows, out.logits[:, -1].argmax(-1).tolist(), strict=True)):
+            row["tokens"].append(token)
+            (finished if self._done(row) else keep).append(i)
+        if finished:
+            self._keep(keep)
+        return [self._result(rows[i]) for i in finished]
+
+    def clear(self) -> list:
+        """Drop every row (after a failed step); returns their tags."""
+        tags = [r["tag"] for r in self.rows]
+        self.cache, self.mask, self.rows = None, None, []
+        return tags
+
+    def _done(self, row: dict) -> bool:
+        return row["tokens"][-1] in self.loaded.stop_ids or len(row["tokens"]) >= row["max_new_tokens"]
+
+    def _result(self, row: dict) -> tuple:
+        new, text, reason = _finish(self.loaded, row["tokens"], row["max_new_tokens"], row["stop"])
+        return row["tag"], Generation(text, new, len(row["prompt"]), reason)
+
+    def _merge(self, cache, length: int) -> None:
+        pad = torch.nn.functional.pad
+        ones = torch.ones((1, length), dtype=torch.long, device=self.loaded.model.device)
+        if self.cache is None:
+            self.cache, self.mask = cache, ones
+            return
+        have = self.mask.shape[1]
+        width = max(have, length)
+        for big, new in zip(self.cache.layers, cache.layers, strict=True):
+            # (rows, heads, positions, dim): pad the positions on the left, stack the rows
+            big.keys = torch.cat(
+                [pad(big.keys, (0, 0, width - have, 0)), pad(new.keys, (0, 0, width - length, 0))]
+            )
+            big.values = torch.cat(
+                [pad(big.values, (0, 0, width - have, 0)), pad(new.values, (0, 0, width - length, 0))]
+            )
+        self.mask = torch.cat([pad(self.mask, (width - have, 0)), pad(ones, (width - length, 0))])
+
+    def _keep(self, keep: list[int]) -> None:
+        if not keep:
+            self.clear()
+            return
+        index = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
+        self.mask = self.mask[index]
+        lead = int((self.mask.sum(0) == 0).long().cumprod(0).sum())  # padding every row shares
+        self.mask = self.mask[:, lead:]
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[index, :, lead:], layer.values[index, :, lead:]
+        self.rows = [self.rows[i] for i in keep]
+
+
 def stream(
     loaded: Loaded,
     prompt: list[int],

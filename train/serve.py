@@ -6,11 +6,12 @@
   POST /v1/chat/completions   messages -> a reply (stream: true -> server-sent events)
   POST /v1/completions        a raw text prompt -> a continuation (no template)
 
-The model runs one generate call at a time (a lock). Greedy non-streaming requests that
-are waiting together share one batched call (Batcher): a client that sends 8 requests at
-once gets them answered in about the time of one, which is what forge's model-powered stages
-do. Sampled requests (temperature > 0) and streams run alone, so a seed reproduces the same
-text whatever else the server is doing. The event loop stays free while a generation runs in
+The model runs one forward pass at a time (a lock). Greedy non-streaming requests are
+decoded together (Batcher, continuous batching): each joins the running batch at the next
+token step and leaves when its reply is done, so a client that sends 8 requests at once, as
+forge's model-powered stages do, gets them for far less than 8 times the cost. Sampled
+requests (temperature > 0) and streams run alone, so a seed reproduces the same text
+whatever else the server is doing. The event loop stays free while a generation runs in
 a worker thread. A client that disconnects mid-stream cancels its generation. Bad requests
 get a 400 with an OpenAI-style error body, a wrong or missing key a 401.
 """
@@ -26,7 +27,7 @@ import uuid
 from concurrent.futures import Future
 from pathlib import Path
 
-from train.infer import Generation, Loaded, build_prompt, generate, record_from_messages, stream
+from train.infer import Decoder, Generation, Loaded, build_prompt, generate, record_from_messages, stream
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -71,16 +72,22 @@ def _options(body: dict) -> dict:
 
 
 class Batcher:
-    """Answers greedy requests in batches. One worker thread takes whatever is waiting when
-    the model frees up (no timer: a lone request starts at once) and runs one generate call
-    per group of requests with the same options. Greedy decoding does not depend on the batch
-    a prompt lands in, apart from float rounding in the padded positions' neighbours."""
+    """Answers greedy requests together. One worker thread owns the model's batch: with a plain
+    KV cache (most models) it runs continuous batching (train.infer.Decoder): a request joins at
+    the next step, with no timer, and leaves as soon as its reply is done, so a short reply never
+    waits for a long one. Otherwise (older transformers, prompt-learning adapters) it runs one
+    generate call per group of waiting requests with the same options. Greedy decoding does not
+    depend on the batch a prompt lands in, apart from float rounding next to padded positions."""
 
-    def __init__(self, loaded: Loaded, lock: threading.Lock, max_batch: int = 16, wait: float = 0.02):
+    def __init__(
+        self, loaded: Loaded, lock: threading.Lock, max_batch: int = 16, wait: float = 0.02, continuous: bool = True
+    ):
         self.loaded, self.lock, self.max_batch = loaded, lock, max_batch
         self.wait, self.expect = wait, 1
+        self.decoder = Decoder(loaded) if continuous and Decoder.supported(loaded) else None
         self.waiting: queue.Queue = queue.Queue()
-        self.calls = self.requests = self.largest = 0  # generate calls made, for /health
+        # for /health: requests answered, decode steps run, the most requests decoded together
+        self.requests = self.steps = self.largest = 0
         threading.Thread(target=self._work, name="forge-batcher", daemon=True).start()
 
     def submit(self, prompt: list[int], options: dict) -> Future:
@@ -90,25 +97,60 @@ class Batcher:
 
     def _work(self) -> None:
         while True:
-            batch = [self.waiting.get()]
-            # Clients that just got their answers send their next requests a moment apart. So
-            # when the last batch had n requests, wait (at most `wait` seconds) for n again; a
-            # client sending one request at a time has n == 1 and never waits.
-            deadline = time.monotonic() + self.wait
-            while len(batch) < self.max_batch:
-                left = deadline - time.monotonic() if len(batch) < self.expect else 0.0
-                try:
-                    batch.append(self.waiting.get(timeout=left) if left > 0 else self.waiting.get_nowait())
-                except queue.Empty:
-                    break
-            self.expect = len(batch)
-            groups: dict[tuple, list] = {}
-            for item in batch:  # one generate call per set of options, whatever options exist
-                key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(item[1].items()))
-                groups.setdefault(key, []).append(item)
-            for items in groups.values():
-                # a request whose client left is dropped; the rest can no longer be cancelled
-                self._run([i for i in items if i[2].set_running_or_notify_cancel()])
+            if self.decoder is None:
+                self._static_round()
+            else:
+                self._continuous_round()
+
+    def _continuous_round(self) -> None:
+        decoder = self.decoder
+        arrivals = [] if decoder.active else [self.waiting.get()]  # idle: sleep until work comes
+        while decoder.active + len(arrivals) < self.max_batch:
+            try:
+                arrivals.append(self.waiting.get_nowait())
+            except queue.Empty:
+                break
+        try:
+            for prompt, options, done in arrivals:
+                if done.set_running_or_notify_cancel():  # a request whose client left is dropped
+                    with self.lock:
+                        self._answer(decoder.add(done, prompt, options["max_new_tokens"], options["stop"]))
+            if decoder.active:
+                with self.lock:
+                    self.largest = max(self.largest, decoder.active)
+                    self.steps += 1
+                    self._answer(decoder.step())
+        except BaseException as e:  # noqa: BLE001 - handed to every request in the batch
+            for done in decoder.clear():
+                done.set_exception(e)
+            for _, _, done in arrivals:
+                if not done.done():  # not reached yet, or taken in before the failure
+                    done.set_exception(e)
+
+    def _answer(self, finished: list[tuple]) -> None:
+        for done, result in finished:
+            self.requests += 1
+            done.set_result(result)
+
+    def _static_round(self) -> None:
+        batch = [self.waiting.get()]
+        # Clients that just got their answers send their next requests a moment apart. So when
+        # the last batch had n requests, wait (at most `wait` seconds) for n again; a client
+        # sending one request at a time has n == 1 and never waits.
+        deadline = time.monotonic() + self.wait
+        while len(batch) < self.max_batch:
+            left = deadline - time.monotonic() if len(batch) < self.expect else 0.0
+            try:
+                batch.append(self.waiting.get(timeout=left) if left > 0 else self.waiting.get_nowait())
+            except queue.Empty:
+                break
+        self.expect = len(batch)
+        groups: dict[tuple, list] = {}
+        for item in batch:  # one generate call per set of options, whatever options exist
+            key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(item[1].items()))
+            groups.setdefault(key, []).append(item)
+        for items in groups.values():
+            self._run([i for i in items if i[2].set_running_or_notify_cancel()])
 
     def _run(self, items: list) -> None:
         if not items:
@@ -117,15 +159,13 @@ class Batcher:
         try:
             with self.lock:
                 results: list[Generation] = generate(self.loaded, [i[0] for i in items], **items[0][1])
-            self.calls += 1
-            self.requests += len(items)
+            self.steps += items[0][1]["max_new_tokens"]
             self.largest = max(self.largest, len(items))
         except BaseException as e:  # noqa: BLE001 - handed to every waiting request
             for _, _, done in items:
                 done.set_exception(e)
             return
-        for (_, _, done), result in zip(items, results, strict=True):
-            done.set_result(result)
+        self._answer([(done, result) for (_, _, done), result in zip(items, results, strict=True)])
 
 
 def create_app(loaded: Loaded, api_key: str | None = None, max_batch: int = 16):
@@ -287,8 +327,8 @@ def create_app(loaded: Loaded, api_key: str | None = None, max_batch: int = 16):
 
     async def health(request):
         return JSONResponse(
-            {"status": "ok", "model": loaded.name, "batched_calls": batcher.calls,
-             "batched_requests": batcher.requests, "largest_batch": batcher.largest}
+            {"status": "ok", "model": loaded.name, "batching": "continuous" if batcher.decoder else "static",
+             "batched_requests": batcher.requests, "decode_steps": batcher.steps, "largest_batch": batcher.largest}
         )  # fmt: skip
 
     async def page(request):

@@ -1609,7 +1609,7 @@ def serve(
     max_batch: Annotated[
         int,
         typer.Option(
-            min=1, help="Most greedy requests answered by one batched generate call (1: one at a time)."
+            min=1, help="Most greedy requests decoded together (continuous batching; 1: one at a time)."
         ),
     ] = 16,
 ):

@@ -80,7 +80,12 @@ class Batcher:
     depend on the batch a prompt lands in, apart from float rounding next to padded positions."""
 
     def __init__(
-        self, loaded: Loaded, lock: threading.Lock, max_batch: int = 16, wait: float = 0.02, continuous: bool = True
+        self,
+        loaded: Loaded,
+        lock: threading.Lock,
+        max_batch: int = 16,
+        wait: float = 0.02,
+        continuous: bool = True,
     ):
         self.loaded, self.lock, self.max_batch = loaded, lock, max_batch
         self.wait, self.expect = wait, 1

@@ -375,3 +375,13 @@ def test_static_batching_fallback_answers_like_generate(tiny_model):
     results = [f.result(timeout=60) for f in futures]
     alone = [generate(loaded, [p], max_new_tokens=6)[0] for p in prompts]
     assert [r.tokens for r in results] == [a.tokens for a in alone] and batcher.requests == 5
+
+
+def test_continuous_decoding_is_only_used_where_rows_can_keep_their_positions(tiny_model):
+    from transformers import BloomConfig, BloomForCausalLM
+
+    from train.infer import Decoder, Loaded, load
+
+    assert Decoder.supported(load(str(tiny_model)))
+    bloom = BloomForCausalLM(BloomConfig(vocab_size=64, hidden_size=16, n_layer=1, n_head=2))
+    assert not Decoder.supported(Loaded(bloom, None, "", "bloom", "bloom"))  # ALiBi: no position ids

@@ -12,6 +12,7 @@ forge chat, forge predict and forge serve are thin layers over these.
 
 from __future__ import annotations
 
+import inspect
 import json
 import threading
 from collections.abc import Iterator
@@ -250,11 +251,19 @@ class Decoder:
             layers = DynamicCache(config=loaded.model.config).layers
         except (ImportError, TypeError, AttributeError, ValueError):
             return False  # an older transformers: no per-layer cache objects to merge
+        model = loaded.model
         prompt_learning = any(
             getattr(c, "is_prompt_learning", False)
-            for c in (getattr(loaded.model, "peft_config", None) or {}).values()
+            for c in (getattr(model, "peft_config", None) or {}).values()
         )
-        return bool(layers) and all(type(x) is DynamicLayer for x in layers) and not prompt_learning
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        # rows keep their own positions, so the model must take position ids (Bloom's ALiBi
+        # does not); remote-code models (chatglm, baichuan, ...) bring caches of their own
+        takes = set(inspect.signature(base.forward).parameters)
+        plain = {"position_ids", "attention_mask", "logits_to_keep"} <= takes
+        remote = bool(getattr(base.config, "auto_map", None))
+        cache_ok = bool(layers) and all(type(x) is DynamicLayer for x in layers)
+        return cache_ok and plain and not (prompt_learning or remote)
 
     @property
     def active(self) -> int:

@@ -75,8 +75,9 @@ class Batcher:
     """Answers greedy requests together. One worker thread owns the model's batch: with a plain
     KV cache (most models) it runs continuous batching (train.infer.Decoder): a request joins at
     the next step, with no timer, and leaves as soon as its reply is done, so a short reply never
-    waits for a long one. Otherwise (older transformers, prompt-learning adapters) it runs one
-    generate call per group of waiting requests with the same options. Greedy decoding does not
+    waits for a long one. Otherwise (a cache that cannot be merged row by row: older transformers,
+    Bloom's ALiBi, remote-code models, prompt-learning adapters) it runs one generate call per
+    group of waiting requests with the same options. Greedy decoding does not
     depend on the batch a prompt lands in, apart from float rounding next to padded positions."""
 
     def __init__(

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -385,3 +386,61 @@ def test_continuous_decoding_is_only_used_where_rows_can_keep_their_positions(ti
     assert Decoder.supported(load(str(tiny_model)))
     bloom = BloomForCausalLM(BloomConfig(vocab_size=64, hidden_size=16, n_layer=1, n_head=2))
     assert not Decoder.supported(Loaded(bloom, None, "", "bloom", "bloom"))  # ALiBi: no position ids
+
+
+def test_greedy_streams_decode_in_the_running_batch_and_leave_when_the_client_does(tiny_model):
+    """A greedy stream shares the batch with plain requests (it no longer pauses them), joins to
+    the reply the same request gets without streaming, and stops costing steps once its client
+    goes away."""
+    import http.client
+    import urllib.parse
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    def post(base: str, body: dict) -> dict:
+        req = urllib.request.Request(base + "/v1/chat/completions", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})  # fmt: skip
+        return json.load(urllib.request.urlopen(req, timeout=120))
+
+    def streamed(base: str, body: dict, keep: int | None = None) -> str:
+        url = urllib.parse.urlparse(base)
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
+        conn.request("POST", "/v1/chat/completions", json.dumps({**body, "stream": True}),
+                     {"Content-Type": "application/json"})  # fmt: skip
+        resp, text, events = conn.getresponse(), "", 0
+        for line in resp:
+            line = line.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            text += json.loads(line[6:])["choices"][0]["delta"].get("content", "")
+            events += 1
+            if keep is not None and events >= keep:
+                break  # the client leaves mid-stream
+        conn.close()
+        return text
+
+    def health(base: str) -> dict:
+        return json.load(urllib.request.urlopen(base + "/health", timeout=30))
+
+    ask = {
+        "model": "tiny",
+        "temperature": 0,
+        "messages": [{"role": "user", "content": "Name three colours."}],
+    }
+    with forge_serve(tiny_model, env={"HF_HUB_OFFLINE": "1"}) as base:
+        with ThreadPoolExecutor(5) as pool:
+            stream_job = pool.submit(streamed, base, {**ask, "max_tokens": 60})
+            others = [pool.submit(post, base, {**ask, "max_tokens": 8, "messages": [
+                {"role": "user", "content": f"Question {i}"}]}) for i in range(4)]  # fmt: skip
+            text = stream_job.result()
+            assert all(o.result()["choices"][0]["finish_reason"] for o in others)
+        alone = post(base, {**ask, "max_tokens": 60})["choices"][0]["message"]["content"]
+        assert text == alone and text
+        h = health(base)
+        assert h["batching"] == "continuous" and h["largest_batch"] >= 2 and h["batched_requests"] == 6
+        before = h["decode_steps"]
+        streamed(base, {**ask, "max_tokens": 1800}, keep=3)
+        time.sleep(1.0)
+        spent = health(base)["decode_steps"] - before
+        # the random model never stops early: kept, this stream would run all 1800 steps
+        assert spent < 900, spent

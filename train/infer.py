@@ -269,9 +269,18 @@ class Decoder:
     def active(self) -> int:
         return len(self.rows)
 
-    def add(self, tag, prompt: list[int], max_new_tokens: int, stop: list[str]) -> list[tuple]:
+    def add(
+        self,
+        tag,
+        prompt: list[int],
+        max_new_tokens: int,
+        stop: list[str],
+        emit=None,
+        cancel: threading.Event | None = None,
+    ) -> list[tuple]:
         """Prefill one prompt and take it into the batch; returns [(tag, Generation)] when its
-        first token already ends it."""
+        first token already ends it. `emit(token)` is called with each new token (streaming);
+        setting `cancel` ends the row at the next step."""
         from transformers import DynamicCache
 
         model = self.loaded.model
@@ -284,7 +293,9 @@ class Decoder:
                 logits_to_keep=1,
             )
         row = {"tag": tag, "prompt": prompt, "tokens": [int(out.logits[0, -1].argmax())],
-               "max_new_tokens": max_new_tokens, "stop": stop}  # fmt: skip
+               "max_new_tokens": max_new_tokens, "stop": stop, "emit": emit, "cancel": cancel}  # fmt: skip
+        if emit:
+            emit(row["tokens"][-1])
         if self._done(row):
             return [self._result(row)]
         self._merge(cache, len(prompt))
@@ -305,6 +316,8 @@ class Decoder:
         keep, finished = [], []
         for i, (row, token) in enumerate(zip(rows, out.logits[:, -1].argmax(-1).tolist(), strict=True)):
             row["tokens"].append(token)
+            if row["emit"]:
+                row["emit"](token)
             (finished if self._done(row) else keep).append(i)
         if finished:
             self._keep(keep)
@@ -317,7 +330,12 @@ class Decoder:
         return tags
 
     def _done(self, row: dict) -> bool:
-        return row["tokens"][-1] in self.loaded.stop_ids or len(row["tokens"]) >= row["max_new_tokens"]
+        cancelled = row["cancel"] is not None and row["cancel"].is_set()
+        return (
+            cancelled
+            or row["tokens"][-1] in self.loaded.stop_ids
+            or len(row["tokens"]) >= row["max_new_tokens"]
+        )
 
     def _result(self, row: dict) -> tuple:
         new, text, reason = _finish(self.loaded, row["tokens"], row["max_new_tokens"], row["stop"])

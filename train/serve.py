@@ -9,21 +9,23 @@
 The model runs one forward pass at a time (a lock). Greedy non-streaming requests are
 decoded together (Batcher, continuous batching): each joins the running batch at the next
 token step and leaves when its reply is done, so a client that sends 8 requests at once, as
-forge's model-powered stages do, gets them for far less than 8 times the cost. Sampled
-requests (temperature > 0) and streams run alone, so a seed reproduces the same text
-whatever else the server is doing. The event loop stays free while a generation runs in
-a worker thread. A client that disconnects mid-stream cancels its generation. Bad requests
-get a 400 with an OpenAI-style error body, a wrong or missing key a 401.
+forge's model-powered stages do, gets them for far less than 8 times the cost. Greedy streams
+are decoded in the same batch. Sampled requests (temperature > 0) run alone, so a seed
+reproduces the same text whatever else the server is doing. The event loop stays free while
+a generation runs in a worker thread. A client that disconnects mid-stream cancels its
+generation. Bad requests get a 400 with an OpenAI-style error body, a wrong or missing key a 401.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -96,10 +98,39 @@ class Batcher:
         self.requests = self.steps = self.largest = 0
         threading.Thread(target=self._work, name="forge-batcher", daemon=True).start()
 
-    def submit(self, prompt: list[int], options: dict) -> Future:
+    def submit(
+        self, prompt: list[int], options: dict, emit=None, cancel: threading.Event | None = None
+    ) -> Future:
         done: Future = Future()
-        self.waiting.put((prompt, options, done))
+        self.waiting.put((prompt, options, done, emit, cancel))
         return done
+
+    def pieces(self, prompt: list[int], options: dict, cancel: threading.Event) -> Iterator[str]:
+        """A greedy reply as text pieces while the batch decodes it (continuous batching only);
+        setting `cancel` ends it at the next step."""
+        tokens: queue.Queue = queue.Queue()
+        done = self.submit(prompt, {**options, "stop": []}, emit=tokens.put, cancel=cancel)
+        ids, sent = [], ""
+        while True:
+            try:
+                token = tokens.get(timeout=0.05)
+            except queue.Empty:
+                if done.done() and tokens.empty():
+                    break
+                continue
+            if token in self.loaded.stop_ids:
+                continue
+            ids.append(token)
+            text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
+            # a character split across tokens decodes to U+FFFD until its last token arrives
+            if not text.endswith("\ufffd") and text.startswith(sent) and len(text) > len(sent):
+                yield text[len(sent) :]
+                sent = text
+        if done.exception() is not None:
+            raise done.exception()
+        text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
+        if text.startswith(sent) and len(text) > len(sent):
+            yield text[len(sent) :]
 
     def _work(self) -> None:
         while True:
@@ -117,10 +148,13 @@ class Batcher:
             except queue.Empty:
                 break
         try:
-            for prompt, options, done in arrivals:
+            for prompt, options, done, emit, cancel in arrivals:
                 if done.set_running_or_notify_cancel():  # a request whose client left is dropped
                     with self.lock:
-                        self._answer(decoder.add(done, prompt, options["max_new_tokens"], options["stop"]))
+                        added = decoder.add(
+                            done, prompt, options["max_new_tokens"], options["stop"], emit, cancel
+                        )
+                        self._answer(added)
             if decoder.active:
                 with self.lock:
                     self.largest = max(self.largest, decoder.active)
@@ -129,7 +163,7 @@ class Batcher:
         except BaseException as e:  # noqa: BLE001 - handed to every request in the batch
             for done in decoder.clear():
                 done.set_exception(e)
-            for _, _, done in arrivals:
+            for _, _, done, _, _ in arrivals:
                 if not done.done():  # not reached yet, or taken in before the failure
                     done.set_exception(e)
 
@@ -154,7 +188,7 @@ class Batcher:
         groups: dict[tuple, list] = {}
         for item in batch:  # one generate call per set of options, whatever options exist
             key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(item[1].items()))
-            groups.setdefault(key, []).append(item)
+            groups.setdefault(key, []).append(item[:3])  # streams never come here (no emit)
         for items in groups.values():
             self._run([i for i in items if i[2].set_running_or_notify_cancel()])
 
@@ -209,12 +243,19 @@ def create_app(loaded: Loaded, api_key: str | None = None, max_batch: int = 16):
             return generate(loaded, [prompt], **options)[0]
 
     def streamed(prompt: list[int], options: dict, chunk, cancel: threading.Event):
-        """SSE lines for one generation; runs in a worker thread, holding the lock."""
+        """SSE lines for one generation; runs in a worker thread. A greedy stream is decoded in
+        the running batch; a sampled one runs alone, holding the lock."""
         stop = [s for s in options.pop("stop") if s]
         hold = max((len(s) for s in stop), default=1) - 1  # a stop string may span two pieces
         text, sent, produced = "", 0, 0
-        with lock:
-            for piece in stream(loaded, prompt, cancel=cancel, **options):
+        in_batch = options["temperature"] == 0 and batcher.decoder is not None and max_batch > 1
+        source = (
+            batcher.pieces(prompt, options, cancel)
+            if in_batch
+            else stream(loaded, prompt, cancel=cancel, **options)
+        )
+        with contextlib.nullcontext() if in_batch else lock:
+            for piece in source:
                 text += piece
                 produced += 1
                 cuts = [text.find(s) for s in stop if s in text]

@@ -228,10 +228,13 @@ _NUM = r"-?\$?\d[\d,]*(?:\.\d+)?"
 
 
 def cot_cue(question: str) -> str:
-    """The step-by-step ask in the question's language: Chinese when most of its letters are Han."""
-    han = len(re.findall(r"[\u4e00-\u9fff]", question))
-    latin = len(re.findall(r"[A-Za-z]", question))
-    return COT_CUE_ZH if han > latin else COT_CUE
+    """The step-by-step ask in the question's language, as forge's detector (the one that tags
+    records) judges it: Chinese for a zh question, else English."""
+    import pyarrow as pa
+
+    from forge.lang import detect
+
+    return COT_CUE_ZH if detect(pa.array([question]))[0][0] == "zh" else COT_CUE
 
 
 def option_letters(question: str) -> str | None:

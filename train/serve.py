@@ -106,31 +106,23 @@ class Batcher:
         return done
 
     def pieces(self, prompt: list[int], options: dict, cancel: threading.Event) -> Iterator[str]:
-        """A greedy reply as text pieces while the batch decodes it (continuous batching only);
-        setting `cancel` ends it at the next step."""
-        tokens: queue.Queue = queue.Queue()
-        done = self.submit(prompt, {**options, "stop": []}, emit=tokens.put, cancel=cancel)
-        ids, sent = [], ""
-        while True:
-            try:
-                token = tokens.get(timeout=0.05)
-            except queue.Empty:
-                if done.done() and tokens.empty():
-                    break
-                continue
-            if token in self.loaded.stop_ids:
-                continue
-            ids.append(token)
-            text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
-            # a character split across tokens decodes to U+FFFD until its last token arrives
-            if not text.endswith("\ufffd") and text.startswith(sent) and len(text) > len(sent):
-                yield text[len(sent) :]
-                sent = text
+        """A greedy reply as text pieces while the batch decodes it (continuous batching only),
+        cut by the same streamer the sampled path uses; setting `cancel` ends it at the next step."""
+        import torch
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.loaded.tokenizer, skip_special_tokens=True)
+        stops = self.loaded.stop_ids
+
+        def emit(token: int) -> None:
+            if token not in stops:
+                streamer.put(torch.tensor([token]))
+
+        done = self.submit(prompt, {**options, "stop": []}, emit=emit, cancel=cancel)
+        done.add_done_callback(lambda _: streamer.end())
+        yield from streamer
         if done.exception() is not None:
             raise done.exception()
-        text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
-        if text.startswith(sent) and len(text) > len(sent):
-            yield text[len(sent) :]
 
     def _work(self) -> None:
         while True:
@@ -199,7 +191,7 @@ class Batcher:
         try:
             with self.lock:
                 results: list[Generation] = generate(self.loaded, [i[0] for i in items], **items[0][1])
-            self.steps += items[0][1]["max_new_tokens"]
+            self.steps += max(len(r.tokens) for r in results)  # generate runs until its longest reply ends
             self.largest = max(self.largest, len(items))
         except BaseException as e:  # noqa: BLE001 - handed to every waiting request
             for _, _, done in items:

@@ -11,7 +11,8 @@ in one run, on two endpoints:
   2. the tests' local chat server with a fixed 50 ms per reply: a stand-in for a hosted API,
      whose time is network and queueing rather than local compute
 
-It also times a rerun answered from the cache. Prints requests/s and the ratios.
+It also times a rerun answered from the cache and, with SmolLM2, one decode step for 1 row and
+for 8 (the ceiling on any batching gain here). Prints requests/s and the ratios.
 
 Input: the real FLAN CoT creak TSV from ../shared/corpora (the first --records records), or
 forge's own sample when ../shared is not there. forge serve runs with its defaults (greedy
@@ -129,6 +130,32 @@ def served(
         )
 
 
+def step_costs(model: Path, prompts: list[str]) -> str:
+    """What one decode step costs for 1 row and for 8 (train.infer.Decoder, greedy): the
+    ceiling on what any batching can gain on this machine is 8 x (1-row step / 8-row step)."""
+    from train.infer import Decoder, build_prompt, load
+
+    loaded = load(str(model))
+    ids = [
+        build_prompt(loaded, {"instruction": p, "input": "", "output": "", "history": []})
+        for p in prompts[:8]
+    ]
+    ms = {}
+    for rows in (1, 8):
+        decoder = Decoder(loaded)
+        for i in range(rows):
+            decoder.add(i, ids[i], 10_000, [])
+        decoder.step()  # warm
+        t0 = time.perf_counter()
+        for _ in range(10):
+            decoder.step()
+        ms[rows] = (time.perf_counter() - t0) / 10 * 1000
+    return (
+        f"decode step: {ms[1]:.0f} ms for 1 row, {ms[8]:.0f} ms for 8 "
+        f"({ms[8] / ms[1]:.2f}x; batching can gain at most {8 * ms[1] / ms[8]:.1f}x)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=240)
@@ -155,7 +182,7 @@ def main() -> None:
         real = convert_gguf(gguf, cwd / "smollm2")
         more, batched_real = served(cwd, real, "serve-smollm2", a.smollm2_records, [caps[-1]], "zh")
         rows += more
-        batched += f"; SmolLM2: {batched_real}"
+        batched += f"; SmolLM2: {batched_real}; SmolLM2 {step_costs(real, prompts(cwd, 8, 'zh'))}"
 
     from tests.chat_server import ChatServer
 

@@ -45,12 +45,16 @@ from forge.executor import Executor
 from forge.locate import resolve
 from forge.paths import data_home, source_store, templates_dir
 from forge.schema import FORMATTED_COLUMNS, RECORD_SCHEMA, SCHEMA_VERSION
+from forge.settings import byte_size
 from forge.store import FAILED, Store, StoreError
 from formatters import FORMATTERS
 
 DEFAULT_SHARD_ROWS = 250_000
 LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
-PART_BYTES = int(os.environ.get("FORGE_PART_BYTES", 64 << 20))  # raw bytes per independently built part
+# raw bytes per independently built part; None reads FORGE_PART_BYTES (default 64 MiB)
+# when a build plans its parts, so a bad value fails that build in one line, not every
+# command at import (forge/settings.py)
+PART_BYTES: int | None = None
 PARALLEL_MIN_BYTES = 32 << 20  # below this, worker start-up costs more than it saves
 ROW_GROUP_ROWS = 32_768
 
@@ -654,7 +658,7 @@ def plan_parts(files: list, target_bytes: int | None = None) -> list[list]:
     """Group files, in order, into parts of about target_bytes. Parts are built
     independently (in parallel when there are several) and the grouping depends only on
     the input, so the output is the same whatever the number of workers."""
-    target_bytes = target_bytes or PART_BYTES
+    target_bytes = target_bytes or PART_BYTES or byte_size("FORGE_PART_BYTES", 64 << 20)
     parts: list[list] = [[]]
     size = 0
     for f in files:

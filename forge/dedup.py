@@ -392,7 +392,9 @@ def load_eval_texts(path) -> list[tuple[str, int, str]]:
 
 EXACT_ROW = np.dtype([("key", "<u8"), ("prio", "<i8"), ("id", "S32"), ("idx", "<i8")])
 META_ROW = np.dtype([("exact", "<u8"), ("origin", "<u8"), ("prio", "<i8"), ("id", "S32")])
-PARTITION_BYTES = int(os.environ.get("FORGE_DEDUP_PARTITION_BYTES", 8 << 20))
+# band-row bytes per partition; None reads FORGE_DEDUP_PARTITION_BYTES (default 8 MiB)
+# when a run needs it, never at import (forge/settings.py)
+PARTITION_BYTES: int | None = None
 PARALLEL_MIN_ROWS = 200_000  # below this, starting worker processes costs more than it saves
 
 
@@ -540,6 +542,7 @@ def run(
     from forge.build import open_built
     from forge.executor import Executor
     from forge.select import finish_derived, shard_files
+    from forge.settings import byte_size
     from forge.store import check_out, prepare_out
 
     executor = executor or Executor()
@@ -554,7 +557,8 @@ def run(
     firsts = np.cumsum([0] + [pq.ParquetFile(f).metadata.num_rows for f in files]).tolist()
     n = firsts[-1]
     # partitions sized so that one holds about PARTITION_BYTES of band rows
-    partitions = max(1, -(-n * BANDS * BAND_ROW.itemsize // PARTITION_BYTES))
+    partition_bytes = PARTITION_BYTES or byte_size("FORGE_DEDUP_PARTITION_BYTES", 8 << 20)
+    partitions = max(1, -(-n * BANDS * BAND_ROW.itemsize // partition_bytes))
     evals = [item for f in against or [] for item in load_eval_texts(f)]
     eval_sig = signatures(normalize(pa.array([q for _, _, q in evals], pa.string()))) if evals else None
 

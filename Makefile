@@ -1,19 +1,15 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
-# torch is pinned to the CPU wheel that this machine has on disk; a looser pin pulls a
-# multi-GB CUDA build. On a GPU machine, install torch your usual way first.
+# The lock pins torch's CPU wheel (2.13.0+cpu) that this machine has on disk; a looser pin pulls
+# a multi-GB CUDA build. On a GPU machine, set TORCH to the build you want (e.g. TORCH=torch==2.13.0).
 PY ?= python3
 VENV ?= .venv
-TORCH ?= torch==2.13.0
+TORCH ?=
 export FORGE_HOME ?= $(CURDIR)/forge_data
 export HF_HUB_OFFLINE ?= 1
 
-$(VENV)/.installed: pyproject.toml scripts/install.sh
+# everything installs from requirements.lock (exact versions and hashes); `make lock` refreshes it
+$(VENV)/.installed: requirements.lock pyproject.toml scripts/install.sh
 	VENV=$(VENV) TORCH="$(TORCH)" PY=$(PY) scripts/install.sh
-	touch $@
-
-# the tests also run forge on a real Ray cluster: the ray extra on top of the demo's install
-$(VENV)/.installed-ray: $(VENV)/.installed
-	VENV=$(VENV) TORCH="$(TORCH)" PY=$(PY) FORGE_EXTRAS=dev,quant,report,track,serve,real,ray scripts/install.sh
 	touch $@
 
 install: $(VENV)/.installed
@@ -22,7 +18,7 @@ demo: install
 	$(VENV)/bin/forge build alpaca belle_0.5m flan_cot cot_zh --sample
 	$(VENV)/bin/forge mix alpaca-belle-cot
 	$(VENV)/bin/forge tiny-model $(FORGE_HOME)/tiny-llama
-	$(VENV)/bin/forge train train/recipes/tiny.yaml
+	$(VENV)/bin/forge train train/recipes/tiny.yaml --overwrite
 	$(VENV)/bin/forge eval mmlu --data samples/evals/mmlu --run $(FORGE_HOME)/runs/alpaca-belle-cot-lora --shots 2
 	@echo
 	@echo "Everything went under $(FORGE_HOME):"
@@ -30,8 +26,23 @@ demo: install
 	@echo "  mixtures/NAME/vNNNNNN/  alpaca-belle-cot shards + ids.parquet lineage"
 	@echo "  runs/                   adapter + run_manifest.json + eval/mmlu.json (scores per item)"
 
-test: $(VENV)/.installed-ray
+# the whole suite on every core (pytest-xdist); each test file is one worker's unit, so a
+# file's module-scoped fixtures (a trained run, a served model) are built once
+test: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest tests
+	$(VENV)/bin/python -m pytest -n auto --dist loadfile tests
 
-.PHONY: install demo test
+# the edit loop: everything but the tests marked slow
+test-fast: install
+	$(VENV)/bin/python -m pytest -n auto --dist loadfile -m "not slow" tests
+
+# resolve the newest releases, run the suite on them in .venv-latest, and replace
+# requirements.lock only when it is green
+lock:
+	PY=$(PY) scripts/lock.sh
+
+# the upgrade check: the same, but requirements.lock is left as it is
+test-latest:
+	PY=$(PY) scripts/lock.sh --check
+
+.PHONY: install demo test test-fast lock test-latest

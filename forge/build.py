@@ -46,7 +46,7 @@ from forge.locate import resolve
 from forge.paths import data_home, source_store, templates_dir
 from forge.schema import FORMATTED_COLUMNS, RECORD_SCHEMA, SCHEMA_VERSION
 from forge.settings import byte_size
-from forge.store import FAILED, Store, StoreError
+from forge.store import FAILED, Store, StoreError, seal_broken
 from formatters import FORMATTERS
 
 DEFAULT_SHARD_ROWS = 250_000
@@ -268,17 +268,39 @@ class Built:
 
 
 def open_built(name: str, home: Path | None = None) -> Built | None:
-    """The source's current version, pinned for this process (see forge.store), or None."""
+    """The source's current version, pinned for this process (see forge.store) and checked
+    against its hashes (verified_manifest), or None when nothing is built."""
     version = source_store(name, home).current()
     if version is None:
         return None
+    return Built(name, version.id, version.path, verified_manifest(version.path, f"forge build {name}"))
+
+
+# version folders this process has checked: versions are immutable and leased while read
+_VERIFIED: dict[Path, dict] = {}
+
+
+def verified_manifest(folder: Path, repair: str) -> dict:
+    """A committed version's manifest, after checking that it is the manifest forge wrote (its
+    seal) and that every shard has the size and xxh3 it lists. Readers (mix, train, stats,
+    filter, dedup, publish) go through here, so a damaged shard that still decodes is never
+    used: they fail in one line naming it and the command that repairs it. Once per process
+    and version (xxh3 reads about 10 GB/s; bench/mixture_bench.py measures the cost)."""
+    folder = Path(folder)
+    if folder in _VERIFIED:
+        return _VERIFIED[folder]
+    path = folder / "manifest.json"
     try:
-        manifest = json.loads((version.path / "manifest.json").read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise BuildError(
-            f"{name}: manifest of version {version.id} is damaged ({e}); run: forge verify {name}"
-        ) from e
-    return Built(name, version.id, version.path, manifest)
+        raise BuildError(f"{path}: damaged ({type(e).__name__}); `{repair}` repairs it") from None
+    if not isinstance(manifest, dict) or seal_broken(manifest):
+        raise BuildError(f"{path}: edited after forge wrote it (its hash differs); `{repair}` repairs it")
+    bad = damaged_shards(folder, manifest)
+    if bad:
+        raise BuildError(f"{folder}: {'; '.join(bad[:3])}; `{repair}` repairs it")
+    _VERIFIED[folder] = manifest
+    return manifest
 
 
 def read_manifest(name: str, home: Path | None = None) -> dict | None:
@@ -409,7 +431,7 @@ def up_to_date(store: Store, name: str, bhash: str, t0: float) -> BuildResult | 
         old = json.loads((current.path / "manifest.json").read_text())
     except (OSError, ValueError):
         return None  # damaged: rebuild
-    if old.get("build_hash") != bhash or damaged_shards(current.path, old):
+    if old.get("build_hash") != bhash or seal_broken(old) or damaged_shards(current.path, old):
         return None
     return BuildResult(
         name,
@@ -517,6 +539,11 @@ def _build_version(job: _Job, store: Store, vid: str, tmp: Path, progress, keep:
     if fraction > max_quarantine:
         # the rejected build's quarantine is kept apart, so the live version's stays its own
         failed = store.path / FAILED
+        if failed.is_symlink() or (failed.exists() and not failed.is_dir()):
+            raise BuildError(
+                f"{src.name}: {failed} is not the folder forge keeps rejected builds in (a link or a "
+                f"file); move it away and build again. The previous version is unchanged"
+            )
         shutil.rmtree(failed, ignore_errors=True)
         failed.mkdir()
         os.replace(qfile, failed / "quarantine.jsonl")
@@ -838,6 +865,8 @@ def verify_store(store: Store) -> list[str]:
         problems = [f"{version.id}/{p}" for p in damaged_shards(version.path, manifest)]
     except (OSError, ValueError, KeyError, TypeError) as e:
         return [f"{version.id}/manifest.json unreadable ({type(e).__name__})"]
+    if seal_broken(manifest):
+        problems.insert(0, f"{version.id}/manifest.json (edited after forge wrote it)")
     if "ids_sha256" in manifest:  # a mixture's lineage file
         from connectors.base import sha256_file
 

@@ -247,6 +247,15 @@ def add_entry(path: Path, name: str, entry: dict, *, replace: bool = False) -> b
     its comments and order; a layout that cannot take an appended entry (another top-level key
     after `sources:`, or an entry being replaced) is rewritten whole. Either way the result is
     parsed back and compared before it replaces the file. Returns True when appended."""
+    from forge.store import file_lock
+
+    # read, edit and replace under one lock: concurrent `forge translate/pull/...` runs would
+    # otherwise each add to the same old file, and all but the last entry would be lost
+    with file_lock(path):
+        return _add_entry_locked(path, name, entry, replace)
+
+
+def _add_entry_locked(path: Path, name: str, entry: dict, replace: bool) -> bool:
     import re
 
     import yaml

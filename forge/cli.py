@@ -15,6 +15,7 @@ from rich.table import Table
 
 from forge.catalog import pinned_revision
 from forge.errors import ForgeError
+from forge.quiet import own_stderr
 
 app = typer.Typer(
     help="forge: raw instruction corpora -> tagged Parquet catalog -> weighted mixtures -> PEFT fine-tunes.",
@@ -1141,6 +1142,19 @@ def _train_options() -> list:
     return params
 
 
+def _claim_run_folder(args, home: Path, overwrite: bool) -> None:
+    """The run folder is new or empty, or an earlier forge run's (replaced with --overwrite,
+    continued with --resume-from); a folder forge did not make is never written into."""
+    from forge.store import MARKER, claim_run_folder
+    from train.recipe import default_output_dir
+
+    args.output_dir = args.output_dir or str(default_output_dir(args, home))
+    out = Path(args.output_dir)
+    if args.resume_from and (out / MARKER).exists():
+        return  # continuing this run: its checkpoints are in there
+    claim_run_folder(out, overwrite, "--output-dir")
+
+
 def train(
     recipe: Annotated[
         str | None,
@@ -1149,6 +1163,9 @@ def train(
     config: Annotated[str | None, typer.Option("--config", help="Recipe YAML file (same as RECIPE).")] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the run summary as one JSON document.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the run folder when an earlier forge run made it.")
     ] = False,
     catalog: CatalogOpt = None,
     home: HomeOpt = None,
@@ -1182,6 +1199,8 @@ def train(
         check_args(args)
     except ValueError as e:
         _fail(str(e))
+    if os.environ.get("RANK", "0") == "0":  # one rank claims the folder; the others write into it
+        _claim_run_folder(args, h, overwrite)
     say(
         f"training {args.model} with {args.peft} on mixture {args.mixture} ({m.total:,} examples, "
         f"fingerprint {m.fingerprint()[:12]}) "
@@ -1440,6 +1459,10 @@ def eval_(
         _fail("say where the result goes: --out FILE (a --run folder also gets eval/<suite>.json)")
     if out is not None and out.is_dir():
         _fail(f"--out {out} is a folder; give a file path for the result JSON")
+    if out is not None and out.exists() and not _is_eval_result(out):
+        _fail(
+            f"--out {out}: exists and is not a forge eval result; forge never replaces it. Choose a new file"
+        )
     try:
         eval_data = read(suite, data, _rows_slice(rows))
     except (EvalDataError, OSError) as e:
@@ -1465,6 +1488,17 @@ def eval_(
         held = "" if "held_out" not in overlap else f"; held out: {overlap['held_out']}"
         console.print(f"overlap with training: {overlap['contaminated_items']} items{held}", highlight=False)
     console.print(f"results -> {', '.join(str(t) for t in targets)}", highlight=False)
+
+
+def _is_eval_result(path: Path) -> bool:
+    """An earlier `forge eval` result (which a rerun may replace), judged by its keys."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"suite", "items", "seed"} <= data.keys()
 
 
 @app.command()
@@ -1498,8 +1532,13 @@ def ablate(
 ):
     """Alpaca-CoT's experiment: one base model and recipe tuned on each mixture (or a swept
     one), every arm scored on the same suites, compared in report.html and report.json."""
+    from forge.store import MARKER, check_out, mark
     from train.ablate import AblateError, Arm, parse_eval, run_ablation, sweep_variants
 
+    if not (out / MARKER).exists():  # reruns resume in a folder forge made; any other must be new or empty
+        check_out(out, False)
+    out.mkdir(parents=True, exist_ok=True)
+    mark(out)
     try:
         arms = [Arm(m, m) for m in (mixture or [])]
         if sweep:
@@ -1520,7 +1559,6 @@ def ablate(
     )
     if any(e.suite == "belle" for e in evals) and not judge:
         _fail("--eval belle=... needs --judge-endpoint URL --judge-model NAME")
-    out.mkdir(parents=True, exist_ok=True)
     report = run_ablation(arms, evals, out, recipe=recipe, train_flags=train_flag or [], seed=seed,
                           max_new_tokens=max_new_tokens, judge=judge,
                           say=lambda m: console.print(escape(m), highlight=False))  # fmt: skip
@@ -1676,7 +1714,11 @@ def _show_version(value: bool) -> None:
 @app.callback()
 def _options(
     debug: Annotated[
-        bool, typer.Option("--debug", help="Show the full traceback of an error (or set FORGE_DEBUG=1).")
+        bool,
+        typer.Option(
+            "--debug",
+            help="Show library warnings and logs, and the full traceback of an error (or set FORGE_DEBUG=1).",
+        ),
     ] = False,
     version: Annotated[
         bool, typer.Option("--version", help="Print forge's version.", callback=_show_version, is_eager=True)
@@ -1684,17 +1726,13 @@ def _options(
 ):
     if debug:
         os.environ["FORGE_DEBUG"] = "1"
+        own_stderr(debug=True)
 
 
 def main() -> None:
     """Every failure ends in one line naming what went wrong; --debug or FORGE_DEBUG=1 adds
     the traceback."""
-    if os.environ.get("FORGE_DEBUG", "") in ("", "0"):
-        import warnings
-
-        # the libraries' deprecation notices speak to forge's developers, not its users
-        for category in (FutureWarning, DeprecationWarning):
-            warnings.simplefilter("ignore", category)
+    own_stderr()  # library logs, warnings and progress bars stay off stderr unless --debug
     try:
         code = app(standalone_mode=False)
     except KeyboardInterrupt:

@@ -12,8 +12,21 @@ import signal
 
 
 def point(name: str) -> None:
+    """FORGE_FAULT=NAME kills the process here. FORGE_PAUSE=NAME:FILE pauses it here instead:
+    it creates FILE and waits (at most 60 s) until the test removes it, so a test can act at
+    exactly this moment (a user's file appearing in an --out folder mid-run)."""
     if os.environ.get("FORGE_FAULT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    pause = os.environ.get("FORGE_PAUSE", "")
+    if pause.startswith(f"{name}:"):
+        import time
+        from pathlib import Path
+
+        flag = Path(pause[len(name) + 1 :])
+        flag.touch()
+        deadline = time.monotonic() + 60
+        while flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
 
 
 def part_attempt(index: int, folder) -> None:

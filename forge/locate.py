@@ -58,9 +58,13 @@ def _named(paths: list[Path], root: Path | None = None) -> list[SourceFile]:
     """Give each file a stable name: its path relative to the files' common folder."""
     if not paths:
         return []
+    # names come from the paths as given, not resolved: a symlink inside a --from folder may point
+    # anywhere, and is named by where it sits in the folder
+    absolute = [Path(os.path.abspath(p)) for p in paths]
     if root is None:
-        root = Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
-    return [SourceFile(p.resolve(), str(p.resolve().relative_to(root.resolve()))) for p in paths]
+        root = Path(os.path.commonpath([str(p.parent) for p in absolute]))
+    root = Path(os.path.abspath(root))
+    return [SourceFile(p.resolve(), os.path.relpath(a, root)) for p, a in zip(paths, absolute, strict=True)]
 
 
 def resolve(

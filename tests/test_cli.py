@@ -132,3 +132,49 @@ def test_forge_train_reports_what_a_user_needs(sample_home, tiny_model, tmp_path
         r"done: loss [\d.]+ -> [\d.]+ \(means of the first and last 1 logged steps\), 4 steps", out
     )
     assert re.search(r"trained token share \(sampled\): alpaca [\d.]+% \([\d.]+%\)", " ".join(out.split()))
+
+
+# A failing command during which libraries speak on stderr: one that installs its own stderr
+# handler at INFO (as transformers does), one that relies on Python's last-resort handler (as
+# `kernels` did offline), a Python warning, and a warning category a library re-enables.
+CHATTY = """
+import logging, sys, warnings
+import forge.catalog
+
+real = forge.catalog.load_catalog
+
+def chatty(*args, **kwargs):
+    lib = logging.getLogger("chatty_lib")
+    lib.addHandler(logging.StreamHandler(sys.stderr))
+    lib.setLevel(logging.INFO)
+    lib.info("chatty_lib info line")
+    lib.warning("chatty_lib warning line")
+    logging.getLogger("kernels._internals.hf_hub").warning("kernels offline line")
+    warnings.warn("python warning line", UserWarning)
+    warnings.simplefilter("always", RuntimeWarning)
+    warnings.warn("re-enabled warning line", RuntimeWarning)
+    return real(*args, **kwargs)
+
+forge.catalog.load_catalog = chatty
+sys.argv = ["forge", *sys.argv[1:]]
+from forge.cli import main
+main()
+"""
+CHATTER = ["chatty_lib info line", "chatty_lib warning line", "kernels offline line",
+           "python warning line", "re-enabled warning line"]  # fmt: skip
+
+
+def test_library_chatter_never_reaches_stderr(tmp_path):
+    env = {**os.environ, "FORGE_HOME": str(tmp_path), "COLUMNS": "200"}
+    env.pop("FORGE_DEBUG", None)
+    r = subprocess.run([sys.executable, "-c", CHATTY, "build", "no_such_source"], capture_output=True,
+                       text=True, env=env, cwd=tmp_path, timeout=120)  # fmt: skip
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr
+    assert r.stderr.startswith("error:") and "no_such_source" in r.stderr, r.stderr
+
+    debug = subprocess.run([sys.executable, "-c", CHATTY, "--debug", "build", "no_such_source"],
+                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)  # fmt: skip
+    assert debug.returncode == 1
+    for line in CHATTER:
+        assert line in debug.stderr, (line, debug.stderr)

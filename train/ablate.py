@@ -173,7 +173,7 @@ def run_ablation(
         else:
             say(f"[{arm.name}] training on mixture {arm.mixture}")
             cmd = [*FORGE, "train", *([recipe] if recipe else []), "--mixture", arm.mixture,
-                   "--output-dir", str(run), "--seed", str(seed), *train_flags]  # fmt: skip
+                   "--output-dir", str(run), "--overwrite", "--seed", str(seed), *train_flags]  # fmt: skip
             log = folder / "train.log"
             with open(log, "w") as fh:
                 code = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode

@@ -129,10 +129,16 @@ def predict(
     sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "a", encoding="utf-8") as fh:
-        records = todo()
-        while chunk := list(islice(records, CHUNK)):
-            _run_chunk(loaded, chunk, fh, summary, batch_size, sampling, progress)
+    created = not out.exists()
+    try:
+        with open(out, "a", encoding="utf-8") as fh:
+            records = todo()
+            while chunk := list(islice(records, CHUNK)):
+                _run_chunk(loaded, chunk, fh, summary, batch_size, sampling, progress)
+    except BaseException:
+        if created and out.exists() and out.stat().st_size == 0:
+            out.unlink()  # a failed first run leaves no empty file that looks like a result
+        raise
     if rejected:
         with open(rejected_path, "a", encoding="utf-8") as fh:
             for entry in rejected:

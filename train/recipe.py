@@ -500,12 +500,17 @@ def training_arguments(args: TrainArgs):
     )
 
 
+def default_output_dir(args: TrainArgs, home: Path | None = None) -> Path:
+    """Where a run goes when the recipe names no output_dir: data home/runs/MIXTURE-PEFT."""
+    return Path(home or data_home()) / "runs" / f"{args.mixture}-{args.peft}"
+
+
 def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None, say=None) -> dict:
     """Train; `on_log` gets every logged step, `say` the notes (packing turned off, ...)."""
     from transformers import Trainer, TrainerCallback, set_seed
 
     if args.output_dir is None:
-        args.output_dir = str(Path(home or data_home()) / "runs" / f"{args.mixture}-{args.peft}")
+        args.output_dir = str(default_output_dir(args, home))
     note = resolve_packing(args)
     if note and say:
         say(note)

@@ -1650,18 +1650,34 @@ def serve(
             min=1, help="Most greedy requests decoded together (continuous batching; 1: one at a time)."
         ),
     ] = 16,
+    max_body: Annotated[
+        str, typer.Option(help="Largest request body (e.g. 4MB, 512KB); larger ones get 413 unread.")
+    ] = "4MB",
+    stall_after: Annotated[
+        float,
+        typer.Option(
+            min=1, help="Seconds a generation may go without a decode step before /health says 503."
+        ),
+    ] = 120.0,
 ):
     """Serve a model over the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models)
     with a chat page at /."""
     try:
         import uvicorn
+
+        from train.serve_http import parse_size
     except ImportError:
         _fail("forge serve needs starlette and uvicorn: pip install 'forge-instruct[serve]'")
     from train.serve import create_app
 
+    try:
+        body_limit = parse_size(max_body)
+    except ValueError as e:
+        _fail(f"--max-body: {e}")
     loaded = _load(model, adapter, run, template, quantization, trust_remote_code)
     err.print(f"serving {loaded.name} (template {loaded.template}) on http://{host}:{port}/", highlight=False)
-    uvicorn.run(create_app(loaded, api_key, max_batch), host=host, port=port, log_level="warning")
+    app = create_app(loaded, api_key, max_batch, max_body=body_limit, stall_after=stall_after)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 @app.command("real-model")

@@ -12,10 +12,11 @@ forge chat, forge predict and forge serve are thin layers over these.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,8 +164,14 @@ class Generation:
     finish_reason: str  # stop | length
 
 
+# Below this a temperature is greedy decoding: dividing the logits by 1e-300 overflows them to
+# inf and sampling fails ("probability tensor contains inf/nan"), and any temperature this small
+# picks the most likely token anyway.
+GREEDY_BELOW = 1e-5
+
+
 def _sampling(temperature: float, top_p: float) -> dict:
-    if temperature and temperature > 0:
+    if temperature and temperature >= GREEDY_BELOW:
         return {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p)}
     return {"do_sample": False}
 
@@ -188,6 +195,22 @@ def _finish(
     return new, text, reason
 
 
+def _asking(should_stop: Callable[[], bool] | None):
+    """transformers stopping criteria that call `should_stop()` after every decode step."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    if should_stop is None:
+        return None
+
+    # generate deep-copies its criteria: the callable lives in the class (a closure), not in an
+    # instance attribute, so every copy still calls the one the caller gave
+    class Asked(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs) -> bool:
+            return bool(should_stop())
+
+    return StoppingCriteriaList([Asked()])
+
+
 def generate(
     loaded: Loaded,
     prompts: list[list[int]],
@@ -197,9 +220,12 @@ def generate(
     top_p: float = 1.0,
     seed: int = 0,
     stop: list[str] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[Generation]:
     """Generate for several prompts in one left-padded batch (call with prompts of similar
-    length: predict sorts them). Greedy unless temperature > 0."""
+    length: predict sorts them). Greedy unless temperature >= GREEDY_BELOW. `should_stop` is
+    called after every decode step; True ends the whole batch there (forge serve: its clients
+    left) and it may record progress too."""
     pad = loaded.tokenizer.pad_token_id
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
@@ -215,6 +241,7 @@ def generate(
             max_new_tokens=max_new_tokens,
             pad_token_id=pad,
             eos_token_id=sorted(loaded.stop_ids) or None,
+            stopping_criteria=_asking(should_stop),
             **_sampling(temperature, top_p),
         )
     results = []
@@ -381,35 +408,43 @@ def stream(
     top_p: float = 1.0,
     seed: int = 0,
     cancel: threading.Event | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    hold: contextlib.AbstractContextManager | None = None,
 ) -> Iterator[str]:
     """Text pieces of one generation as they are produced. Setting `cancel` stops the model
-    at its next token (a client that went away does not keep the model busy)."""
-    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+    at its next token (a client that went away does not keep the model busy); so does
+    `should_stop()` returning True, asked after every step. The model runs in a thread of its
+    own, inside `hold` when given (forge serve: its model lock), so the lock is held exactly
+    while the model runs, never while the reader of these pieces is away. Closing this
+    generator stops the model and waits for its thread."""
+    from transformers import TextIteratorStreamer
 
     cancel = cancel or threading.Event()
-
-    class Cancelled(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            return cancel.is_set()
-
     streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
     ids = torch.tensor([prompt], dtype=torch.long, device=loaded.model.device)
-    torch.manual_seed(seed)
     errors: list[BaseException] = []
+
+    def stopped() -> bool:
+        return cancel.is_set() or (should_stop is not None and bool(should_stop()))
 
     def work() -> None:
         try:
-            with torch.no_grad():
-                loaded.model.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=loaded.tokenizer.pad_token_id,
-                    eos_token_id=sorted(loaded.stop_ids) or None,
-                    streamer=streamer,
-                    stopping_criteria=StoppingCriteriaList([Cancelled()]),
-                    **_sampling(temperature, top_p),
-                )
+            with hold or contextlib.nullcontext():
+                if cancel.is_set():  # the reader left while the model was busy: nothing to run
+                    streamer.end()
+                    return
+                torch.manual_seed(seed)  # here, under `hold`: no other generation reseeds between
+                with torch.no_grad():
+                    loaded.model.generate(
+                        input_ids=ids,
+                        attention_mask=torch.ones_like(ids),
+                        max_new_tokens=max_new_tokens,
+                        pad_token_id=loaded.tokenizer.pad_token_id,
+                        eos_token_id=sorted(loaded.stop_ids) or None,
+                        streamer=streamer,  # generate ends it
+                        stopping_criteria=_asking(stopped),
+                        **_sampling(temperature, top_p),
+                    )
         except BaseException as e:  # surfaced to the reader below
             errors.append(e)
             streamer.end()

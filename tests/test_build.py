@@ -104,7 +104,13 @@ def test_no_temp_files_left(home, catalog):
         p.name for p in folder.iterdir() if p.name.startswith(".") and p.name not in (".lock", ".parts")
     ]
     assert leftovers == []
-    assert sorted(p.name for p in folder.iterdir()) == [".lock", ".parts", "CURRENT", "v000001"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".last-version",
+        ".lock",
+        ".parts",
+        "CURRENT",
+        "v000001",
+    ]
     # the part cache holds the committed version's one part, sharing its bytes (a hard link)
     (entry,) = (folder / ".parts").iterdir()
     shard = folder / "v000001" / "part-000-00000.parquet"

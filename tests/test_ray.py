@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,14 +65,18 @@ def same_dataset(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("ray"))
+def cluster():
+    # a short root: Ray's socket paths must fit in 107 bytes, and pytest-xdist's temp folders
+    # (/tmp/pytest-of-root/pytest-N/popen-gwK/...) leave too little room for them
+    root = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    c = Cluster(root)
     try:
         c.start_node("head", head=True)
         c.start_node("node2")
         yield c
     finally:
         c.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ Layout of one dataset (a source under sources/, a mixture under mixtures/):
 
     NAME/CURRENT          the committed version's id ("v000003"), replaced atomically
     NAME/.lock            writer lock (flock); holds the writer's pid for the wait message
+    NAME/.last-version    the highest version number handed out: names are never reused
     NAME/v000003/         an immutable version: shards, manifest.json, quarantine.jsonl, .lease
     NAME/.tmp-v000004-PID a version being written; never read
     NAME/failed-build/    the quarantine of the last rejected build (kept for the user to read)
@@ -14,6 +15,10 @@ anything temporary is stale), writes a new version into a temporary folder, fsyn
 renames it to its version id and then commits by replacing CURRENT (write, fsync,
 os.replace, fsync of the folder): a crash anywhere before that last rename leaves the
 previous version current and untouched; after it, the new one.
+
+Each committed manifest carries its own hash (`manifest_xxh3`, sealed at commit), so a manifest
+edited by hand is told from the one forge wrote. A missing CURRENT is re-pointed by the next
+writer at the newest complete version; committed versions are never removed for lack of one.
 
 A reader resolves CURRENT once and takes a shared flock on the version's .lease for as long
 as its process lives (or until release()), so a version in use is never collected. Old

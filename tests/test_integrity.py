@@ -19,7 +19,9 @@ FORGE = [str(Path(sys.executable).parent / "forge")]
 
 def cli(args, home, cwd=None, env=None, timeout=120):
     e = {**os.environ, "FORGE_HOME": str(home), "COLUMNS": "200", **(env or {})}
-    return subprocess.run(FORGE + args, cwd=cwd or REPO, env=e, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        FORGE + args, cwd=cwd or REPO, env=e, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def one_line_error(r, *fragments: str) -> str:

@@ -1284,7 +1284,7 @@ def train(
         )
     say(
         f"adapter: {out / 'adapter'}\nrun manifest: {out / 'run_manifest.json'}\n"
-        f"recipe: {out / 'recipe.yaml'} (rerun: forge train {out / 'recipe.yaml'})"
+        f"recipe: {out / 'recipe.yaml'} (rerun: forge train {out / 'recipe.yaml'} --overwrite, or --output-dir NEW)"
     )
 
 

@@ -43,9 +43,22 @@ def catalog():
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
+    """One tiny model for the whole run, built once even under pytest-xdist: the workers share
+    the run's base temp folder and take turns under a file lock (tests only read the model)."""
+    from filelock import FileLock
+
     from train.tiny import make_tiny_model
 
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+    base = tmp_path_factory.getbasetemp()
+    # under xdist each worker's base is pytest-N/popen-gwK: pytest-N belongs to this run alone
+    shared_root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = shared_root / "shared-tiny" / "tiny-llama"
+    with FileLock(str(shared_root / "shared-tiny.lock")):
+        done = shared_root / "shared-tiny.complete"  # beside the model, not in it
+        if not done.exists():
+            make_tiny_model(path)
+            done.touch()
+    return path
 
 
 @pytest.fixture
@@ -78,3 +91,32 @@ def run_dir(tmp_path_factory, tiny_model) -> tuple[Path, Path]:
               "--learning-rate", "0.01", "--output-dir", str(out))  # fmt: skip
     assert r.returncode == 0, r.stderr
     return home, out
+
+
+# Under pytest-xdist (`make test`), each worker is handed whole files as it frees up. Starting
+# the longest files first keeps both cores busy to the end instead of leaving one worker alone
+# with a long file at the finish. The order only schedules; it changes no test.
+LONGEST_FIRST = [
+    "test_trainer.py",
+    "test_crash_safety.py",
+    "test_reliability.py",
+    "test_eval.py",
+    "test_inference.py",
+    "test_ablate.py",
+    "test_stages.py",
+    "test_ray.py",
+    "test_integrity.py",
+    "test_serve_robust.py",
+    "test_dedup_exact.py",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept within
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two workers on two cores: one math thread each instead of each asking for every core
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")

@@ -101,7 +101,9 @@ def test_no_temp_files_left(home, catalog):
     build_source(catalog.get("alpaca"), home=home, sample=True)
     folder = home / "sources" / "alpaca"
     leftovers = [
-        p.name for p in folder.iterdir() if p.name.startswith(".") and p.name not in (".lock", ".parts")
+        p.name
+        for p in folder.iterdir()
+        if p.name.startswith(".") and p.name not in (".lock", ".parts", ".last-version")
     ]
     assert leftovers == []
     assert sorted(p.name for p in folder.iterdir()) == [

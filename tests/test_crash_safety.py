@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -284,10 +285,16 @@ def test_a_second_writer_waits_or_fails_at_once_with_no_wait(tmp_path):
             stdout=subprocess.PIPE,
             text=True,
         )
-        time.sleep(3)
+        # its first stderr line says it waits (read, not slept for: a loaded machine may take
+        # seconds just to start the process); a process that never says so is killed at 60 s
+        guard = threading.Timer(60, waiting.kill)
+        guard.start()
+        first = waiting.stderr.readline()
+        guard.cancel()
+        assert "waiting for another forge process" in first, first
         assert waiting.poll() is None  # blocked on the lock
     out, errs = waiting.communicate(timeout=60)
-    assert waiting.returncode == 0 and "waiting for another forge process" in errs
+    assert waiting.returncode == 0, errs
 
 
 def _mount_tmpfs(path: Path, size: str) -> bool:

@@ -34,14 +34,14 @@ with open(root / "src.jsonl", "w") as fh:
                              "output": " ".join(rng.choices(words, k=60))}}) + "\\n")
 (root / "catalog.yaml").write_text("sources:\\n  src:\\n    description: bench\\n    connector: json\\n"
     "    formatter: columns\\n    local: " + str(root / "src.jsonl") + "\\n    lang: EN\\n    task: MT\\n    gen: SI\\n")
-build_source(load_catalog(root / "catalog.yaml").get("src"), home=root / "home", detector="script")
+build_source(load_catalog(root / "catalog.yaml").get("src"), home=root / "home")
 _ROWS = 0
 """
 
 VERIFY_ONLY = """
 from forge.build import open_built
 _T0 = __import__("time").perf_counter()  # time the check, not the imports
-built = open_built("src", {home!r})
+built = open_built("src", __import__("pathlib").Path({home!r}))
 _ROWS = built.manifest["rows"]
 """
 
@@ -49,7 +49,7 @@ READ_CHECKED = """
 import polars as pl
 from forge.build import open_built
 _T0 = __import__("time").perf_counter()
-built = open_built("src", {home!r})
+built = open_built("src", __import__("pathlib").Path({home!r}))
 _ROWS = sum(pl.read_parquet(f).height for f in built.files())
 """
 

@@ -285,22 +285,30 @@ def verified_manifest(folder: Path, repair: str) -> dict:
     seal) and that every shard has the size and xxh3 it lists. Readers (mix, train, stats,
     filter, dedup, publish) go through here, so a damaged shard that still decodes is never
     used: they fail in one line naming it and the command that repairs it. Once per process
-    and version (xxh3 reads about 10 GB/s; bench/mixture_bench.py measures the cost)."""
+    and version (bench/verify_bench.py measures the cost)."""
     folder = Path(folder)
     if folder in _VERIFIED:
         return _VERIFIED[folder]
-    path = folder / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise BuildError(f"{path}: damaged ({type(e).__name__}); `{repair}` repairs it") from None
-    if not isinstance(manifest, dict) or seal_broken(manifest):
-        raise BuildError(f"{path}: edited after forge wrote it (its hash differs); `{repair}` repairs it")
-    bad = damaged_shards(folder, manifest)
-    if bad:
-        raise BuildError(f"{folder}: {'; '.join(bad[:3])}; `{repair}` repairs it")
+    manifest, problems = version_problems(folder)
+    if problems:
+        raise BuildError(f"{folder}: {'; '.join(problems[:3])}; `{repair}` repairs it")
     _VERIFIED[folder] = manifest
     return manifest
+
+
+def version_problems(folder: Path) -> tuple[dict | None, list[str]]:
+    """The one check of a version folder that readers, `forge verify` and the up-to-date test
+    share: (its manifest, what is wrong with it). The manifest is None when it cannot be read;
+    the list is empty when the seal holds and every shard matches its size and xxh3."""
+    path = Path(folder) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        problems = damaged_shards(Path(folder), manifest)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return None, [f"manifest.json unreadable ({type(e).__name__})"]
+    if seal_broken(manifest):
+        problems.insert(0, "manifest.json (edited after forge wrote it)")
+    return manifest, problems
 
 
 def read_manifest(name: str, home: Path | None = None) -> dict | None:
@@ -427,12 +435,9 @@ def up_to_date(store: Store, name: str, bhash: str, t0: float) -> BuildResult | 
         return None  # a damaged pointer: build a new version and point to it
     if current is None:
         return None
-    try:
-        old = json.loads((current.path / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None  # damaged: rebuild
-    if old.get("build_hash") != bhash or seal_broken(old) or damaged_shards(current.path, old):
-        return None
+    old, problems = version_problems(current.path)
+    if problems or old.get("build_hash") != bhash:
+        return None  # damaged or built from other input: rebuild
     return BuildResult(
         name,
         "up-to-date",
@@ -860,13 +865,10 @@ def verify_store(store: Store) -> list[str]:
         return [str(e)]
     if version is None:
         return ["not built"]
-    try:
-        manifest = json.loads((version.path / "manifest.json").read_text())
-        problems = [f"{version.id}/{p}" for p in damaged_shards(version.path, manifest)]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return [f"{version.id}/manifest.json unreadable ({type(e).__name__})"]
-    if seal_broken(manifest):
-        problems.insert(0, f"{version.id}/manifest.json (edited after forge wrote it)")
+    manifest, found = version_problems(version.path)
+    problems = [f"{version.id}/{p}" for p in found]
+    if manifest is None:
+        return problems
     if "ids_sha256" in manifest:  # a mixture's lineage file
         from connectors.base import sha256_file
 

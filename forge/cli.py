@@ -1145,14 +1145,11 @@ def _train_options() -> list:
 def _claim_run_folder(args, home: Path, overwrite: bool) -> None:
     """The run folder is new or empty, or an earlier forge run's (replaced with --overwrite,
     continued with --resume-from); a folder forge did not make is never written into."""
-    from forge.store import MARKER, claim_run_folder
+    from forge.store import claim_run_folder
     from train.recipe import default_output_dir
 
     args.output_dir = args.output_dir or str(default_output_dir(args, home))
-    out = Path(args.output_dir)
-    if args.resume_from and (out / MARKER).exists():
-        return  # continuing this run: its checkpoints are in there
-    claim_run_folder(out, overwrite, "--output-dir")
+    claim_run_folder(Path(args.output_dir), overwrite, "--output-dir", resume=bool(args.resume_from))
 
 
 def train(
@@ -1532,13 +1529,10 @@ def ablate(
 ):
     """Alpaca-CoT's experiment: one base model and recipe tuned on each mixture (or a swept
     one), every arm scored on the same suites, compared in report.html and report.json."""
-    from forge.store import MARKER, check_out, mark
+    from forge.store import claim_run_folder
     from train.ablate import AblateError, Arm, parse_eval, run_ablation, sweep_variants
 
-    if not (out / MARKER).exists():  # reruns resume in a folder forge made; any other must be new or empty
-        check_out(out, False)
-    out.mkdir(parents=True, exist_ok=True)
-    mark(out)
+    claim_run_folder(out, overwrite=False, flag="--out", resume=True)  # reruns resume what forge made
     try:
         arms = [Arm(m, m) for m in (mixture or [])]
         if sweep:

@@ -311,15 +311,14 @@ class Store:
         or one naming a version that is gone, is pointed at the newest complete version: which
         versions were committed is then unknown, so none is removed."""
         try:
-            current = self.current_id()
+            current, damaged = self.current_id(), False
         except StoreError:  # damaged pointer: which versions were committed is unknown, keep all
-            current = "damaged"
-        if current is None or (current != "damaged" and not (self.path / current).is_dir()):
-            newest = self.newest_complete()
-            if newest is not None:
-                write_atomic(self.path / CURRENT, f"{newest}\n".encode())
-            current = newest
-        cur_n = float("inf") if current == "damaged" else (_version_number(current) if current else -1)
+            current, damaged = None, True
+        if not damaged and (current is None or not (self.path / current).is_dir()):
+            current = self.newest_complete()
+            if current is not None:
+                write_atomic(self.path / CURRENT, f"{current}\n".encode())
+        cur_n = float("inf") if damaged else (_version_number(current) if current else -1)
         for p in list(self.path.iterdir()):
             n = _version_number(p.name)
             stale = p.name.startswith((".tmp-", ".trash-")) or (n is not None and n > cur_n)
@@ -497,12 +496,15 @@ def file_lock(path: Path) -> Iterator[None]:
         yield
 
 
-def claim_run_folder(path: Path, overwrite: bool, flag: str = "--output-dir") -> Path:
+def claim_run_folder(path: Path, overwrite: bool, flag: str = "--output-dir", resume: bool = False) -> Path:
     """A run folder (train, ablate) is written in place while forge works: checkpoints appear as
-    training goes. It may be new or empty, or one forge made (it carries the marker) when
-    `overwrite` is set, in which case forge's earlier contents are removed first. Anything else
-    is refused, with or without overwrite. Returns the folder, marked as forge's."""
+    training goes. It may be new or empty, or one forge made (it carries the marker): with
+    `resume` forge continues in it as it is; with `overwrite` forge's earlier contents are
+    removed first. Anything else is refused, with or without overwrite. Returns the folder,
+    marked as forge's."""
     path = absolute(path)
+    if resume and (path / MARKER).exists():
+        return path  # continuing an earlier run: its checkpoints and results are in there
     check_out(path, overwrite, flag)
     if path.is_dir() and (path / MARKER).exists():
         for child in path.iterdir():

@@ -1040,7 +1040,9 @@ def dedup(
     exact_only: Annotated[
         bool, typer.Option("--exact-only", help="Only exact duplicates (no MinHash).")
     ] = False,
-    threshold: Annotated[float, typer.Option(help="Estimated Jaccard similarity for near duplicates.")] = 0.7,
+    threshold: Annotated[
+        float, typer.Option(help="Near duplicates: exact character 5-gram Jaccard at or above this.")
+    ] = 0.7,
     against: Annotated[
         list[Path] | None,
         typer.Option("--against", help="Eval file to check contamination against (repeatable)."),

@@ -1,33 +1,41 @@
 """Exact and near-duplicate removal, within and across sources, plus eval decontamination.
 
-Text of a record = the whole conversation (every history turn, then instruction + input +
-output), normalized: lower case, punctuation removed, runs of whitespace collapsed to one
-space. Two replies "You're welcome!" after different dialogues are not duplicates.
+Text of a record = the whole conversation: every history turn, then instruction + input (one
+user turn) and the output. Two replies "You're welcome!" after different dialogues are not
+duplicates.
 
-Exact duplicates: equal xxh3-64 of the normalized text.
+Exact duplicates: equal xxh3-64 of the conversation folded for comparison (exact_texts): NFKC
+(full- and half-width forms are one character), lower case, each run of whitespace one space;
+digits, operators, signs and punctuation are kept ("7 > 3" is not "7 < 3"), and so are turn
+boundaries (a dialogue is not a copy of the same words flattened into one instruction).
 
-Near duplicates: MinHash with one-permutation hashing.
-  shingles     character 5-grams of the normalized text (works for CJK and Latin alike)
+Near duplicates: exact Jaccard similarity of shingle sets, with MinHash (one-permutation
+hashing) to propose the pairs.
+  text         the folded conversation without punctuation and symbols other than operators
+               and signs; turn marks stay (record_texts). A function of the folded text, so
+               exact copies have equal texts
+  shingles     character 5-grams of that text (works for CJK and Latin alike)
   signature    K = 64 bins; each shingle hash goes to bin (h mod 64) and the bin keeps its
                minimum; empty bins borrow from the next non-empty bin to the right
                (densification), so short texts still get a full signature
   LSH          16 bands x 4 rows: records sharing any band are candidates
-  threshold    a candidate pair is a duplicate when >= 70% of the 64 bins agree (estimated
-               Jaccard similarity of the shingle sets >= 0.7)
+  verified     a candidate pair is a duplicate when the exact Jaccard similarity of its two
+               shingle sets is >= 0.7; which pairs are compared, how an oversized bucket is
+               bounded, and the prefilter: forge.dedup_exact
 Clusters are stars around survivors, so similarity is never chained: records are visited in
 survival order (the source's catalog `priority`, default 100, then the id); a record is
-dropped only when it has a verified edge (exact match, or estimated similarity >= threshold)
-to a record that survives, and that survivor is its `dup_of`. So every dropped record is
-within the threshold of the record named as its copy (A~B~C no longer drops C for A).
+dropped only when it is an exact copy of, or verified similar to, a record that survives, and
+that survivor is its `dup_of`. So every dropped record is within the threshold of the record
+named as its copy, by the exact measure (A~B~C never drops C for A).
 
 Variants are not duplicates: records rendered from one raw record (same raw file bytes and
 row: a zero-shot and an inversion template, or flan_cot and cot_zh over one TSV row) never
 remove each other unless across_variants is set. Every dropped record is kept in a side
-file with the id of the record it duplicates, its kind (exact/near) and the similarity.
+file with the id of the record it duplicates, its kind (exact/near) and the exact similarity.
 
 Memory: bounded by one batch, one partition and the duplicate graph, not by the corpus
-(see run(): keys and signatures are spilled to disk partitions). The text is streamed
-twice: once to sign, once to write kept and dropped records.
+(see run(): keys, signatures and texts are spilled to disk). The input is streamed twice:
+once to sign, once to write kept and dropped records.
 """
 
 from __future__ import annotations
@@ -41,10 +49,31 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from forge.dedup_exact import (
+    BUCKET_ALL,
+    BUCKET_HEAD,
+    BUCKET_WINDOW,
+    PREFILTER_MARGIN,
+    SCALE,
+    SHINGLE,
+    TURN,  # noqa: F401 (forge.dedup's interface)
+    Buckets,
+    SpilledTexts,
+    Texts,
+    agreeing_bytes,
+    exact_texts,
+    normalize,
+    oversized,
+    record_texts,  # noqa: F401 (forge.dedup's interface)
+    sorted_unique,
+    strip_marks,
+    verify,
+    write_texts,
+)
+
 K = 64
 BANDS = 16
 ROWS = K // BANDS
-SHINGLE = 5
 THRESHOLD = 0.7
 _EMPTY = np.uint32(0xFFFFFFFF)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -58,30 +87,6 @@ def _mix(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-def normalize(texts: pa.Array) -> pa.Array:
-    import polars as pl
-
-    # polars' regex engine is multi-threaded; pyarrow's replace_substring_regex is not
-    s = pl.Series(texts).str.to_lowercase().str.replace_all(r"[\p{P}\p{S}\s]+", " ").str.strip_chars()
-    return s.to_arrow()
-
-
-def record_texts(table: pa.Table) -> pa.Array:
-    """The normalized conversation of each record: history turns first, then the last turn."""
-    import polars as pl
-
-    cols = [
-        pc.fill_null(table.column(c), "").cast(pa.large_string()) for c in ("instruction", "input", "output")
-    ]
-    if "history" in table.column_names:
-        turns = pl.Series(table.column("history").combine_chunks())
-        history = turns.list.eval(
-            pl.element().struct.field("user") + " " + pl.element().struct.field("assistant")
-        ).list.join(" ")
-        cols.insert(0, pc.fill_null(history.to_arrow(), "").cast(pa.large_string()))
-    return normalize(pc.binary_join_element_wise(*cols, pa.scalar(" ", pa.large_string())).combine_chunks())
-
-
 def prompt_texts(table: pa.Table) -> pa.Array:
     """The normalized prompt of each record (instruction and input): what an eval question
     is compared with when checking for contamination."""
@@ -91,8 +96,8 @@ def prompt_texts(table: pa.Table) -> pa.Array:
     return normalize(joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined)
 
 
-def exact_keys(norm: pa.Array) -> np.ndarray:
-    return np.array([xxhash.xxh3_64_intdigest(t.encode()) for t in norm.to_pylist()], dtype=np.uint64)
+def exact_keys(texts: pa.Array) -> np.ndarray:
+    return np.array([xxhash.xxh3_64_intdigest(t.encode()) for t in texts.to_pylist()], dtype=np.uint64)
 
 
 def signatures(norm: pa.Array, chunk: int = 2048) -> np.ndarray:
@@ -183,138 +188,133 @@ def unique_rows(pairs: np.ndarray) -> np.ndarray:
     if pairs[:, :2].max() >= 1 << 32:  # beyond 4G records: the general (slow) way
         return np.unique(pairs, axis=0)
     key = (pairs[:, 0].astype(np.uint64) << np.uint64(32)) | pairs[:, 1].astype(np.uint64)
-    _, first = np.unique(key, return_index=True)
-    return pairs[first]
-
-
-def candidate_pairs_of(rows: np.ndarray) -> np.ndarray:
-    """Pairs (i, j), i < j, that share a bucket (band, key): each member is paired with the
-    bucket's first member and with its predecessor, members ordered by record index. Any
-    subset of rows holding whole buckets gives the same pairs for them, which is what lets
-    dedup split the rows into partitions by key."""
-    if len(rows) < 2:
-        return np.zeros((0, 2), dtype=np.int64)
-    order = np.lexsort((rows["idx"], rows["key"], rows["band"]))
-    band, key, idx = rows["band"][order], rows["key"][order], rows["idx"][order]
-    same = (key[1:] == key[:-1]) & (band[1:] == band[:-1])
-    if not same.any():
-        return np.zeros((0, 2), dtype=np.int64)
-    starts = np.r_[0, np.flatnonzero(~same) + 1]
-    group_first = idx[np.repeat(starts, np.diff(np.r_[starts, len(idx)]))]
-    members = np.flatnonzero(np.r_[False, same])
-    p = np.concatenate(
-        [
-            np.stack([idx[members - 1], idx[members]], axis=1),
-            np.stack([group_first[members], idx[members]], axis=1),
-        ]
-    )
-    p = np.sort(p, axis=1)
-    p = p[p[:, 0] != p[:, 1]]
-    return unique_rows(p)
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    return pairs[order[np.r_[True, key[1:] != key[:-1]]]]
 
 
 @dataclass
 class DedupResult:
     dup_of: np.ndarray  # index of the surviving record, or -1 for survivors
     kind: np.ndarray  # "", "exact" or "near"
-    sim: np.ndarray  # estimated similarity to the survivor (1.0 for exact)
+    sim: np.ndarray  # exact Jaccard similarity to the survivor (1.0 for exact copies)
 
 
 def decide(
     rank: np.ndarray,
     exact: np.ndarray,
-    sig: np.ndarray | None,
+    texts: list[str] | None,
     threshold: float = THRESHOLD,
     origin: np.ndarray | None = None,
 ) -> DedupResult:
     """Star clustering of records held in memory (the reference that run()'s partitioned
     pipeline must equal). rank: lower survives (priority, then id, folded into one order).
+    exact: exact keys; texts: record_texts, or None for exact duplicates only.
     origin: equal values mark variants of one raw record, which never drop each other."""
-    edges = [_exact_edges(rank, exact)]
-    if sig is not None and len(rank):
-        edges.append(near_edges(band_rows(sig, np.arange(len(rank)), exact), sig, threshold))
+    idx = np.arange(len(rank))
+    edges = [exact_groups(idx[np.lexsort((idx, exact))], np.sort(exact))]
+    if texts is not None and len(rank):
+        sig = signatures(pa.array(texts, pa.large_string()))
+        rows = band_rows(sig, idx, exact)
+        buckets = Buckets(rows)
+        edges.append(near_edges(buckets, lambda i: sig[i], Texts(texts), threshold, oversized(rows))[0])
     return star(rank, exact, np.concatenate(edges), origin)
 
 
-def near_edges(rows: np.ndarray, sig, threshold: float) -> np.ndarray:
-    """(i, j, agreeing bins) for candidate pairs (candidate_pairs_of's rule over the band
-    rows) whose estimated similarity reaches `threshold`. `sig` is the signature matrix, or a
-    function from record indices to their signatures (read back from disk: then a pair of
-    exact duplicates, whose signatures are equal by construction, scores K unread)."""
-    pairs = candidate_pairs_of(rows)
-    if not len(pairs):
-        return np.zeros((0, 3), np.int64)
-    if callable(sig):
-        uniq, first = np.unique(rows["idx"], return_index=True)
-        exact = rows["exact"][first]
-        same = exact[np.searchsorted(uniq, pairs[:, 0])] == exact[np.searchsorted(uniq, pairs[:, 1])]
-        agree = np.full(len(pairs), K, dtype=np.int64)
-        rest = pairs[~same]
-        if len(rest):  # a bounded number of pairs at a time
-            agree[~same] = np.concatenate(
-                [
-                    (sig(c[:, 0]) == sig(c[:, 1])).sum(axis=1)
-                    for c in np.array_split(rest, -(-len(rest) // 65536))
-                ]
-            )
-    else:
-        agree = (sig[pairs[:, 0]] == sig[pairs[:, 1]]).sum(axis=1)
-    ok = agree >= threshold * K
-    return np.column_stack([pairs[ok], agree[ok].astype(np.int64)])
+def near_edges(
+    buckets: Buckets, sig, texts: Texts, threshold: float, oversize: np.ndarray
+) -> tuple[np.ndarray, dict]:
+    """(i, j, round(Jaccard * SCALE)) for the candidate pairs of `buckets` (Buckets.pairs)
+    whose exact Jaccard reaches `threshold`, and counts: candidate pairs, pairs checked
+    exactly, pairs left out in oversized buckets (the same however the rows are partitioned;
+    a pair in several buckets counts once per bucket, except in checked: once). `sig` maps
+    record indices to signatures (read back from disk in run()), `texts` gives their texts,
+    `oversize` holds the keys of every oversized bucket (dedup_exact.oversized) of every partition."""
+    stats = {"candidates": 0, "checked": 0, "skipped": 0}
+    r = buckets.rows
+    s = sig(r["idx"])  # one signature per bucket row: every pair below reads from memory
+    # the low byte of each bin, 8 bins to a word: a first pass at a quarter of the memory
+    # traffic, which can only overcount agreeing bins (never rejects what the full bins keep)
+    low = np.ascontiguousarray(s.astype(np.uint8)).view(np.uint64)
+    cut = (threshold - PREFILTER_MARGIN) * K  # agreeing bins below this: not worth checking
+    passed = []
+    for p, q, skipped in buckets.pairs():
+        stats["skipped"] += skipped
+        stats["candidates"] += len(p)
+        for lo in range(0, len(p), 1 << 16):  # bounded temporaries
+            a, b = p[lo : lo + (1 << 16)], q[lo : lo + (1 << 16)]
+            ok = agreeing_bytes(low[a] ^ low[b]) >= cut
+            a, b = a[ok], b[ok]
+            ok = (s[a] == s[b]).sum(axis=1) >= cut  # the MinHash estimate only skips pairs
+            a, b = a[ok], b[ok]
+            # a pair in several ordinary buckets is checked in the first one's band only
+            ka, kb = band_keys(s[a]), band_keys(s[b])
+            at = np.minimum(np.searchsorted(oversize, ka), max(len(oversize) - 1, 0))
+            shared = (ka == kb) & ~(oversize[at] == ka if len(oversize) else False)
+            first = np.where(shared.any(axis=1), shared.argmax(axis=1), -1)
+            mine = (first == r["band"][b]) | (first < 0)
+            stats["checked"] += int(mine.sum())
+            passed.append(np.stack([r["idx"][a[mine]], r["idx"][b[mine]]], axis=1))
+    pairs = unique_rows(np.concatenate(passed)) if passed else np.zeros((0, 2), np.int64)
+    return verify(pairs, texts, threshold), stats
 
 
 def star(rank: np.ndarray, exact: np.ndarray, e: np.ndarray, origin: np.ndarray | None = None) -> DedupResult:
-    """Visit records in survival order; drop one only when it has a verified edge (i, j,
-    agreeing bins) to a record that survives, and name the best such survivor its dup_of."""
+    """Visit records in survival order; drop one when it is an exact copy of, or similar to,
+    a record that survives, and name the best such survivor (most similar, then first in
+    survival order) its dup_of. Edges (i, j, score): an exact copy to its group's first record
+    (equal exact keys, score SCALE), or a verified pair of texts (score round(Jaccard * SCALE))
+    between the first records of their groups, which holds for every member of both groups."""
     n = len(rank)
     dup_of = np.full(n, -1, dtype=np.int64)
     kind = np.full(n, "", dtype=object)
     sim = np.zeros(n, dtype=np.float32)
-    if origin is not None and len(e):
-        e = e[origin[e[:, 0]] != origin[e[:, 1]]]  # variants of one raw record are kept
-    # each edge points from the later record (in survival order) to the earlier one
-    later = np.where(rank[e[:, 0]] > rank[e[:, 1]], e[:, 0], e[:, 1])
-    earlier = np.where(rank[e[:, 0]] > rank[e[:, 1]], e[:, 1], e[:, 0])
-    score = e[:, 2]  # agreeing bins out of K (K for exact matches)
-    by_later = np.argsort(later, kind="stable")
-    later, earlier, score = later[by_later], earlier[by_later], score[by_later]
-    starts = np.searchsorted(later, np.arange(n))
-    ends = np.searchsorted(later, np.arange(n), side="right")
+    copy = exact[e[:, 0]] == exact[e[:, 1]]
+    group = np.arange(n)  # each record's group: the first record of its text
+    np.minimum.at(group, e[copy, 0], e[copy, 1])
+    np.minimum.at(group, e[copy, 1], e[copy, 0])
+    near = e[~copy]
+    a, b = group[near[:, 0]], group[near[:, 1]]
+    src, dst, score = np.r_[a, b], np.r_[b, a], np.r_[near[:, 2], near[:, 2]]
+    by = np.lexsort((-score, src))  # each group's neighbours, most similar first
+    src, dst, score = src[by], dst[by], score[by]
+    starts = np.searchsorted(src, np.arange(n)).tolist()
+    ends = np.searchsorted(src, np.arange(n), side="right").tolist()
+    dst, score, ranks, groups = dst.tolist(), score.tolist(), rank.tolist(), group.tolist()
+    org = (origin if origin is not None else np.arange(n)).tolist()
+    kept: dict[int, list[int]] = {}  # group -> its survivors, in survival order
+
+    def survivor(g: int, x: int) -> int:  # the first survivor of group g that x may copy
+        return next((y for y in kept.get(g, ()) if org[y] != org[x]), -1)
+
     for x in np.argsort(rank, kind="stable").tolist():
-        best, best_score = -1, -1
-        for k in range(starts[x], ends[x]):
-            y = int(earlier[k])
-            if dup_of[y] < 0 and (score[k] > best_score or (score[k] == best_score and rank[y] < rank[best])):
-                best, best_score = y, int(score[k])
-        if best >= 0:  # a verified edge to a survivor
+        g = groups[x]
+        best = survivor(g, x)
+        best_score = SCALE if best >= 0 else -1
+        for k in range(starts[g], ends[g]):
+            if score[k] < best_score:
+                break
+            y = survivor(dst[k], x)
+            if y >= 0 and (score[k] > best_score or ranks[y] < ranks[best]):
+                best, best_score = y, score[k]
+        if best >= 0:
             dup_of[x] = best
-            kind[x] = "exact" if exact[x] == exact[best] else "near"
-            sim[x] = 1.0 if kind[x] == "exact" else best_score / K
+            kind[x] = "exact" if groups[best] == g else "near"
+            sim[x] = 1.0 if kind[x] == "exact" else best_score / SCALE
+        else:
+            kept.setdefault(g, []).append(x)
     return DedupResult(dup_of, kind, sim)
 
 
-def _exact_edges(rank: np.ndarray, exact: np.ndarray) -> np.ndarray:
-    """(i, j, K) for records with equal keys: each member to its group's first member and to
-    its predecessor (in survival order), enough for the star clustering to find a survivor."""
-    order = np.lexsort((rank, exact))
-    return group_edges(order, exact[order])
-
-
-def group_edges(idx: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """_exact_edges' rule for records `idx` sorted by (exact key, survival order)."""
-    n = len(idx)
-    if n < 2:
+def exact_groups(idx: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """(i, first, SCALE) for each record `idx` (sorted by exact key, then index) whose key an
+    earlier record has: its group's first record."""
+    if len(idx) < 2:
         return np.zeros((0, 3), np.int64)
-    same = keys[1:] == keys[:-1]
-    first = np.r_[True, ~same]
-    head = idx[np.maximum.accumulate(np.where(first, np.arange(n), 0))]
-    members = np.flatnonzero(~first)
-    pairs = np.concatenate(
-        [np.stack([idx[members], head[members]], 1), np.stack([idx[members], idx[members - 1]], 1)]
-    )
-    pairs = unique_rows(np.sort(pairs, axis=1))
-    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-    return np.column_stack([pairs, np.full(len(pairs), K, np.int64)]).astype(np.int64)
+    head = np.r_[True, keys[1:] != keys[:-1]]
+    first = idx[np.maximum.accumulate(np.where(head, np.arange(len(idx)), 0))]
+    member = ~head
+    return np.column_stack([idx[member], first[member], np.full(member.sum(), SCALE)]).astype(np.int64)
 
 
 def contaminated(
@@ -379,18 +379,19 @@ def load_eval_texts(path) -> list[tuple[str, int, str]]:
 # partition and the duplicate graph, never by the corpus, and each step is a task that a
 # Ray cluster can run (forge.executor); the driver only joins edges and writes the output.
 #
-#   sign       per input shard: exact key, MinHash signature (kept in a spill file), and one
-#              row per (record, band) appended to partition hash(key) mod P; exact keys go
-#              to their own partitions with the record's survival order (priority, id)
-#   pairs      per partition: candidate pairs inside buckets, verified against signatures
-#              read back from the spill: edges (i, j, agreeing bins)
+#   sign       per input shard: exact key, MinHash signature and normalized text (kept in
+#              spill files, read back by record index), and one row per (record, band)
+#              appended to partition hash(key) mod P; exact keys go to their own partitions
+#   pairs      per partition: exact copies to the first record of their text; candidate
+#              pairs inside buckets, checked by exact Jaccard on texts read back from the
+#              spill: edges (i, j, score), and the pair counts for the manifest
 #   decide     driver: star clustering over the records that have edges (forge.dedup.star)
 #   write      driver: stream the input again, kept and dropped records to Parquet
 #
 # A bucket (band, key) lands whole in one partition and its members keep their input order,
 # so the edges, and hence the survivors and dup_of, equal decide() on the whole input.
 
-EXACT_ROW = np.dtype([("key", "<u8"), ("prio", "<i8"), ("id", "S32"), ("idx", "<i8")])
+EXACT_ROW = np.dtype([("key", "<u8"), ("idx", "<i8")])
 META_ROW = np.dtype([("exact", "<u8"), ("origin", "<u8"), ("prio", "<i8"), ("id", "S32")])
 # band-row bytes per partition; None reads FORGE_DEDUP_PARTITION_BYTES (default 8 MiB)
 # when a run needs it, never at import (forge/settings.py)
@@ -424,19 +425,19 @@ def sign_shard(job: SignJob) -> list[tuple[int, int, float]]:
             out[name] = open(spill / f".{name}.tmp-{os.getpid()}", "wb")
         array.tofile(out[name])
 
-    at = job.first
+    at, text_at = job.first, 0
     hits = []
     for batch in _scan([job.file], columns):
         table = pa.Table.from_batches([batch])
         n = table.num_rows
         idx = np.arange(at, at + n, dtype=np.int64)
         at += n
-        norm = record_texts(table)
+        folded = exact_texts(table)
         ids, srcs = table["id"].to_pylist(), table["source"].to_pylist()
         if any(len(i) > 32 for i in ids):
             raise ValueError(f"{job.file}: record ids longer than 32 characters; rebuild the source")
         meta = np.empty(n, META_ROW)
-        meta["exact"] = exact_keys(norm)
+        meta["exact"] = exact_keys(folded)
         meta["origin"] = [
             xxhash.xxh3_64_intdigest(f"{job.raw_sha.get((s, f), s + f)}:{r}".encode())
             for s, f, r in zip(srcs, table["raw_file"].to_pylist(), table["raw_row"].to_pylist(), strict=True)
@@ -445,9 +446,11 @@ def sign_shard(job: SignJob) -> list[tuple[int, int, float]]:
         meta["id"] = ids
         append(f"meta-{job.index:05d}", meta)
         exact = np.empty(n, EXACT_ROW)
-        exact["key"], exact["prio"], exact["id"], exact["idx"] = meta["exact"], meta["prio"], meta["id"], idx
+        exact["key"], exact["idx"] = meta["exact"], idx
         _append_partitioned(append, f"exact-{job.index:05d}", exact, exact["key"], job.partitions)
         if job.near:
+            norm = strip_marks(folded)
+            text_at = write_texts(append, job.index, norm, text_at)
             sig = signatures(norm)
             append(f"sig-{job.index:05d}", sig)
             rows = band_rows(sig, idx, meta["exact"])
@@ -478,23 +481,31 @@ class PairJob:
     firsts: list[int]  # global index of each input shard's first record, plus the total
     near: bool
     threshold: float
+    oversize: np.ndarray | None = None  # keys of every oversized bucket (partition_oversized)
 
 
-def partition_edges(job: PairJob) -> np.ndarray:
-    """Edges (i, j, agreeing bins) among the records of one partition's buckets."""
+def partition_oversized(job: PairJob) -> np.ndarray:
+    """Keys of the oversized buckets of one partition (dedup_exact.oversized)."""
+    return oversized(_read_rows(Path(job.spill), f"band-*-{job.partition:04d}.bin", BAND_ROW))
+
+
+def partition_edges(job: PairJob) -> tuple[np.ndarray, dict]:
+    """Edges (i, j, score) among the records of one partition's buckets, and near_edges'
+    pair counts."""
     spill = Path(job.spill)
     edges = []
     exact = _read_rows(spill, f"exact-*-{job.partition:04d}.bin", EXACT_ROW)
     if len(exact):
-        order = np.lexsort((exact["id"], exact["prio"], exact["key"]))  # key, then survival order
-        edges.append(group_edges(exact["idx"][order], exact["key"][order]))
+        order = np.lexsort((exact["idx"], exact["key"]))
+        edges.append(exact_groups(exact["idx"][order], exact["key"][order]))
     del exact
+    stats = {}
     if job.near:
-        rows = _read_rows(spill, f"band-*-{job.partition:04d}.bin", BAND_ROW)
-        edges.append(
-            near_edges(rows, lambda idx: _spilled(spill, job.firsts, "sig", idx, (K,)), job.threshold)
-        )
-    return np.concatenate(edges) if edges else np.zeros((0, 3), np.int64)
+        buckets = Buckets(_read_rows(spill, f"band-*-{job.partition:04d}.bin", BAND_ROW))
+        sig = lambda idx: _spilled(spill, job.firsts, "sig", idx, (K,))  # noqa: E731
+        near, stats = near_edges(buckets, sig, SpilledTexts(spill, job.firsts), job.threshold, job.oversize)
+        edges.append(near)
+    return (np.concatenate(edges) if edges else np.zeros((0, 3), np.int64)), stats
 
 
 def _read_rows(spill: Path, pattern: str, dtype: np.dtype) -> np.ndarray:
@@ -573,14 +584,25 @@ def run(
         ]
         hits = sorted(h for found in _map(executor, sign_shard, jobs, n) for h in found)
         pair_jobs = [PairJob(p, str(spill), firsts, near, threshold) for p in range(partitions)]
+        if near:  # every partition needs to know every oversized bucket (near_edges)
+            oversize = np.sort(np.concatenate(_map(executor, partition_oversized, pair_jobs, n)))
+            for job in pair_jobs:
+                job.oversize = oversize
         # one pair shares a bucket in up to BANDS partitions: merge edges as they arrive, so
         # the driver holds the distinct edges, not every band's copy of them
         edge_set = EdgeSet()
-        _map(executor, partition_edges, pair_jobs, n, done=edge_set.add)
+        pair_counts = {"candidates": 0, "checked": 0, "skipped": 0}
+
+        def collect(found: tuple[np.ndarray, dict]) -> None:
+            edge_set.add(found[0])
+            for k, v in found[1].items():
+                pair_counts[k] += v
+
+        _map(executor, partition_edges, pair_jobs, n, done=collect)
         e = edge_set.result()
 
         # the duplicate graph: only records with an edge, relabelled 0..m-1
-        nodes = np.unique(e[:, :2]) if len(e) else np.zeros(0, np.int64)
+        nodes = sorted_unique(e[:, :2].ravel())
         meta = _spilled(spill, firsts, "meta", nodes, (), META_ROW)
         rank = np.empty(len(nodes), np.int64)
         rank[np.lexsort((meta["id"], meta["prio"]))] = np.arange(len(nodes))
@@ -669,7 +691,15 @@ def run(
                 "bins": K,
                 "bands": BANDS,
                 "rows_per_band": ROWS,
+                "similarity": "exact Jaccard of the shingle sets",
+                "bucket_all": BUCKET_ALL,
+                "bucket_head": BUCKET_HEAD,
+                "bucket_window": BUCKET_WINDOW,
+                "prefilter_margin": PREFILTER_MARGIN,
             },
+            # candidates and checked count a pair once per partition that proposed it;
+            # skipped: pairs of oversized buckets not compared there (forge.dedup_exact)
+            "near_pairs": pair_counts if near else None,
             "contaminated": len(contamination),
             "against": [str(a) for a in against or []],
         }
@@ -693,7 +723,7 @@ def _map(executor, fn, jobs: list, rows: int, done=None) -> list:
 
 
 class EdgeSet:
-    """Distinct edges (i, j, agreeing bins), merged in batches as partitions report them."""
+    """Distinct edges (i, j, score), merged in batches as partitions report them."""
 
     def __init__(self, batch: int = 1 << 22):
         self.batch = batch

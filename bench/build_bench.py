@@ -58,7 +58,7 @@ ANCHOR = """
 import csv
 from pathlib import Path
 import datasets, pyarrow as pa
-from formatters.cot import load_set, set_name_from_file, default_templates_dir
+from forge.formatters.cot import load_set, set_name_from_file, default_templates_dir
 from forge.lang import detect_fast
 datasets.disable_progress_bars()
 tsvs = {tsvs!r}

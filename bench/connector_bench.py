@@ -19,7 +19,7 @@ from _common import SHARED, add_keep, now, repeat_files, run_child, table, work_
 
 CHILD = """
 from pathlib import Path
-from connectors import CONNECTORS, SourceFile
+from forge.connectors import CONNECTORS, SourceFile
 p = Path({path!r})
 _ROWS = 0
 rejected = []

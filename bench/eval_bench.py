@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--shots", type=int, default=5)
     add_keep(ap)
     a = ap.parse_args()
-    from train.infer import convert_gguf, smollm2_gguf
+    from forge.train.infer import convert_gguf, smollm2_gguf
 
     gguf = smollm2_gguf()
     if gguf is None or not EVALS.is_dir():

@@ -7,7 +7,7 @@ LoRA and QLoRA, packing on and off. Run it on a machine with a CUDA GPU:
 The model is a randomly initialised Qwen2-style config of ~0.5B parameters built locally
 (no download), with forge's tiny tokenizer trained on the shipped samples; the data is the
 FLAN CoT + BELLE sample mixture built from ../shared/corpora (or the shipped samples). Every
-configuration is a real `train.recipe.run` call; one table at the end.
+configuration is a real `forge.train.recipe.run` call; one table at the end.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def main() -> None:
     from forge.build import build_source
     from forge.catalog import load_catalog
     from forge.mixture import resolve
-    from train.recipe import TrainArgs, run
-    from train.tiny import sample_texts, train_tokenizer
+    from forge.train.recipe import TrainArgs, run
+    from forge.train.tiny import sample_texts, train_tokenizer
 
     work = work_dir("forge-gpu-bench-", args.keep)
     home = work / "home"

@@ -28,7 +28,7 @@ from pathlib import Path
 from forge.catalog import load_catalog
 from forge.build import build_source
 import pyarrow.parquet as pq
-from train.tiny import train_tokenizer
+from forge.train.tiny import train_tokenizer
 cat = load_catalog(Path({catalog!r}))
 _ROWS = sum(build_source(cat.get(n), home=Path({home!r})).rows for n in ("bench_flan", "bench_belle"))
 texts = []
@@ -44,8 +44,8 @@ from pathlib import Path
 from transformers import AutoTokenizer
 from forge.catalog import load_catalog
 from forge.mixture import resolve, MixtureStream
-from train.data import stream_examples, TokenizeConfig, StreamStats
-from train.packing import pack, PackStats
+from forge.train.data import stream_examples, TokenizeConfig, StreamStats
+from forge.train.packing import pack, PackStats
 root = Path({root!r})
 tok = AutoTokenizer.from_pretrained({tok!r})
 mix = resolve("bench", load_catalog(root / "catalog.yaml"), home=root / "home", user_dir=root / "mixtures")
@@ -63,7 +63,7 @@ import glob
 import numpy as np
 import datasets
 from transformers import AutoTokenizer
-from train.prompts import alpaca_segments
+from forge.train.prompts import alpaca_segments
 datasets.disable_progress_bars()
 tok = AutoTokenizer.from_pretrained({tok!r})
 files = sorted(glob.glob({pattern!r}))

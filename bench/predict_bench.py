@@ -1,6 +1,6 @@
 """forge predict against a one-record-at-a-time generate loop, side by side in one run.
 
-  forge   train.predict: prompts built as in training, sorted by length, left-padded batches
+  forge   forge.train.predict: prompts built as in training, sorted by length, left-padded batches
   anchor  what Alpaca-CoT's predict script and most notebooks do: for each record,
           model.generate on its prompt alone (same prompts, same greedy settings)
 
@@ -47,7 +47,7 @@ def prompts_from_samples(n: int) -> list[dict]:
 def anchor(loaded, records, new_tokens: int) -> tuple[dict, float]:
     import torch
 
-    from train.infer import build_prompt
+    from forge.train.infer import build_prompt
 
     out, t0 = {}, time.perf_counter()
     for rec in records:
@@ -67,7 +67,7 @@ def anchor(loaded, records, new_tokens: int) -> tuple[dict, float]:
 
 
 def ours(loaded, records, new_tokens: int, work: Path, batch: int) -> tuple[dict, float]:
-    from train.predict import predict
+    from forge.train.predict import predict
 
     data = work / "prompts.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -127,8 +127,8 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = work_dir("forge-bench-predict-", args.keep)
-    from train.infer import convert_gguf, load, smollm2_gguf
-    from train.tiny import make_tiny_model
+    from forge.train.infer import convert_gguf, load, smollm2_gguf
+    from forge.train.tiny import make_tiny_model
 
     models = {"tiny random llama": make_tiny_model(work / "tiny")}
     if (gguf := smollm2_gguf()) is not None:

@@ -2,7 +2,7 @@
 allows) vs plain str.format on the same records and template wording, side by side.
 
 Records: the 7 real FLAN CoT TSVs from ../shared/corpora, repeated to --records.
-  forge        formatters.cot zero-shot: sandboxed Jinja compiled once, simple templates
+  forge        forge.formatters.cot zero-shot: sandboxed Jinja compiled once, simple templates
                rendered for a whole Arrow column with an element-wise join
   jinja/row    the same compiled templates rendered one record at a time
   str.format   the same wording as Python format strings, one record at a time
@@ -18,9 +18,9 @@ import time
 
 from _common import SHARED, now, table
 
-from connectors.base import RawBatch
+from forge.connectors.base import RawBatch
+from forge.formatters import cot
 from forge.paths import templates_dir
-from formatters import cot
 
 FLAN = ["aqua", "creak", "ecqa", "gsm8k", "qasc", "sensemaking", "strategyqa"]
 

@@ -68,7 +68,7 @@ from pathlib import Path
 from forge.catalog import load_catalog
 from forge.mixture import MixtureStream, resolve
 from forge.sampling import Schedule
-from train.data import StreamStats, TokenizeConfig, stream_examples
+from forge.train.data import StreamStats, TokenizeConfig, stream_examples
 from transformers import AutoTokenizer
 if {uniform}:  # the permutation forge used before: uniform over the whole component
     import forge.mixture as fm
@@ -249,7 +249,7 @@ def build_synthetic(work: Path, n: int) -> tuple[Path, Path]:
 def bench_mixture(work: Path, sizes: list[int], take: int = 100_000) -> list[tuple]:
     import shutil
 
-    from train.tiny import make_tiny_model
+    from forge.train.tiny import make_tiny_model
 
     tokenizer = make_tiny_model(work / "tiny")
     mixes = work / "mixtures"

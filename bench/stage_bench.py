@@ -131,9 +131,9 @@ def served(
 
 
 def step_costs(model: Path, prompts: list[str]) -> str:
-    """What one decode step costs for 1 row and for 8 (train.infer.Decoder, greedy): the
+    """What one decode step costs for 1 row and for 8 (forge.train.infer.Decoder, greedy): the
     ceiling on what any batching can gain on this machine is 8 x (1-row step / 8-row step)."""
-    from train.infer import Decoder, build_prompt, load
+    from forge.train.infer import Decoder, build_prompt, load
 
     loaded = load(str(model))
     ids = [
@@ -175,7 +175,7 @@ def main() -> None:
     # content check), so its rows translate into French: the same work, a build that completes
     caps = [int(x) for x in a.max_tokens.split(",")]
     rows, batched = served(cwd, cwd / "tiny", "serve-tiny", a.records, caps, "fr")
-    from train.infer import convert_gguf, smollm2_gguf
+    from forge.train.infer import convert_gguf, smollm2_gguf
 
     gguf = smollm2_gguf()
     if gguf is not None and a.smollm2_records:

@@ -10,8 +10,8 @@ reason; a connector never drops anything silently. Connectors import nothing fro
 later stages (formatters, forge, train).
 """
 
-from connectors import csvfile, jsonfile, parquetfile, tsv
-from connectors.base import RawBatch, Reject, SourceFile
+from forge.connectors import csvfile, jsonfile, parquetfile, tsv
+from forge.connectors.base import RawBatch, Reject, SourceFile
 
 CONNECTORS = {
     "json": jsonfile,  # JSON array, JSON object holding a list, or JSONL (sniffed)

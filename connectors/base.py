@@ -22,7 +22,7 @@ Reject = Callable[[str, str, int, int, str], None]
 class SourceFile:
     path: Path  # where the bytes are on disk (the archive, for a member)
     name: str  # stable name inside the source (relative path); goes into ids and provenance
-    member: str | None = None  # the member's path inside the archive at `path` (connectors.archive)
+    member: str | None = None  # the member's path inside the archive at `path` (forge.connectors.archive)
     size: int | None = None  # the member's uncompressed size (or a listed remote file's size)
     # a Hub file known from the repo listing and not downloaded yet: its content id there
     # ("sha256:..." for LFS files, "git:..." for others); the part that reads it fetches it
@@ -71,7 +71,7 @@ def open_binary(source: Path | SourceFile) -> BinaryIO:
     (streaming), with a byte-order mark removed: a UTF-8 BOM is skipped, and UTF-16 (LE or BE,
     by its BOM) is transcoded to UTF-8 on the fly, so every connector sees UTF-8 bytes."""
     if isinstance(source, SourceFile) and source.member is not None:
-        from connectors.archive import open_member
+        from forge.connectors.archive import open_member
 
         raw = open_member(source.path, source.member)
         suffix = Path(source.member).suffix.lower()

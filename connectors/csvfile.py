@@ -9,7 +9,7 @@ import csv
 import re
 from collections.abc import Iterator
 
-from connectors.base import BATCH_SIZE, RawBatch, Reject, SourceFile, open_text, show_raw
+from forge.connectors.base import BATCH_SIZE, RawBatch, Reject, SourceFile, open_text, show_raw
 
 VERSION = "1"
 _UNDECODABLE = re.compile("[\udc80-\udcff]")

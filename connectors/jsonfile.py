@@ -33,7 +33,7 @@ from typing import TextIO
 
 import orjson
 
-from connectors.base import (
+from forge.connectors.base import (
     BATCH_SIZE,
     RawBatch,
     Reject,

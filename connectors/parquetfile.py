@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pyarrow.parquet as pq
 
-from connectors.base import BATCH_SIZE, RawBatch, Reject, SourceFile, open_binary
+from forge.connectors.base import BATCH_SIZE, RawBatch, Reject, SourceFile, open_binary
 
 VERSION = "1"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from connectors.base import BATCH_SIZE, RawBatch, Reject, SourceFile, decode_line, open_binary
+from forge.connectors.base import BATCH_SIZE, RawBatch, Reject, SourceFile, decode_line, open_binary
 
 CHUNK = 4 << 20
 

@@ -35,19 +35,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from connectors import CONNECTORS
-from connectors.archive import SEPARATOR
 from forge import lang as langid
 from forge import normalize
 from forge.catalog import Source
+from forge.connectors import CONNECTORS
+from forge.connectors.archive import SEPARATOR
 from forge.errors import BuildError
 from forge.executor import Executor
+from forge.formatters import FORMATTERS
 from forge.locate import resolve
 from forge.paths import data_home, source_store, templates_dir
 from forge.schema import FORMATTED_COLUMNS, RECORD_SCHEMA, SCHEMA_VERSION
 from forge.settings import byte_size
 from forge.store import FAILED, Store, StoreError, seal_broken
-from formatters import FORMATTERS
 
 DEFAULT_SHARD_ROWS = 250_000
 LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
@@ -366,7 +366,7 @@ def build_source(
         origin["subsets"] = list(subsets)
     raw = []
     content: dict[str, str] = {}  # file path -> what its bytes are (sha256, or the Hub's id)
-    from connectors.base import sha256_file
+    from forge.connectors.base import sha256_file
 
     seen = set()
     for f in files:
@@ -709,8 +709,8 @@ def _build_part_staged(job: tuple, progress: Callable[[int], None] | None = None
     part whose worker died and was retried (Ray) is committed exactly once."""
     import uuid
 
-    from connectors.base import sha256_file
     from forge import faults
+    from forge.connectors.base import sha256_file
     from forge.locate import fetch
 
     src, files, index, out_dir, detector, shard_rows = job
@@ -802,7 +802,7 @@ def format_batch(fmt, batch, src: Source, detector: str, reject) -> list[pa.Tabl
 
 
 def _singles(batch):
-    from connectors.base import RawBatch
+    from forge.connectors.base import RawBatch
 
     if batch.columns is not None:
         for i in range(len(batch)):
@@ -829,7 +829,7 @@ def _raw_text(batch) -> str:
 
 def file_digests(path: Path) -> dict:
     """sha256 (for the dataset card) and xxh3-128 (for fast integrity checks), one read."""
-    from connectors.base import hash_file
+    from forge.connectors.base import hash_file
 
     sha, xx = hash_file(path, hashlib.sha256(), xxhash.xxh3_128())
     return {"sha256": sha, "xxh3": xx}
@@ -837,7 +837,7 @@ def file_digests(path: Path) -> dict:
 
 def shard_digest(path: Path) -> str:
     """xxh3-128 of a file: fast enough to check every shard before saying "up to date"."""
-    from connectors.base import hash_file
+    from forge.connectors.base import hash_file
 
     return hash_file(path, xxhash.xxh3_128())[0]
 
@@ -870,7 +870,7 @@ def verify_store(store: Store) -> list[str]:
     if manifest is None:
         return problems
     if "ids_sha256" in manifest:  # a mixture's lineage file
-        from connectors.base import sha256_file
+        from forge.connectors.base import sha256_file
 
         ids = version.path / "ids.parquet"
         if not ids.exists() or sha256_file(ids) != manifest["ids_sha256"]:

@@ -10,13 +10,13 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from connectors import CONNECTORS
+from forge.connectors import CONNECTORS
 from forge.errors import CatalogError
+from forge.formatters import FORMATTERS
+from forge.formatters.safeyaml import YamlInputError, load_yaml_file
 from forge.paths import builtin_dir
 from forge.store import StoreError, check_name
 from forge.vocab import CATEGORIES, DATASET_LANGS, GENS, TASKS
-from formatters import FORMATTERS
-from formatters.safeyaml import YamlInputError, load_yaml_file
 
 REQUIRED = ("connector", "formatter", "lang", "task", "gen", "description")
 KNOWN = set(REQUIRED) | {

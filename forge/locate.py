@@ -14,9 +14,9 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from connectors import SourceFile
-from connectors.archive import SEPARATOR, is_archive, list_members
 from forge.catalog import Source
+from forge.connectors import SourceFile
+from forge.connectors.archive import SEPARATOR, is_archive, list_members
 from forge.errors import BuildError
 from forge.paths import builtin_dir, hub_cache_dir
 
@@ -209,7 +209,7 @@ def fetch(src: Source, f: SourceFile) -> SourceFile:
     a local file."""
     from huggingface_hub import hf_hub_download
 
-    from connectors.base import sha256_file
+    from forge.connectors.base import sha256_file
 
     hub = src.hub
     try:

@@ -50,11 +50,11 @@ import pyarrow.parquet as pq
 from forge.build import Built, open_built
 from forge.catalog import Catalog, unknown_message
 from forge.errors import MixtureError, QueryError
+from forge.formatters.safeyaml import YamlInputError, load_yaml_file
 from forge.paths import builtin_dir, mixture_store
 from forge.sampling import WINDOW_BLOCKS, Schedule, largest_remainder
 from forge.schema import RECORD_SCHEMA
 from forge.store import check_name
-from formatters.safeyaml import YamlInputError, load_yaml_file
 
 STRATEGIES = ("concat", "rates", "proportional")
 MAX_EXAMPLES = 1_000_000_000  # a mixture larger than this is a typo (size: 1e11), not a plan
@@ -668,7 +668,7 @@ def _write_mixture(
                 for g in range(pf.num_row_groups):
                     lineage.write_table(pf.read_row_group(g))
             piece.unlink()
-    from connectors.base import sha256_file
+    from forge.connectors.base import sha256_file
 
     manifest = {
         "mixture": mix.name,

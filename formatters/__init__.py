@@ -11,7 +11,7 @@ records from the same raw row distinct: a template id, a mode). Anything that ca
 formatted goes to ``reject`` with the field that failed. Formatters do not import forge.
 """
 
-from formatters import columns, cot, dialogue, tasks
+from forge.formatters import columns, cot, dialogue, tasks
 
 FORMATTERS = {
     "columns": columns,  # plain column mapping, configured in YAML (alpaca, BELLE, GPTeacher, ...)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 
-from formatters.fields import FieldError, first_key, text_field
+from forge.formatters.fields import FieldError, first_key, text_field
 
 VERSION = "2"
 

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from formatters.templates import Template, compile_template, load_yaml
+from forge.formatters.templates import Template, compile_template, load_yaml
 
 VERSION = "2"
 MODES = ("zero_shot", "inversion", "few_shot")

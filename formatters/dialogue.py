@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import re
 
-from formatters.fields import FieldError
+from forge.formatters.fields import FieldError
 
 VERSION = "2"
 STYLES = ("sharegpt", "firefly", "ultrachat", "markers", "moss", "camel", "transcript")

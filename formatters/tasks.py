@@ -27,8 +27,8 @@ import math
 import re
 from pathlib import Path
 
-from formatters.fields import FieldError, text_field
-from formatters.templates import compile_template, load_yaml
+from forge.formatters.fields import FieldError, text_field
+from forge.formatters.templates import compile_template, load_yaml
 
 VERSION = "2"
 TEMPLATE_KINDS = ("any", "choice", "open")

@@ -28,7 +28,7 @@ from jinja2 import StrictUndefined, TemplateError, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
-from formatters.safeyaml import YamlInputError, load_yaml_file
+from forge.formatters.safeyaml import YamlInputError, load_yaml_file
 
 MAX_OUTPUT = 1 << 20  # characters one render may produce
 MAX_LOOP = 100_000  # items all range() calls of one render may produce together

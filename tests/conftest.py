@@ -47,7 +47,7 @@ def tiny_model(tmp_path_factory) -> Path:
     the run's base temp folder and take turns under a file lock (tests only read the model)."""
     from filelock import FileLock
 
-    from train.tiny import make_tiny_model
+    from forge.train.tiny import make_tiny_model
 
     base = tmp_path_factory.getbasetemp()
     # under xdist each worker's base is pytest-N/popen-gwK: pytest-N belongs to this run alone

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from train.evaluate import CUE, mc_header
+from forge.train.evaluate import CUE, mc_header
 
 
 def write_cmmlu_task(folder: Path, subject: str, test_csv: Path, dev_csv: Path | None) -> str:

@@ -76,7 +76,7 @@ def test_a_second_run_skips_finished_arms(ablated):
 
 def test_a_sweep_writes_variant_mixtures_and_rejects_bad_values(tmp_path, home):
     from forge.mixture import load_spec
-    from train.ablate import AblateError, sweep_variants
+    from forge.train.ablate import AblateError, sweep_variants
 
     arms = sweep_variants("belle-cot:components.1.weight=0.5|2", tmp_path)
     assert [a.name for a in arms] == ["belle-cot-c1.weight-0.5", "belle-cot-c1.weight-2"]

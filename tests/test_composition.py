@@ -9,7 +9,7 @@ import pytest
 from forge.build import build_source
 from forge.catalog import load_catalog
 from forge.mixture import materialize, resolve
-from train.recipe import TrainArgs, loss_windows, run
+from forge.train.recipe import TrainArgs, loss_windows, run
 
 
 def write_source(folder, name: str, n: int, words: int, empty_every: int = 0) -> None:

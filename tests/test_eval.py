@@ -66,10 +66,10 @@ def test_lm_eval_agrees_item_by_item(tmp_path, tiny_model):
     log-likelihood within 1e-4, zero-shot and 2-shot."""
     pytest.importorskip("lm_eval")
     os.environ["HF_DATASETS_OFFLINE"] = "1"
+    from forge.train.evalsets import read
+    from forge.train.evaluate import evaluate
+    from forge.train.infer import load
     from tests.lm_eval_task import run_lm_eval, write_cmmlu_task
-    from train.evalsets import read
-    from train.evaluate import evaluate
-    from train.infer import load
 
     cmmlu = need(EVALS / "cmmlu")
     (tmp_path / "test").mkdir()
@@ -95,9 +95,9 @@ def test_lm_eval_agrees_item_by_item(tmp_path, tiny_model):
 
 
 def test_ceval_mmlu_and_mmcu_layouts(tiny_model):
-    from train.evalsets import read
-    from train.evaluate import evaluate
-    from train.infer import load
+    from forge.train.evalsets import read
+    from forge.train.evaluate import evaluate
+    from forge.train.infer import load
 
     ceval = read("ceval", FIXTURES / "ceval")
     assert [i.id for i in ceval.items] == ["basic_arithmetic/0", "basic_arithmetic/1", "basic_arithmetic/2",
@@ -128,7 +128,14 @@ def test_ceval_mmlu_and_mmcu_layouts(tiny_model):
 
 
 def test_gsm8k_and_answer_extraction(run_dir):
-    from train.evaluate import COT_CUE, COT_CUE_ZH, cot_cue, extract_answer, option_letters, parse_judge_score
+    from forge.train.evaluate import (
+        COT_CUE,
+        COT_CUE_ZH,
+        cot_cue,
+        extract_answer,
+        option_letters,
+        parse_judge_score,
+    )
 
     assert extract_answer("She sells 9 eggs.\n#### 18", "number") == "18"
     assert extract_answer("3 + 4 = 7, so the answer is 1,234.", "number") == "1234"

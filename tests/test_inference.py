@@ -23,7 +23,7 @@ def cli(args, home, **kw):
 
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
-    from train.infer import convert_gguf, smollm2_gguf
+    from forge.train.infer import convert_gguf, smollm2_gguf
 
     gguf = smollm2_gguf()
     if gguf is None:
@@ -32,7 +32,7 @@ def smollm2(tmp_path_factory):
 
 
 def training_example(record, tokenizer, template):
-    from train.data import StreamStats, TokenizeConfig, tokenize_records
+    from forge.train.data import StreamStats, TokenizeConfig, tokenize_records
 
     cfg = TokenizeConfig(template=template, cutoff_len=100_000)
     return tokenize_records([{**record, "id": "x"}], tokenizer, cfg, StreamStats())[0]
@@ -44,7 +44,7 @@ def test_prompt_parity_alpaca_on_real_records(tiny_model):
     import polars as pl
     from transformers import AutoTokenizer
 
-    from train.data import IGNORE, prompt_ids
+    from forge.train.data import IGNORE, prompt_ids
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     records = pl.read_ndjson(REPO / "samples" / "belle" / "belle_sample.json").to_dicts()
@@ -59,8 +59,8 @@ def test_prompt_parity_alpaca_on_real_records(tiny_model):
 def test_prompt_parity_chat_template_and_multi_turn(smollm2):
     from transformers import AutoTokenizer
 
-    from train.data import prompt_ids
-    from train.infer import record_from_messages
+    from forge.train.data import prompt_ids
+    from forge.train.infer import record_from_messages
 
     tok = AutoTokenizer.from_pretrained(smollm2)
     rec = {
@@ -86,7 +86,7 @@ def test_prompt_parity_chat_template_and_multi_turn(smollm2):
 def test_template_default_follows_the_tokenizer(smollm2, tiny_model, run_dir):
     from transformers import AutoTokenizer
 
-    from train.recipe import default_template
+    from forge.train.recipe import default_template
 
     assert default_template(AutoTokenizer.from_pretrained(smollm2)) == "chat"  # an instruct model
     assert default_template(AutoTokenizer.from_pretrained(tiny_model)) == "alpaca"  # no chat template
@@ -98,7 +98,7 @@ def test_template_default_follows_the_tokenizer(smollm2, tiny_model, run_dir):
 def test_predict_equals_one_at_a_time_generate_and_resumes(run_dir, tmp_path):
     import torch
 
-    from train.infer import build_prompt, load
+    from forge.train.infer import build_prompt, load
 
     home, out = run_dir
     data = tmp_path / "in.jsonl"
@@ -289,7 +289,7 @@ def test_chat_page_in_headless_chromium(smollm2, tmp_path):
 
 @pytest.mark.slow
 def test_a_prompt_adapter_on_a_different_base_is_one_line(run_dir, tiny_model, tmp_path):
-    from train.tiny import make_tiny_model
+    from forge.train.tiny import make_tiny_model
 
     home, _ = run_dir
     other = make_tiny_model(tmp_path / "other", hidden=32, layers=1)
@@ -317,8 +317,8 @@ def test_a_prompt_adapter_on_a_different_base_is_one_line(run_dir, tiny_model, t
 
 def _creak_prompts(loaded, n: int) -> list[list[int]]:
     """Prompts of different lengths from real FLAN CoT questions (forge's sample without ../shared)."""
+    from forge.train.infer import build_prompt
     from tests.conftest import SHARED
-    from train.infer import build_prompt
 
     tsv = SHARED / "flan_cot" / "creak_train.tsv"
     if not tsv.is_file():
@@ -331,7 +331,7 @@ def _creak_prompts(loaded, n: int) -> list[list[int]]:
 def test_continuous_decoding_gives_what_each_prompt_gets_alone(tiny_model):
     """Prompts join the running batch at different steps with different lengths and token
     budgets, and leave as they finish; each gets the tokens one-at-a-time generate gives it."""
-    from train.infer import Decoder, generate, load
+    from forge.train.infer import Decoder, generate, load
 
     loaded = load(str(tiny_model))
     prompts = _creak_prompts(loaded, 7)
@@ -364,8 +364,8 @@ def test_static_batching_fallback_answers_like_generate(tiny_model):
     """Models whose KV cache cannot be merged row by row get whole batched generate calls."""
     import threading
 
-    from train.infer import generate, load
-    from train.serve import Batcher
+    from forge.train.infer import generate, load
+    from forge.train.serve import Batcher
 
     loaded = load(str(tiny_model))
     prompts = _creak_prompts(loaded, 5)
@@ -381,7 +381,7 @@ def test_static_batching_fallback_answers_like_generate(tiny_model):
 def test_continuous_decoding_is_only_used_where_rows_can_keep_their_positions(tiny_model):
     from transformers import BloomConfig, BloomForCausalLM
 
-    from train.infer import Decoder, Loaded, load
+    from forge.train.infer import Decoder, Loaded, load
 
     assert Decoder.supported(load(str(tiny_model)))
     bloom = BloomForCausalLM(BloomConfig(vocab_size=64, hidden_size=16, n_layer=1, n_head=2))

@@ -268,7 +268,7 @@ def test_a_name_ending_in_a_newline_is_no_name():
 
 def test_a_failed_predict_leaves_no_empty_file(tmp_path):
     from forge.errors import ForgeError
-    from train.predict import predict
+    from forge.train.predict import predict
 
     out = tmp_path / "preds.jsonl"
     with pytest.raises((ForgeError, ValueError, FileNotFoundError)):

@@ -161,7 +161,7 @@ def test_revision_override_is_used_and_recorded(tmp_path):
 
 
 def test_tar_gz_members_stream_in_archive_order(tmp_path):
-    from connectors.archive import list_members, open_member
+    from forge.connectors.archive import list_members, open_member
 
     path = tmp_path / "a.tar.gz"
     with tarfile.open(path, "w:gz") as tf:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from train.config import RECIPES_DIR, RecipeError, load_recipe, make_args, reference_table
+from forge.train.config import RECIPES_DIR, RecipeError, load_recipe, make_args, reference_table
 
 REPO = Path(__file__).resolve().parent.parent
 FORGE = [sys.executable, "-m", "forge.cli"]
@@ -27,14 +27,14 @@ def cli(args, home, columns=None, cwd=None):
 def test_readme_option_table_is_current():
     readme = (REPO / "README.md").read_text()
     block = readme.split("<!-- options-table:start -->\n")[1].split("\n<!-- options-table:end -->")[0]
-    assert block == reference_table(), "README option table is stale: python -m train.config --table"
+    assert block == reference_table(), "README option table is stale: python -m forge.train.config --table"
 
 
 def test_every_option_is_a_flag_and_a_recipe_key():
     from typer.main import get_command
 
     from forge.cli import app
-    from train.config import flag, option_fields
+    from forge.train.config import flag, option_fields
 
     train = get_command(app).commands["train"]
     flags = {o for p in train.params for o in p.opts}

@@ -533,8 +533,8 @@ def test_yaml_billion_laughs_is_refused_at_once(tmp_path):
     ],
 )
 def test_template_bombs_fail_at_load_with_file_and_id(body, fragment, tmp_path):
-    from formatters.cot import TemplateSet
-    from formatters.templates import TemplateFileError
+    from forge.formatters.cot import TemplateSet
+    from forge.formatters.templates import TemplateFileError
 
     path = tmp_path / "bomb.yaml"
     path.write_text(

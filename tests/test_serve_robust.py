@@ -250,8 +250,8 @@ def local(tiny_model):
     model's forward pass to raising ("raise") or hanging for a second ("hang")."""
     import uvicorn
 
-    from train.infer import load
-    from train.serve import create_app
+    from forge.train.infer import load
+    from forge.train.serve import create_app
 
     loaded = load(str(tiny_model))
     faults: dict[str, bool] = {"raise": False, "hang": False}
@@ -328,7 +328,7 @@ def test_health_reports_a_generation_that_makes_no_progress(local):
 
 
 def test_max_body_takes_sizes_and_refuses_others_in_one_line(tiny_model):
-    from train.serve_http import parse_size
+    from forge.train.serve_http import parse_size
 
     assert [parse_size(s) for s in ("4MB", "512kb", "1.5M", "1000000", "1GiB")] == [
         4 << 20, 512 << 10, 3 << 19, 1_000_000, 1 << 30]  # fmt: skip

@@ -7,11 +7,11 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from connectors.base import RawBatch
 from forge.build import build_source
+from forge.connectors.base import RawBatch
+from forge.formatters import cot
+from forge.formatters.templates import TemplateFileError, compile_template
 from forge.paths import templates_dir
-from formatters import cot
-from formatters.templates import TemplateFileError, compile_template
 from tests.conftest import shared
 
 SETS = ["aqua", "creak", "ecqa", "esnli", "gsm8k", "qasc", "qed", "sensemaking", "strategyqa"]

@@ -3,8 +3,8 @@ import json
 import pytest
 
 from forge.mixture import resolve
-from train.data import IGNORE, StreamStats, TokenizeConfig, tokenize_records
-from train.prompts import alpaca_segments
+from forge.train.data import IGNORE, StreamStats, TokenizeConfig, tokenize_records
+from forge.train.prompts import alpaca_segments
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_cutoff_truncates_or_drops_and_counts(tokenizer):
 
 
 def test_lora_training_steps_lower_the_loss(built_samples, catalog, tiny_model, tmp_path):
-    from train.recipe import TrainArgs, run
+    from forge.train.recipe import TrainArgs, run
 
     mix = resolve("alpaca-belle-cot", catalog, home=built_samples)
     out = tmp_path / "run"
@@ -129,7 +129,7 @@ def test_streamed_examples_equal_one_batch_tokenization_in_order(
     as one direct call would make them, in stream order, whatever the slice size."""
     import pyarrow as pa
 
-    import train.data as data
+    import forge.train.data as data
     from forge.mixture import MixtureStream
 
     mix = resolve("alpaca-belle-cot", catalog, home=built_samples)
@@ -158,7 +158,7 @@ def test_streamed_examples_equal_one_batch_tokenization_in_order(
 def test_batched_encode_gives_the_tokenizers_own_ids_on_real_text(tokenizer):
     from conftest import shared
 
-    from train.data import encode
+    from forge.train.data import encode
 
     lines = shared("belle/dev1K.json").read_text(encoding="utf-8").splitlines()[:200]
     texts = [json.loads(x)["instruction"] + "\n" + json.loads(x)["output"] for x in lines]

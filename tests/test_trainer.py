@@ -13,10 +13,10 @@ import torch
 from forge.build import build_source
 from forge.catalog import load_catalog
 from forge.mixture import resolve
+from forge.train.data import IGNORE, StreamStats, TokenizeConfig, pad_batch, tokenize_records
+from forge.train.packing import collate_packed, mask_style, pack
+from forge.train.recipe import TrainArgs, check_args, run
 from tests.conftest import REPO
-from train.data import IGNORE, StreamStats, TokenizeConfig, pad_batch, tokenize_records
-from train.packing import collate_packed, mask_style, pack
-from train.recipe import TrainArgs, check_args, run
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_packed_and_unpacked_give_the_same_per_sequence_loss(tiny_model, tmp_pat
     default attention: the per-sequence losses of a packed batch equal the unpacked ones."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from train.families import family_of
+    from forge.train.families import family_of
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     path = tiny_model if kind == "llama" else _family_model(kind, tok, tmp_path / kind)
@@ -160,11 +160,11 @@ def test_packing_efficiency_on_the_sample_mixture(built_samples, catalog, tiny_m
     (The trainer packs each epoch on its own; this measures the algorithm, not that policy.)"""
     from transformers import AutoTokenizer
 
-    from train.packing import PackStats
+    from forge.train.packing import PackStats
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     from forge.mixture import MixtureStream
-    from train.data import stream_examples
+    from forge.train.data import stream_examples
 
     mix = resolve("alpaca-belle-cot", catalog, home=built_samples)
 
@@ -239,7 +239,7 @@ def test_merged_model_matches_base_plus_adapter(yes_mix, tiny_model, tmp_path):
     import peft
     from transformers import AutoModelForCausalLM
 
-    from train.recipe import merge
+    from forge.train.recipe import merge
 
     mix, home = yes_mix
     run(
@@ -267,7 +267,7 @@ def test_merged_model_matches_base_plus_adapter(yes_mix, tiny_model, tmp_path):
 
 
 def test_prompt_methods_cannot_merge(yes_mix, tiny_model, tmp_path):
-    from train.recipe import merge
+    from forge.train.recipe import merge
 
     mix, home = yes_mix
     run(
@@ -360,7 +360,7 @@ def test_model_families_train(yes_mix, tiny_model, tmp_path, kind):
 
 
 def test_fsdp_and_deepspeed_configs_reach_the_trainer(tmp_path):
-    from train.recipe import training_arguments
+    from forge.train.recipe import training_arguments
 
     fsdp = tmp_path / "fsdp.json"
     fsdp.write_text(json.dumps({"transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"], "version": 2}))

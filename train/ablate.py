@@ -73,7 +73,7 @@ class EvalSpec:
 
 def parse_eval(text: str, shots: int, limit: int | None) -> EvalSpec:
     """SUITE=PATH, e.g. cmmlu=../shared/evals/cmmlu."""
-    from train.evalsets import SUITES
+    from forge.train.evalsets import SUITES
 
     suite, sep, data = text.partition("=")
     if not sep or suite not in SUITES or not data:

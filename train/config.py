@@ -2,7 +2,7 @@
 
 `forge train`'s flags, the keys of a recipe file (`forge train RECIPE.yaml`) and the option
 table in the README are all derived from the fields of TrainArgs below, so adding an option
-is one field here (then `python -m train.config --table` refreshes the README table, and a
+is one field here (then `python -m forge.train.config --table` refreshes the README table, and a
 test says when it is stale). Precedence: a field's default, then the recipe file, then flags.
 
 Recipe values may use `{home}` for the data home ($FORGE_HOME or ./forge_data), e.g.
@@ -178,7 +178,7 @@ def coerce(name: str, value, where: str):
 
 def load_recipe(path: Path) -> dict:
     """A recipe file's options, checked: unknown keys get a close match and the file's line."""
-    from formatters.safeyaml import YamlInputError, key_lines, load_yaml_file
+    from forge.formatters.safeyaml import YamlInputError, key_lines, load_yaml_file
 
     try:
         data = load_yaml_file(path)
@@ -257,4 +257,4 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--table"]:
         print(reference_table())
     else:
-        print("usage: python -m train.config --table   (the README's option table)")
+        print("usage: python -m forge.train.config --table   (the README's option table)")

@@ -26,7 +26,7 @@ from itertools import chain
 
 import numpy as np
 
-from train.prompts import alpaca_segments, chat_segments
+from forge.train.prompts import alpaca_segments, chat_segments
 
 IGNORE = -100
 TOKENIZE_BATCH = 1024

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from train.evalsets import COT_SUITES, MC_SUITES, EvalData, GenItem, MCItem, category_key, number
+from forge.train.evalsets import COT_SUITES, MC_SUITES, EvalData, GenItem, MCItem, category_key, number
 
 CUE = {"zh": "答案：", "en": "Answer:"}
 COT_CUE = "\nThink it through step by step, then give the final answer on its own line as '#### <answer>'."
@@ -272,7 +272,7 @@ def _norm_text(text: str) -> str:
 
 
 def _generate_all(loaded, prompts: list[str], max_new_tokens: int, batch_size: int, seed: int) -> list[str]:
-    from train.infer import build_prompt, generate
+    from forge.train.infer import build_prompt, generate
 
     ids = [
         build_prompt(loaded, {"instruction": p, "input": "", "history": [], "output": ""}) for p in prompts

@@ -1,7 +1,7 @@
 """Per-family defaults: which modules LoRA targets, whether the family packs, and whether it
 needs trust_remote_code. Any other AutoModelForCausalLM takes the generic path ("all-linear"
 LoRA targets). The prompt template follows the tokenizer, not the family
-(train.recipe.default_template)."""
+(forge.train.recipe.default_template)."""
 
 from __future__ import annotations
 

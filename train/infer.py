@@ -2,7 +2,7 @@
 
   load        a base model (folder or Hub id), optionally with an adapter, or a run folder
               (its manifest names the base model, the PEFT method and the prompt template)
-  prompt_ids  train.data.prompt_ids: the exact tokens training put before the response
+  prompt_ids  forge.train.data.prompt_ids: the exact tokens training put before the response
   generate    batched generation (left padding, prompts sorted by length), greedy by
               default, seeded sampling on request, with stop strings and finish reasons
   stream      one generation, yielding text as it is produced, cancellable
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from train.data import prompt_ids
-from train.recipe import default_template
+from forge.train.data import prompt_ids
+from forge.train.recipe import default_template
 
 
 class LoadError(ValueError):

@@ -182,7 +182,7 @@ def collate_packed(
     float32), or with mask=None position_ids only (see mask_style)."""
     import torch
 
-    from train.data import IGNORE
+    from forge.train.data import IGNORE
 
     width = width or max(len(r["input_ids"]) for r in rows)
     b = len(rows)

@@ -1,7 +1,7 @@
 """forge predict: batch generation over a file, a built source, a mixture or a filter folder.
 
 Records are read in chunks (memory stays bounded), prompts are built exactly as in training
-(train.data.prompt_ids), sorted by length within the chunk and generated in left-padded
+(forge.train.data.prompt_ids), sorted by length within the chunk and generated in left-padded
 batches. Output is JSONL, one line per record: id, prompt, generation, token counts and the
 finish reason. Rerunning with the same output file skips the ids already there, so an
 interrupted run resumes where it stopped. Broken input lines go to OUT.rejected.jsonl with
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
-from train.infer import Loaded, build_prompt, generate
+from forge.train.infer import Loaded, build_prompt, generate
 
 CHUNK = 256  # records read, sorted and generated together
 
@@ -41,7 +41,7 @@ def records_of(target: str, home: Path, reject: Callable) -> Iterator[dict]:
     materialised mixture (by name), each with an id."""
     import pyarrow.parquet as pq
 
-    from connectors import CONNECTORS, SourceFile
+    from forge.connectors import CONNECTORS, SourceFile
 
     path = Path(target)
     if path.is_dir():

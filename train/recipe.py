@@ -34,10 +34,10 @@ import xxhash
 from forge.build import write_json_atomic
 from forge.mixture import Mixture, MixtureStream
 from forge.paths import data_home
-from train.config import PEFT_METHODS, PROMPT_STYLE, TrainArgs, dump_recipe
-from train.data import IGNORE, StreamStats, TokenizeConfig, pad_batch, stream_examples
-from train.families import family_of, present_targets
-from train.packing import PackStats, collate_packed, mask_style, pack
+from forge.train.config import PEFT_METHODS, PROMPT_STYLE, TrainArgs, dump_recipe
+from forge.train.data import IGNORE, StreamStats, TokenizeConfig, pad_batch, stream_examples
+from forge.train.families import family_of, present_targets
+from forge.train.packing import PackStats, collate_packed, mask_style, pack
 
 # bitsandbytes logs at import, on CPUs with avx512_bf16, that an optional kernel fetched from the
 # Hub is missing; forge never fetches kernels at run time, so the line is noise before every error

@@ -20,7 +20,7 @@ No client can wedge the server:
     its client is still there: one that leaves frees the model within a step;
   - /health answers 503 when a generation has held the model for `stall_after` seconds
     without a step, so a supervisor can restart what is stuck;
-  - bodies and prompts are bounded before they are read or tokenized (train.serve_http);
+  - bodies and prompts are bounded before they are read or tokenized (forge.train.serve_http);
   - bad requests get a 400 (413 for a body over --max-body) with an OpenAI-style error body,
     a wrong or missing key a 401, and anything unexpected a 500 with one line on stderr: the
     server goes on serving.
@@ -39,7 +39,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 
-from train.infer import Decoder, Generation, Loaded, generate, stream
+from forge.train.infer import Decoder, Generation, Loaded, generate, stream
 
 STATIC = Path(__file__).resolve().parent / "static"
 STALL_AFTER = 120.0  # seconds without a decode step before /health calls a generation stuck
@@ -89,7 +89,7 @@ class ModelLock:
 
 class Batcher:
     """Answers greedy requests together. One worker thread owns the model's batch: with a plain
-    KV cache (most models) it runs continuous batching (train.infer.Decoder): a request joins at
+    KV cache (most models) it runs continuous batching (forge.train.infer.Decoder): a request joins at
     the next step, with no timer, and leaves as soon as its reply is done, so a short reply never
     waits for a long one. Otherwise (a cache that cannot be merged row by row: older transformers,
     Bloom's ALiBi, remote-code models, prompt-learning adapters) it runs one generate call per
@@ -232,14 +232,14 @@ def create_app(
     stall_after: float = STALL_AFTER,
 ):
     """The Starlette app. `max_body`: the largest request body in bytes (default
-    train.serve_http.MAX_BODY); `stall_after`: seconds a generation may hold the model without a
+    forge.train.serve_http.MAX_BODY); `stall_after`: seconds a generation may hold the model without a
     decode step before /health answers 503."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import FileResponse, JSONResponse
     from starlette.routing import Route
 
-    from train import serve_http as edge
+    from forge.train import serve_http as edge
 
     max_body = edge.MAX_BODY if max_body is None else max_body
     lock = ModelLock()  # one forward pass at a time: streams and batches queue here

@@ -30,7 +30,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Send
 
-from train.infer import GREEDY_BELOW, Loaded, build_prompt, record_from_messages
+from forge.train.infer import GREEDY_BELOW, Loaded, build_prompt, record_from_messages
 
 MAX_BODY = 4 * 1024 * 1024  # bytes: far more than any prompt a context holds, as JSON
 # A token is rarely more than a few characters; 16 per token of context leaves room for long

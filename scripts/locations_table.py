@@ -1,7 +1,7 @@
-"""Regenerate the README's locations table from catalog.yaml and catalog.verified.json.
+"""Regenerate the locations table in docs/sources.md from catalog.yaml and catalog.verified.json.
 
-    .venv/bin/python scripts/locations_table.py          # rewrite README.md in place
-    .venv/bin/python scripts/locations_table.py --check  # exit 1 when README.md is stale
+    .venv/bin/python scripts/locations_table.py          # rewrite docs/sources.md in place
+    .venv/bin/python scripts/locations_table.py --check  # exit 1 when docs/sources.md is stale
 
 The verification record is the one place that says what was checked; this table is only a view
 of it, so it is generated rather than edited by hand.
@@ -70,12 +70,12 @@ def render(readme: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    path = REPO / "README.md"
+    path = REPO / "docs" / "sources.md"
     current = path.read_text(encoding="utf-8")
     wanted = render(current)
     if "--check" in argv:
         if wanted != current:
-            print("README.md locations table is stale: run scripts/locations_table.py", file=sys.stderr)
+            print("docs/sources.md locations table is stale: run scripts/locations_table.py", file=sys.stderr)
             return 1
         return 0
     path.write_text(wanted, encoding="utf-8")

@@ -207,7 +207,7 @@ def test_catalog_lists_the_collection(catalog):
 
 
 def test_new_json_source_from_a_catalog_entry_alone(home, tmp_path):
-    """The README's example: a JSON-family source added with YAML only, no Python."""
+    """The example in docs/sources.md: a JSON-family source added with YAML only, no Python."""
     import textwrap
 
     from forge.catalog import load_catalog

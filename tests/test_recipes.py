@@ -25,9 +25,9 @@ def cli(args, home, columns=None, cwd=None):
 
 
 def test_readme_option_table_is_current():
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "training.md").read_text()
     block = readme.split("<!-- options-table:start -->\n")[1].split("\n<!-- options-table:end -->")[0]
-    assert block == reference_table(), "README option table is stale: python -m forge.train.config --table"
+    assert block == reference_table(), "docs/training.md table is stale: python -m forge.train.config --table"
 
 
 def test_every_option_is_a_flag_and_a_recipe_key():

@@ -1,8 +1,8 @@
 """Every training option, defined once: the recipe schema.
 
 `forge train`'s flags, the keys of a recipe file (`forge train RECIPE.yaml`) and the option
-table in the README are all derived from the fields of TrainArgs below, so adding an option
-is one field here (then `python -m forge.train.config --table` refreshes the README table, and a
+table in docs/training.md are all derived from the fields of TrainArgs below, so adding an option
+is one field here (then `python -m forge.train.config --table` refreshes that table, and a
 test says when it is stale). Precedence: a field's default, then the recipe file, then flags.
 
 Recipe values may use `{home}` for the data home ($FORGE_HOME or ./forge_data), e.g.
@@ -239,7 +239,7 @@ def dump_recipe(args: TrainArgs) -> str:
 
 
 def reference_table() -> str:
-    """The README's option table (markdown), generated from TrainArgs."""
+    """The option table of docs/training.md (markdown), generated from TrainArgs."""
     rows = ["| recipe key / flag | default | what it sets |", "|---|---|---|"]
     for f in option_fields():
         default = default_of(f)
@@ -257,4 +257,4 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--table"]:
         print(reference_table())
     else:
-        print("usage: python -m forge.train.config --table   (the README's option table)")
+        print("usage: python -m forge.train.config --table   (the option table of docs/training.md)")

@@ -7,7 +7,9 @@ Options (all plain YAML, so a new JSON-family source needs no Python):
   output:      raw key, or a list of alternatives (default ["output", "response"])
   category:    fixed category for every record (default: the catalog's)
   category_key: raw key whose value becomes the category (e.g. dolly "category")
-  allow_empty_output: keep records whose output is empty (default false)
+  allow_empty_output: keep records whose output is empty (default false); an output that
+               holds only a header or punctuation ("Answer:", "【答案】", "...") is no answer
+               and is quarantined either way
   meta_keys:   raw keys copied into the record's meta JSON (provenance)
   history:     raw key holding earlier turns as [{user, assistant}] (forge's own schema)
   fill_from:   {raw key: other raw key}: when the first key's value is empty or one of
@@ -20,9 +22,9 @@ from __future__ import annotations
 
 import json
 
-from forge.formatters.fields import FieldError, first_key, text_field
+from forge.formatters.fields import FieldError, empty_answer, first_key, text_field
 
-VERSION = "2"
+VERSION = "3"
 
 
 def make(options: dict, source: str):
@@ -65,9 +67,12 @@ def make(options: dict, source: str):
                 instruction = field(record, instruction_key, filled, required=True, allow_empty=False)
                 inp = field(record, input_key, filled, required=False) if input_key else ""
                 # prompt-only corpora (allow_empty_output) may have no output field at all
-                output = text_field(
-                    record, first_key(record, output_keys), required=not allow_empty, allow_empty=allow_empty
-                )
+                output_key = first_key(record, output_keys)
+                output = text_field(record, output_key, required=not allow_empty, allow_empty=allow_empty)
+                if output.strip() and empty_answer(output, frozenset()):
+                    raise FieldError(
+                        f"field {output_key!r} is empty: only a header or punctuation ({output.strip()[:40]!r})"
+                    )
                 cat = text_field(record, category_key, required=False) if category_key else ""
                 history = _history(record, history_key) if history_key else []
             except FieldError as e:

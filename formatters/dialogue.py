@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import re
 
-from forge.formatters.fields import FieldError
+from forge.formatters.fields import FieldError, empty_answer
 
 VERSION = "2"
 STYLES = ("sharegpt", "firefly", "ultrachat", "markers", "moss", "camel", "transcript")
@@ -175,6 +175,10 @@ def to_record(turns: list[tuple[str, str]]) -> tuple[str, str, list[dict], int]:
         raise FieldError("no complete (user, assistant) exchange")
     if not pairs[-1][1].strip():
         raise FieldError("the last assistant turn is empty")
+    if empty_answer(pairs[-1][1], frozenset()):
+        raise FieldError(
+            f"the last assistant turn is empty: only a header or punctuation ({pairs[-1][1].strip()[:40]!r})"
+        )
     history = [{"user": u, "assistant": a} for u, a in pairs[:-1]]
     return pairs[-1][0], pairs[-1][1], history, dangling
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+import unicodedata
 
 
 class FieldError(ValueError):
@@ -30,3 +32,34 @@ def first_key(record: dict, keys: list[str]) -> str:
         if key in record:
             return key
     return keys[0]
+
+
+# An answer that holds nothing but a header ("【答案】", "Answer:"), a placeholder or punctuation
+# is no answer: the record would train a model to reply with the bare label.
+_HEADER = re.compile(
+    r"【[^【】\n]{0,8}】|\[(?:答案|解析|详解|解答)\]"
+    r"|(?:参考|标准|正确)?答案(?:为|是)?\s*[:：]|(?:final\s+)?(?:answer|solution)\s*[:：]",
+    re.IGNORECASE,
+)
+_ALNUM = re.compile(r"[^\W_]")  # a letter or a digit
+PLACEHOLDERS = frozenset(
+    "无 略 暂无 答案略 解析略 见解析 详见解析 见详解 见答案 null none n/a na tbd todo".split()
+)
+_SHORT = 64  # a text this long or longer that holds a letter is more than a header
+
+
+def empty_answer(text: str, placeholders: frozenset[str] = PLACEHOLDERS) -> bool:
+    """True when `text` holds no answer: only headers, a placeholder, punctuation or space.
+    Symbols count as content (an emoji reply, "+", "→")."""
+    if _ALNUM.search(text) and len(text) >= _SHORT:
+        return False
+    rest = _HEADER.sub(" ", text)
+    if _ALNUM.search(rest):
+        return rest.strip(" \t\n。．.，,：:;；!！?？-—_…").lower() in placeholders
+    return not any(unicodedata.category(ch).startswith("S") for ch in rest)
+
+
+def strip_answer_header(text: str) -> str:
+    """The answer without a leading header ("【答案】B" -> "B"): the template adds its own."""
+    m = re.match(r"\s*(?:" + _HEADER.pattern + r")\s*", text, re.IGNORECASE)
+    return text[m.end() :] if m and m.end() < len(text) else text

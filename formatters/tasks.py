@@ -8,7 +8,12 @@ Options: task (one of TASKS), seed (template rotation), templates_dir.
   gaokao                GAOKAO-Bench {question, answer: list, analysis} -> exam question with
                         the official analysis and answer; a question whose answers are all
                         option letters is "choice", any other "open" (fill-in, dictation), and
-                        each template says which kind it fits (meta.question_type)
+                        each template says which kind it fits (meta.question_type). The
+                        subjective files name the answer `standard_answer`. An answer that is
+                        only a header, a placeholder or punctuation ("【答案】") is quarantined;
+                        a leading header is dropped ("【答案】B" -> "B"). `concluded` tells a
+                        template that the analysis already states the answer ("故选：B。"), so
+                        the template adds no second conclusion
   duie                  DuIE 2.0 {text, spo_list} -> relation-extraction instruction; objects
                         are {"@value": ...} dicts
   hc3                   HC3 {question, human_answers[], chatgpt_answers[]} -> one record per
@@ -27,10 +32,10 @@ import math
 import re
 from pathlib import Path
 
-from forge.formatters.fields import FieldError, text_field
+from forge.formatters.fields import FieldError, empty_answer, first_key, strip_answer_header, text_field
 from forge.formatters.templates import compile_template, load_yaml
 
-VERSION = "2"
+VERSION = "3"
 TEMPLATE_KINDS = ("any", "choice", "open")
 _OPTION_LETTERS = re.compile(r"[A-G]{1,7}")
 TASKS = ("natural_instructions", "gaokao", "duie", "hc3", "webgpt")
@@ -48,6 +53,7 @@ SAMPLES = {
         "category": "c",
         "year": "2020",
         "question_type": "choice",
+        "concluded": False,
     },
     "duie": {
         "text": "t",
@@ -119,22 +125,57 @@ def _ni(record: dict) -> list[tuple[str, dict, dict]]:
     return out
 
 
+ANSWER_KEYS = ["answer", "standard_answer"]  # objective files / subjective files (GAOKAO-Bench)
+# "故选：B。", "应选 D.", "故选 $\\mathrm{C}$.", "故答案为：B、D": a choice conclusion and its letters
+_CHOICE_CONCLUSION = re.compile(
+    r"(?:选|答案(?:为|是)?)\s*[:：]?\s*\$?\s*(?:\\(?:mathrm|text|textbf)\s*\{\s*)?"
+    r"([A-G](?:\s*[、,，]?\s*[A-G])*)(?![A-Za-z])"
+)
+# "故答案为: $2 \\sqrt{7}$." / "故填 than": the rest of that line is an open question's conclusion
+_OPEN_CONCLUSION = re.compile(r"(?:答案(?:为|是)|故填|应填)\s*[:：]?([^\n]*)")
+
+
+def _bare(text: str) -> str:
+    """An answer as compared with a conclusion: no spaces, dollar signs or closing stop."""
+    return re.sub(r"[\s$]+", "", text).rstrip("。．.，,;；")
+
+
+def concluded(analysis: str, items: list[str], kind: str) -> bool:
+    """Whether the analysis already states every answer (in order, for a multi-part question),
+    so a template's own conclusion ("故选 B。") would say it a second time."""
+    if not analysis:
+        return False
+    if kind == "choice":
+        said = [re.sub(r"[^A-G]", "", m) for m in _CHOICE_CONCLUSION.findall(analysis)]
+        return len(said) >= len(items) and said[len(said) - len(items) :] == items
+    said = {_bare(m) for m in _OPEN_CONCLUSION.findall(analysis)}
+    return all(_bare(item) in said for item in items)
+
+
 def _gaokao(record: dict):
     """One question; its type decides the template: option letters as the answer -> choice."""
     question = text_field(record, "question", required=True, allow_empty=False).strip()
-    answer = record.get("answer")
+    key = first_key(record, ANSWER_KEYS)
+    answer = record.get(key)
     items = answer if isinstance(answer, list) else [answer]
     if not items or not all(isinstance(a, str) and a.strip() for a in items):
-        raise FieldError("field 'answer' is missing, empty or not text")
-    items = [a.strip() for a in items]
+        raise FieldError(f"field {key!r} is missing, empty or not text")
+    for a in items:
+        if empty_answer(a):
+            raise FieldError(
+                f"field {key!r} is empty: only a header, a placeholder or punctuation ({a.strip()!r})"
+            )
+    items = [strip_answer_header(a).strip() for a in items]
     kind = "choice" if all(_OPTION_LETTERS.fullmatch(a) for a in items) else "open"
+    analysis = text_field(record, "analysis", required=False).strip()
     ctx = {
         "question": question,
         "answer": "、".join(items) if kind == "choice" else "\n".join(items),
-        "analysis": text_field(record, "analysis", required=False).strip(),
+        "analysis": analysis,
         "category": str(record.get("category", "")).strip(),
         "year": str(record.get("year", "")).strip(),
         "question_type": kind,
+        "concluded": concluded(analysis, items, kind),
     }
     meta = {"index": record.get("index"), "score": record.get("score"), "question_type": kind}
     return [("", ctx, meta)]
@@ -204,7 +245,7 @@ def make(options: dict, source: str):
                 if not isinstance(answers, list):
                     raise FieldError(f"field {kind!r} is {type(answers).__name__}, expected a list")
                 for i, a in enumerate(answers):
-                    if isinstance(a, str) and a.strip():
+                    if isinstance(a, str) and a.strip() and not empty_answer(a, frozenset()):
                         out.append(
                             (f"{kind}:{i}", q, "", a, None, {"answer_source": kind.split("_")[0], "index": i})
                         )
@@ -227,6 +268,10 @@ def make(options: dict, source: str):
             answer = record.get(f"answer_{best}")
             if not isinstance(answer, str) or not answer.strip():
                 raise FieldError(f"field 'answer_{best}' is missing or empty")
+            if empty_answer(answer, frozenset()):
+                raise FieldError(
+                    f"field 'answer_{best}' is empty: only a header or punctuation ({answer.strip()[:40]!r})"
+                )
             meta = {
                 "preferred": best,
                 "score_0": s0,

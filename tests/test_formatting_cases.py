@@ -1,0 +1,208 @@
+"""Issue #31, the formatting and language half: one case per finding, on records in each
+corpus's own raw layout, plus real-corpus checks over ../shared/corpora.
+
+1. a target with no answer (GAOKAO "【答案】" and nothing after it) is quarantined with a reason
+2. a template never repeats a conclusion the analysis already states ("故选：B。\\n故选 B。")
+3. a speaker tag in the middle of an hh-rlhf turn splits the turn; a rejected transcript with
+   other earlier turns is flagged (meta.rejected_prompt_differs)
+4. mixed-language records: lang (the prompt) and lang_output (the answer), one query each
+"""
+
+import gzip
+import json
+import re
+
+import polars as pl
+import pytest
+from conftest import shared
+
+from forge.build import build_source
+from forge.connectors.base import RawBatch
+from forge.formatters import tasks
+
+
+def records(r) -> pl.DataFrame:
+    return pl.read_parquet([str(r.out_dir / s["file"]) for s in r.shards]).sort("raw_row")
+
+
+def quarantine(r) -> list[dict]:
+    return [json.loads(x) for x in r.quarantine_file.read_text().splitlines()] if r.quarantine_file else []
+
+
+# --- 1. a target with no answer ------------------------------------------------------------
+
+# GAOKAO-Bench 2012-2022_English_Language_Error_Correction.json (commit c214b47, the catalog's):
+# subjective files name the answer `standard_answer`; rows 19 and 21 hold only "【答案】\n".
+# The question and analysis are cut short here; the keys, their order and the answers are real.
+ERROR_CORRECTION = {
+    "keywords": "2012-2022_English_Language_Error_Correction",
+    "example": [
+        {
+            "year": "2019",
+            "category": "（新课标Ⅲ）",
+            "question": "短文改错(共10小题；每小题1分，满分10分)\n71.假定英语课上老师要求同桌之间交换修改作文，"
+            "请你修改你同桌写的以下作文。\nI've had many dreams since I was a child. Now my dream is to "
+            "opens a cafe.\n",
+            "analysis": "【解析】\n【详解】1. 本句考查不定式的用法。不定式做表语，to后用动词原形。故把 opens改为 open。\n",
+            "index": 18,
+            "score": 10,
+            "standard_answer": "【答案】opens→open\nrequired→requires\nordinarily→ordinary\ncafe后面加上to\n"
+            "去掉like\nyourselves→themselves\nwhat→that/which\nmanage→managing\ncity→cities\nan→a\n",
+        },
+        {
+            "year": "2020",
+            "category": "（新课标Ⅰ）",
+            "question": "短文改错(共10小题；每小题1分，满分10分)\n71.假定英语课上老师要求同桌之间交换修改作文，"
+            "请你修改你同桌写的以下作文。\nToday I tried cooking a simply dish myself.\n",
+            "analysis": "【解析】\n【分析】\n这是一篇记叙文。文章主要讲述了作者做西红柿炒鸡蛋的过程。\n【详解】1.考查形容词。"
+            "故将simply改为simple。\n",
+            "index": 19,
+            "score": 10,
+            "standard_answer": "【答案】\n",
+        },
+    ],
+}
+
+
+def test_gaokao_answer_that_is_only_a_header_is_quarantined(home, catalog, tmp_path):
+    raw = tmp_path / "2012-2022_English_Language_Error_Correction.json"
+    raw.write_text(json.dumps(ERROR_CORRECTION, ensure_ascii=False, indent=4), encoding="utf-8")
+    r = build_source(catalog.get("gaokao"), home=home, from_path=raw, max_quarantine=1.0)
+    assert (r.rows, r.quarantined) == (1, 1)
+    [q] = quarantine(r)
+    assert (q["row"], q["stage"]) == (1, "formatter")
+    assert (
+        q["reason"]
+        == "field 'standard_answer' is empty: only a header, a placeholder or punctuation ('【答案】')"
+    )
+    row = records(r).row(0, named=True)
+    # row 0 of an open question -> tasks.gaokao.01; the leading "【答案】" header is dropped, the
+    # template's own label stands in its place
+    assert row["template"] == "tasks.gaokao.01"
+    assert row["output"] == (
+        "【解析】\n【详解】1. 本句考查不定式的用法。不定式做表语，to后用动词原形。故把 opens改为 open。\n"
+        "答案：opens→open\nrequired→requires\nordinarily→ordinary\ncafe后面加上to\n去掉like\n"
+        "yourselves→themselves\nwhat→that/which\nmanage→managing\ncity→cities\nan→a"
+    )
+
+
+@pytest.mark.parametrize(
+    "answer, empty",
+    [
+        ("【答案】\n", True),
+        ("答案：", True),
+        ("【解析】\n【分析】", True),
+        ("见解析", True),
+        ("略。", True),
+        ("……", True),
+        ("【答案】B", False),
+        ("0", False),
+        ("无理数", False),
+    ],
+)
+def test_empty_answer_rule(answer, empty):
+    from forge.formatters.fields import empty_answer
+
+    assert empty_answer(answer) is empty
+
+
+def test_reply_of_only_punctuation_is_quarantined_in_every_formatter(home, catalog, tmp_path):
+    raw = tmp_path / "belle.json"
+    raw.write_text(
+        '{"instruction": "这句话对吗？", "input": "", "output": "……"}\n'
+        '{"instruction": "1+1=?", "input": "", "output": "2"}\n',
+        encoding="utf-8",
+    )
+    r = build_source(catalog.get("belle_0.5m"), home=home, from_path=raw, max_quarantine=1.0)
+    assert [q["reason"] for q in quarantine(r)] == [
+        "field 'output' is empty: only a header or punctuation ('……')"
+    ]
+    hh = tmp_path / "hh.jsonl.gz"
+    hh.write_bytes(
+        gzip.compress(
+            b'{"chosen": "\\n\\nHuman: Are you there?\\n\\nAssistant: ...", '
+            b'"rejected": "\\n\\nHuman: Are you there?\\n\\nAssistant: No."}\n'
+        )
+    )
+    r = build_source(catalog.get("hh_rlhf"), home=home, from_path=hh, max_quarantine=1.0)
+    assert [q["reason"] for q in quarantine(r)] == [
+        "the last assistant turn is empty: only a header or punctuation ('...')"
+    ]
+
+
+# --- 2. no conclusion said twice -----------------------------------------------------------
+
+CHOICE = {
+    "year": "2020",
+    "category": "（新课标Ⅰ）",
+    "question": "1．已知集合 $A=\\{x \\mid x^{2}-3 x-4<0\\}$, 则 $A \\cap B=$（ ）\nA. $\\{-4,1\\}$\nB. $\\{1,5\\}$\n",
+    "answer": ["B"],
+    "analysis": "解：由题意可得 $A=\\{x \\mid -1<x<4\\}$。\n故选：B。\n",
+    "index": 0,
+    "score": 5,
+}
+
+
+def render(record: dict, seed: int) -> dict:
+    """One GAOKAO record through the formatter, template chosen by `seed` (row 0)."""
+    fmt = tasks.make({"task": "gaokao", "seed": seed}, "gaokao")
+    rejected = []
+    cols = fmt(RawBatch("x.json", records=[record], rows=[0], lines=[1]), lambda *a: rejected.append(a))
+    assert not rejected, rejected
+    return {"template": cols["template"][0], "output": cols["output"][0]}
+
+
+def test_gaokao_template_never_repeats_the_analysis_conclusion():
+    # a choice question fits templates 01, 02, 03 (seed s -> template s + 1)
+    outs = {render(CHOICE, seed)["template"]: render(CHOICE, seed)["output"] for seed in range(3)}
+    analysis = "解：由题意可得 $A=\\{x \\mid -1<x<4\\}$。\n故选：B。"
+    assert outs == {
+        "tasks.gaokao.01": analysis + "\n答案：B",  # an answer label is the record's answer slot
+        "tasks.gaokao.02": "分析：" + analysis,  # no "所以答案是：B" after "故选：B。"
+        "tasks.gaokao.03": analysis,  # no "故选 B。" after "故选：B。"
+    }
+    # an analysis that does not state the answer still gets the template's conclusion
+    open_end = {**CHOICE, "analysis": "解：由题意可得 $A=\\{x \\mid -1<x<4\\}$。\n"}
+    assert render(open_end, 2)["output"] == "解：由题意可得 $A=\\{x \\mid -1<x<4\\}$。\n故选 B。"
+    # a conclusion in LaTeX, and a multi-part question whose analysis concludes every part
+    assert tasks.concluded("对应点位于第三象限. 故选 $\\mathrm{C}$.", ["C"], "choice")
+    assert tasks.concluded("…故选：B。\n解：…故选：A。\n解：…故选：D。", ["B", "A", "D"], "choice")
+    assert not tasks.concluded("…故选：B。\n解：…C 正确。", ["B", "C"], "choice")
+    assert not tasks.concluded("…故选：C。", ["B"], "choice")  # a different answer is not a repeat
+    assert tasks.concluded("解得 $n=8$.\n\n故答案为: 8 .", ["8"], "open")
+
+
+# the check below, written apart from the formatter: an output ends in two conclusions that
+# name the same option letters ("故选：B。\n故选 B。", "故选 $\\mathrm{C}$.\n故选 C。")
+DOUBLED = re.compile(r"选[^\n]{0,20}?([A-G]+)[^\n]*\n故选 \1。$")
+# an output whose final answer slot holds nothing ("所以答案是：【答案】", "答案：")
+PLACEHOLDER_ONLY = re.compile(r"(?:答案：|所以答案是：|故选 |参考答案：\n)\s*(?:【[^】]*】)?\s*。?$")
+
+
+def test_real_gaokao_no_doubled_conclusion_and_no_empty_answer(home, catalog, tmp_path):
+    r = build_source(catalog.get("gaokao"), home=home, from_path=shared("gaokao"))
+    df = records(r)
+    assert (r.rows, r.quarantined) == (276, 0)
+    assert [o for o in df["output"] if DOUBLED.search(o)] == []
+    assert [o for o in df["output"] if PLACEHOLDER_ONLY.search(o)] == []
+    t03 = df.filter(pl.col("template") == "tasks.gaokao.03")
+    assert t03.height == 82
+    # the check is not vacuous: template 03 as it was ("{{ analysis }}\n故选 {{ answer }}。"),
+    # given every choice question, doubles the conclusion in 200 of the 248
+    naive = tmp_path / "templates"
+    (naive / "tasks").mkdir(parents=True)
+    (naive / "tasks" / "gaokao.yaml").write_text(
+        "set: gaokao\ntemplates:\n  - id: tasks.gaokao.03\n    kind: choice\n"
+        '    instruction: "{{ question }}"\n'
+        '    output: "{% if analysis %}{{ analysis }}\\n{% endif %}故选 {{ answer }}。"\n'
+        "  - id: tasks.gaokao.04\n    kind: open\n"
+        '    instruction: "{{ question }}"\n    output: "{{ answer }}"\n',
+        encoding="utf-8",
+    )
+    import dataclasses
+
+    src = catalog.get("gaokao")
+    src = dataclasses.replace(src, options={**src.options, "templates_dir": str(naive)})
+    naive_df = records(build_source(src, home=tmp_path / "naive-home", from_path=shared("gaokao")))
+    choice = naive_df.filter(pl.col("template") == "tasks.gaokao.03")
+    assert (choice.height, sum(bool(DOUBLED.search(o)) for o in choice["output"])) == (248, 200)

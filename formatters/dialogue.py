@@ -23,6 +23,16 @@ Options: style (below), key (the raw field holding the dialogue, when the style 
 A speaker tag inside a turn ("Human:" at the start of a line that the transcript did not split
 on, hh-rlhf has 40 such) is kept as written and flagged: meta.flags gets
 "embedded_speaker_tag", so `forge filter` can drop or inspect those records.
+
+A speaker tag in the middle of a line, after the end of a sentence ("...drag kings.  Human: Then
+how do they come to be called drag kings?"), is a turn boundary the transcript lost: the turn
+is split there, so the user's words never sit inside an assistant reply.
+meta.flags gets "split_speaker_tag". "a Human: being" (no sentence end before it) is not split.
+
+Preference pairs (transcript with `rejected_key`): when the rejected transcript's turns before
+its last reply differ from the chosen one's, meta.rejected does not answer the same prompt;
+meta.rejected_prompt_differs is then true (absent otherwise), so a preference user can drop the
+pair.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ import re
 
 from forge.formatters.fields import FieldError, empty_answer
 
-VERSION = "2"
+VERSION = "3"
 STYLES = ("sharegpt", "firefly", "ultrachat", "markers", "moss", "camel", "transcript")
 _USER = {"human", "user", "prompter"}
 _ASSISTANT = {"gpt", "assistant", "bot", "chatgpt", "model"}
@@ -136,24 +146,42 @@ def turns_camel(record: dict, key: str):
     return out, None
 
 
+# a speaker tag after the end of a sentence on the same line: a turn boundary the text lost
+_MIDLINE_TAG = re.compile(r"(?<=[.!?…\"'”’)\]])[ \t]+(Human|Assistant):[ \t]+")
+
+
 def turns_transcript(record: dict, key: str):
+    """hh-rlhf turns; the second value counts the turns split at a mid-line speaker tag."""
     text = _str(record.get(key), f"field {key!r}")
     parts = re.split(r"\n\n(Human|Assistant): ", "\n\n" + text.lstrip("\n"))
-    out = [
-        ("user" if who == "Human" else "assistant", body.strip())
-        for who, body in zip(parts[1::2], parts[2::2], strict=True)
-    ]
-    return out, None
+    out, split = [], 0
+    for who, body in zip(parts[1::2], parts[2::2], strict=True):
+        pieces = _MIDLINE_TAG.split(body)
+        out.append(("user" if who == "Human" else "assistant", pieces[0].strip()))
+        for tag, rest in zip(pieces[1::2], pieces[2::2], strict=True):
+            out.append(("user" if tag == "Human" else "assistant", rest.strip()))
+            split += 1
+    return out, split
 
 
-def _rejected(record: dict, key: str) -> dict:
-    """The rejected reply (the last assistant turn of the rejected transcript) and the transcript."""
+def _prompt(turns: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The turns before the last assistant reply: what that reply answers."""
+    last = max((i for i, (role, _) in enumerate(turns) if role == "assistant"), default=len(turns))
+    return turns[:last]
+
+
+def _rejected(record: dict, key: str, chosen: list[tuple[str, str]]) -> dict:
+    """The rejected reply (the last assistant turn of the rejected transcript), the transcript,
+    and whether the turns it answers differ from the chosen transcript's."""
     transcript = record.get(key)
     if transcript is None:
         return {}
     turns, _ = turns_transcript(record, key)
     replies = [text for role, text in turns if role == "assistant"]
-    return {"rejected": replies[-1] if replies else "", "rejected_transcript": transcript}
+    out = {"rejected": replies[-1] if replies else "", "rejected_transcript": transcript}
+    if _prompt(turns) != _prompt(chosen):
+        out["rejected_prompt_differs"] = True
+    return out
 
 
 def to_record(turns: list[tuple[str, str]]) -> tuple[str, str, list[dict], int]:
@@ -234,12 +262,17 @@ def make(options: dict, source: str):
                 if style == "moss":
                     system, tools = extra
                     meta.update({"system": system, "tool_traces": tools} if tools else {"system": system})
-                elif extra:
+                elif style != "transcript" and extra:
                     meta["system"] = extra
                 if style == "transcript" and options.get("rejected_key"):
-                    meta.update(_rejected(record, options["rejected_key"]))
+                    meta.update(_rejected(record, options["rejected_key"], turns))
+                flags = []
                 if style in ("transcript", "markers") and any(_SPEAKER_TAG.search(text) for _, text in turns):
-                    meta["flags"] = ["embedded_speaker_tag"]
+                    flags.append("embedded_speaker_tag")
+                if style == "transcript" and extra:
+                    flags.append("split_speaker_tag")
+                if flags:
+                    meta["flags"] = flags
                 if dangling:
                     meta["dropped_trailing_user_turn"] = True
             except FieldError as e:

@@ -206,3 +206,65 @@ def test_real_gaokao_no_doubled_conclusion_and_no_empty_answer(home, catalog, tm
     naive_df = records(build_source(src, home=tmp_path / "naive-home", from_path=shared("gaokao")))
     choice = naive_df.filter(pl.col("template") == "tasks.gaokao.03")
     assert (choice.height, sum(bool(DOUBLED.search(o)) for o in choice["output"])) == (248, 200)
+
+
+# --- 3. a user's words inside the trained reply ----------------------------------------------
+
+# hh-rlhf's own layout: one JSON object per line, {"chosen", "rejected"}, each transcript a string
+# of "\n\nHuman: " / "\n\nAssistant: " turns
+DRAG = (
+    "\n\nHuman: What are drag kings?\n\nAssistant: Drag kings are mostly women who dress in masculine "
+    "drag and perform as men, the counterpart of drag queens.  Human: Then how do they come to be "
+    "called drag kings, if they are women?"
+)
+PAIRS = [
+    {  # a speaker tag mid-line: the user's question must not stay in the assistant's turn
+        "chosen": DRAG
+        + "\n\nAssistant: King is the male counterpart of queen, so a woman who performs as a man is a king.",
+        "rejected": DRAG + "\n\nAssistant: I don't know.",
+    },
+    {  # the rejected transcript's earlier turns differ: meta.rejected answers another prompt
+        "chosen": "\n\nHuman: Can you recommend a book?\n\nAssistant: Sure, which genres do you like?"
+        "\n\nHuman: Mystery.\n\nAssistant: Try The Hound of the Baskervilles.",
+        "rejected": "\n\nHuman: Can you recommend a book?\n\nAssistant: No.\n\nHuman: Mystery."
+        "\n\nAssistant: I don't know any.",
+    },
+    {  # "a Human:" with no sentence end before it is the assistant's own words, not a turn
+        "chosen": "\n\nHuman: Are you a person?\n\nAssistant: I am not a Human: I am an AI assistant.",
+        "rejected": "\n\nHuman: Are you a person?\n\nAssistant: Yes.",
+    },
+]
+
+
+def test_hh_rlhf_mid_line_speaker_tag_splits_the_turn_and_pair_prompts_are_compared(home, catalog, tmp_path):
+    raw = tmp_path / "train.jsonl.gz"
+    raw.write_bytes(gzip.compress("".join(json.dumps(p) + "\n" for p in PAIRS).encode()))
+    r = build_source(catalog.get("hh_rlhf"), home=home, from_path=raw)
+    df = records(r)
+    assert (r.rows, r.quarantined) == (3, 0)
+    drag, book, person = df.iter_rows(named=True)
+    assert drag["history"] == [
+        {
+            "user": "What are drag kings?",
+            "assistant": "Drag kings are mostly women who dress in masculine drag and perform as men, the "
+            "counterpart of drag queens.",
+        }
+    ]
+    assert drag["instruction"] == "Then how do they come to be called drag kings, if they are women?"
+    assert (
+        drag["output"] == "King is the male counterpart of queen, so a woman who performs as a man is a king."
+    )
+    meta = json.loads(drag["meta"])
+    assert meta["flags"] == ["split_speaker_tag"] and meta["rejected"] == "I don't know."
+    assert "rejected_prompt_differs" not in meta  # the same split turns on both sides
+    meta = json.loads(book["meta"])
+    assert meta["rejected_prompt_differs"] is True and meta["rejected"] == "I don't know any."
+    assert "flags" not in meta
+    assert person["output"] == "I am not a Human: I am an AI assistant." and person["history"] == []
+    assert json.loads(person["meta"]) == {
+        "rejected": "Yes.",
+        "rejected_transcript": PAIRS[2]["rejected"],
+    }
+    # no assistant text anywhere holds a speaker tag after the end of a sentence
+    replies = [t["assistant"] for h in df["history"] for t in h] + df["output"].to_list()
+    assert not any(re.search(r"[.!?]\s+Human:", x) for x in replies)

@@ -27,14 +27,16 @@ demo: install
 	@echo "  runs/                   adapter + run_manifest.json + eval/mmlu.json (scores per item)"
 
 # the whole suite on every core (pytest-xdist); each test file is one worker's unit, so a
-# file's module-scoped fixtures (a trained run, a served model) are built once
+# file's module-scoped fixtures (a trained run, a served model) are built once. Files start
+# in tests/conftest.py's longest-first order (xdist would otherwise sort by test count).
+PYTEST_XDIST = -n auto --dist loadfile --no-loadscope-reorder
 test: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -n auto --dist loadfile tests
+	$(VENV)/bin/python -m pytest $(PYTEST_XDIST) tests
 
 # the edit loop: everything but the tests marked slow
 test-fast: install
-	$(VENV)/bin/python -m pytest -n auto --dist loadfile -m "not slow" tests
+	$(VENV)/bin/python -m pytest $(PYTEST_XDIST) -m "not slow" tests
 
 # resolve the newest releases, run the suite on them in .venv-latest, and replace
 # requirements.lock only when it is green

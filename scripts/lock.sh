@@ -47,7 +47,7 @@ rm -rf "$VENV"
 VENV=$VENV LOCK=$NEW PY=$PY FORGE_BROWSER=0 scripts/install.sh
 start=$(date +%s)
 # PYTEST_ARGS narrows the check (e.g. "-m 'not slow'"); `make lock` always runs the whole suite
-if "$VENV/bin/ruff" check . && eval "\"$VENV/bin/python\" -m pytest -n auto --dist loadfile ${PYTEST_ARGS:-} tests"; then
+if "$VENV/bin/ruff" check . && eval "\"$VENV/bin/python\" -m pytest -n auto --dist loadfile --no-loadscope-reorder ${PYTEST_ARGS:-} tests"; then
   verdict=green
 else
   verdict=red

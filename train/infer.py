@@ -6,6 +6,8 @@
   generate    batched generation (left padding, prompts sorted by length), greedy by
               default, seeded sampling on request, with stop strings and finish reasons
   stream      one generation, yielding text as it is produced, cancellable
+  stream_tokens  n generations of one prompt, yielding each step's token ids, cancellable
+  token_logprobs the log-probability of each token of a sequence (forge serve's logprobs, echo)
 
 forge chat, forge predict and forge serve are thin layers over these.
 """
@@ -162,6 +164,7 @@ class Generation:
     tokens: list[int]
     prompt_tokens: int
     finish_reason: str  # stop | length
+    stop_token: int | None = None  # the stop token that ended it (not in `tokens`), if one did
 
 
 # Below this a temperature is greedy decoding: dividing the logits by 1e-300 overflows them to
@@ -246,9 +249,15 @@ def generate(
         )
     results = []
     for i, p in enumerate(prompts):
-        new, text, reason = _finish(loaded, out[i, width:].tolist(), max_new_tokens, stop or [])
-        results.append(Generation(text, new, len(p), reason))
+        raw = out[i, width:].tolist()
+        new, text, reason = _finish(loaded, raw, max_new_tokens, stop or [])
+        results.append(Generation(text, new, len(p), reason, _stop_token(loaded, raw, new)))
     return results
+
+
+def _stop_token(loaded: Loaded, raw: list[int], kept: list[int]) -> int | None:
+    """The stop token `_finish` cut `raw` at, if it cut at one."""
+    return raw[len(kept)] if len(kept) < len(raw) and raw[len(kept)] in loaded.stop_ids else None
 
 
 class Decoder:
@@ -366,7 +375,8 @@ class Decoder:
 
     def _result(self, row: dict) -> tuple:
         new, text, reason = _finish(self.loaded, row["tokens"], row["max_new_tokens"], row["stop"])
-        return row["tag"], Generation(text, new, len(row["prompt"]), reason)
+        ended = _stop_token(self.loaded, row["tokens"], new)
+        return row["tag"], Generation(text, new, len(row["prompt"]), reason, ended)
 
     def _merge(self, cache, length: int) -> None:
         pad = torch.nn.functional.pad
@@ -458,6 +468,137 @@ def stream(
         thread.join()
     if errors:
         raise errors[0]
+
+
+def stream_tokens(
+    loaded: Loaded,
+    prompt: list[int],
+    *,
+    rows: int = 1,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    cancel: threading.Event | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    hold: contextlib.AbstractContextManager | None = None,
+) -> Iterator[list[int]]:
+    """`stream` for `rows` generations of one prompt at once (n samples of it), as token ids:
+    each item is one decode step, a token for every row. A row that has produced a stop token
+    gets padding after it until every row is done. Stop strings are the reader's to find: it
+    ends the generation through `should_stop()`, asked after every step. Cancelling, `hold` and
+    closing work as in `stream`; one seed gives the same rows whoever reads them."""
+    import queue
+
+    from transformers.generation.streamers import BaseStreamer
+
+    cancel = cancel or threading.Event()
+    steps: queue.Queue = queue.Queue()
+    done = object()
+
+    class Steps(BaseStreamer):
+        first = True
+
+        def put(self, value) -> None:
+            if self.first:  # generate hands over the prompt first
+                self.first = False
+                return
+            steps.put(value.reshape(-1).tolist())
+
+        def end(self) -> None:
+            steps.put(done)
+
+    ids = torch.tensor([prompt] * rows, dtype=torch.long, device=loaded.model.device)
+    errors: list[BaseException] = []
+
+    def stopped() -> bool:
+        return cancel.is_set() or (should_stop is not None and bool(should_stop()))
+
+    def work() -> None:
+        try:
+            with hold or contextlib.nullcontext():
+                if cancel.is_set():  # the reader left while the model was busy: nothing to run
+                    return
+                torch.manual_seed(seed)  # under `hold`: no other generation reseeds between
+                with torch.no_grad():
+                    loaded.model.generate(
+                        input_ids=ids,
+                        attention_mask=torch.ones_like(ids),
+                        max_new_tokens=max_new_tokens,
+                        pad_token_id=loaded.tokenizer.pad_token_id,
+                        eos_token_id=sorted(loaded.stop_ids) or None,
+                        streamer=Steps(),
+                        stopping_criteria=_asking(stopped),
+                        **_sampling(temperature, top_p),
+                    )
+        except BaseException as e:  # surfaced to the reader below
+            errors.append(e)
+        finally:
+            steps.put(done)  # generate's own end() may have come first: the reader stops at one
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while (step := steps.get()) is not done:
+            yield step
+    finally:
+        cancel.set()
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+@dataclass
+class Scored:
+    """One token as the model saw it: its log-probability after the tokens before it, and the
+    `top` most likely tokens at its position, best first (log-probabilities from the model's
+    raw logits: no temperature or top_p applied)."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+def token_logprobs(
+    loaded: Loaded, ids: list[int], start: int = 1, top: int = 0, then: bool = False
+) -> list[Scored]:
+    """Score ids[start:] (start >= 1) in one forward pass: one Scored per token. With `then`,
+    one more for the most likely token after all of `ids` (greedy's next token). This is the
+    computation of forge eval's log-likelihoods (log_softmax of float32 logits) for one row."""
+    model = loaded.model
+    start = max(1, start)
+    keep = len(ids) - start + 1  # positions start-1 .. len-1: each predicts the token after it
+    if keep <= 0 or (keep == 1 and not then):
+        return []
+    kwargs = {"logits_to_keep": keep} if _takes_logits_to_keep(model) else {}
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids], device=model.device), **kwargs).logits[0, -keep:]
+    out: list[Scored] = []
+    for lo in range(0, keep, 256):  # a 2k-token prompt is 2k rows over the whole vocabulary
+        rows = torch.log_softmax(logits[lo : lo + 256].float(), dim=-1)
+        best = rows.topk(max(1, top), dim=-1) if top or then else None
+        for r in range(rows.shape[0]):
+            at = lo + r  # predicts ids[start + at], or the next token past the end
+            alternatives = (
+                list(zip(best.indices[r].tolist(), best.values[r].tolist(), strict=True))[:top]
+                if best
+                else []
+            )
+            if start + at < len(ids):
+                token = ids[start + at]
+                out.append(Scored(token, float(rows[r, token]), alternatives))
+            elif then:
+                token = int(best.indices[r, 0])
+                out.append(Scored(token, float(best.values[r, 0]), alternatives))
+    return out
+
+
+def _takes_logits_to_keep(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def convert_gguf(gguf: Path, out: Path) -> Path:

@@ -223,16 +223,18 @@ def test_text_that_is_not_utf8_is_a_400_naming_the_field(server, path, body, fie
     assert "surrogate" in reply["error"]["message"]
 
 
-def test_n_other_than_1_is_refused_with_the_openai_client(server):
-    """Issue #30.7: `n: 5` silently got one choice."""
+def test_n_is_honoured_or_refused_with_the_openai_client(server):
+    """Issue #30.7: `n: 5` silently got one choice. Now n choices come back (issue #32), and an
+    n over the server's limit is a 400 naming n."""
     import openai
 
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key="none", max_retries=0)
+    model = client.models.list().data[0].id
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=3, n=5)
+        client.chat.completions.create(model=model, messages=HELLO, max_tokens=3, n=500)
     assert e.value.status_code == 400 and e.value.body["param"] == "n"
-    reply = client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=3, n=1)
-    assert len(reply.choices) == 1
+    reply = client.chat.completions.create(model=model, messages=HELLO, max_tokens=3, n=5)
+    assert [c.index for c in reply.choices] == [0, 1, 2, 3, 4]
 
 
 def test_the_module_server_logged_nothing(server):

@@ -2,17 +2,27 @@
 
   GET  /                      the chat page (static/chat.html: plain HTML and JavaScript, no CDN)
   GET  /health                {"status": "ok", "model": NAME, ...}; 503 when a generation is stuck
-  GET  /v1/models             the one model
-  POST /v1/chat/completions   messages -> a reply (stream: true -> server-sent events)
-  POST /v1/completions        a raw text prompt -> a continuation (no template)
+  GET  /v1/models             the one model; /v1/models/NAME that model (404 for another name)
+  POST /v1/chat/completions   messages -> n replies (stream: true -> server-sent events),
+                              logprobs/top_logprobs on request
+  POST /v1/completions        a raw prompt (text or token ids, one or a batch) -> n
+                              continuations each (no template); echo + logprobs score the
+                              prompt itself (max_tokens 0 or 1: lm-eval's local-completions)
 
-The model runs one forward pass at a time (ModelLock). Greedy non-streaming requests are
-decoded together (Batcher, continuous batching): each joins the running batch at the next
-token step and leaves when its reply is done, so a client that sends 8 requests at once, as
-forge's model-powered stages do, gets them for far less than 8 times the cost. Greedy streams
-are decoded in the same batch. Sampled requests (temperature > 0) run alone, so a seed
-reproduces the same text whatever else the server is doing. The event loop stays free while
-a generation runs in a worker thread.
+Every choice is assembled from the model's tokens by one Reply: text is decoded as tokens come,
+an incomplete UTF-8 character is held back (and dropped at the end), stop strings are cut as
+soon as they appear (the row then leaves the batch), and usage counts the tokens produced up to
+the stop. Streamed and not, a request gets the same text.
+
+The model runs one forward pass at a time (ModelLock). Greedy requests are decoded together
+(Batcher, continuous batching): each prompt joins the running batch at the next token step and
+leaves when its reply is done, so a client that sends 8 requests at once, as forge's
+model-powered stages do, gets them for far less than 8 times the cost; greedy streams share
+that batch, and n greedy choices are one row (they are the same text). Sampled requests
+(temperature > 0) run alone, n rows of one seeded generation per prompt, so a seed reproduces
+the same choices whatever else the server is doing. Log-probabilities are the model's raw
+ones (no temperature), from one forward pass over prompt and reply. The event loop stays free
+while a generation runs in a worker thread.
 
 No client can wedge the server:
   - the lock is held only while the model runs, never while a reply waits for its reader, and
@@ -28,7 +38,6 @@ No client can wedge the server:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import queue
 import threading
@@ -39,7 +48,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 
-from forge.train.infer import Decoder, Generation, Loaded, generate, stream
+from forge.train.infer import Decoder, Generation, Loaded, generate, stream_tokens, token_logprobs
 
 STATIC = Path(__file__).resolve().parent / "static"
 STALL_AFTER = 120.0  # seconds without a decode step before /health calls a generation stuck
@@ -114,31 +123,14 @@ class Batcher:
         self.requests = self.steps = self.largest = 0
         threading.Thread(target=self._work, name="forge-batcher", daemon=True).start()
 
-    def submit(
-        self, prompt: list[int], options: dict, emit=None, cancel: threading.Event | None = None
-    ) -> Future:
+    def submit(self, prompt: list[int], options: dict, emit=None, cancel=None) -> Future:
+        """A Future for the prompt's Generation. `emit(token)` is called with every token the
+        model produces for it, the stop token that ends it included, before the Future is done:
+        as each is decoded (continuous batching) or all at once after generate (static).
+        `cancel` (anything with is_set()) ends it at the next step once set."""
         done: Future = Future()
         self.waiting.put((prompt, options, done, emit, cancel))
         return done
-
-    def pieces(self, prompt: list[int], options: dict, cancel: threading.Event) -> Iterator[str]:
-        """A greedy reply as text pieces while the batch decodes it (continuous batching only),
-        cut by the same streamer the sampled path uses; setting `cancel` ends it at the next step."""
-        import torch
-        from transformers import TextIteratorStreamer
-
-        streamer = TextIteratorStreamer(self.loaded.tokenizer, skip_special_tokens=True)
-        stops = self.loaded.stop_ids
-
-        def emit(token: int) -> None:
-            if token not in stops:
-                streamer.put(torch.tensor([token]))
-
-        done = self.submit(prompt, {**options, "stop": []}, emit=emit, cancel=cancel)
-        done.add_done_callback(lambda _: streamer.end())
-        yield from streamer
-        if done.exception() is not None:
-            raise done.exception()
 
     def _work(self) -> None:
         while True:
@@ -194,10 +186,10 @@ class Batcher:
                 break
         self.expect = len(batch)
         groups: dict[tuple, tuple[dict, list]] = {}
-        for prompt, options, done, _, cancel in batch:  # streams never come here (no emit)
+        for prompt, options, done, emit, cancel in batch:
             # one generate call per set of options, whatever options exist
             key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(options.items()))
-            groups.setdefault(key, (options, []))[1].append((prompt, done, cancel))
+            groups.setdefault(key, (options, []))[1].append((prompt, done, cancel, emit))
         for options, items in groups.values():
             self._run([i for i in items if i[1].set_running_or_notify_cancel()], options)
 
@@ -205,7 +197,7 @@ class Batcher:
         if not items:
             return
         items.sort(key=lambda i: len(i[0]))  # similar lengths side by side: less padding
-        cancels = [cancel for _, _, cancel in items]
+        cancels = [cancel for _, _, cancel, _ in items]
 
         def should_stop() -> bool:
             self.lock.step()
@@ -213,15 +205,99 @@ class Batcher:
 
         try:
             with self.lock.hold():
-                prompts = [prompt for prompt, _, _ in items]
+                prompts = [prompt for prompt, _, _, _ in items]
                 results: list[Generation] = generate(self.loaded, prompts, should_stop=should_stop, **options)
             self.steps += max(len(r.tokens) for r in results)  # generate runs until its longest reply ends
             self.largest = max(self.largest, len(items))
         except BaseException as e:  # noqa: BLE001 - handed to every waiting request
-            for _, done, _ in items:
+            for _, done, _, _ in items:
                 done.set_exception(e)
             return
-        self._answer([(done, result) for (_, done, _), result in zip(items, results, strict=True)])
+        for (_, _, _, emit), result in zip(items, results, strict=True):
+            if emit is not None:  # what a continuous batch would have emitted step by step
+                for token in result.tokens + ([] if result.stop_token is None else [result.stop_token]):
+                    emit(token)
+        self._answer([(done, result) for (_, done, _, _), result in zip(items, results, strict=True)])
+
+
+class Until:
+    """Quacks like a threading.Event for the model's loops (they only ask is_set()): set once
+    the request's client has left, or `done()` says its choices need no more tokens."""
+
+    def __init__(self, cancel: threading.Event, done: Callable[[], bool]):
+        self.cancel, self.done = cancel, done
+
+    def is_set(self) -> bool:
+        return self.cancel.is_set() or self.done()
+
+
+class Reply:
+    """One choice: the tokens the model produces for it, and the text they make.
+
+    Text is decoded as tokens come (from a few tokens back, so a tokenizer that joins tokens
+    into characters or words decodes each piece as it would the whole) and is final only once
+    it cannot change: an incomplete UTF-8 character at the end is held back, and dropped if the
+    reply ends there (a reply cut at max_tokens never ends in U+FFFD), and `take()` holds back
+    the last characters that could begin a stop string. The reply finishes at a stop token, at
+    a stop string (its text cut before it) or at max_tokens. `tokens` is every token produced
+    up to then, the one that ended it included: usage counts them, logprobs score them."""
+
+    def __init__(self, tokenizer, stop_ids: set[int], stop: list[str], max_tokens: int):
+        self.tokenizer, self.stop_ids, self.stop, self.max_tokens = tokenizer, stop_ids, stop, max_tokens
+        self.tokens: list[int] = []
+        self.text = ""
+        self.finish: str | None = None  # stop | length, once finished
+        self._ids: list[int] = []  # the tokens that make text (a stop token makes none)
+        self._prefix = self._read = 0  # decode ids[prefix:] against ids[prefix:read], already text
+        self._sent = self._searched = 0
+        self._hold = max((len(s) for s in stop), default=1) - 1  # a stop string may span pieces
+
+    def add(self, token: int) -> None:
+        if self.finish is not None:
+            return  # a batch row padded after its end, or a token the model made before it heard
+        self.tokens.append(token)
+        if token in self.stop_ids:
+            self._end("stop")
+            return
+        self._ids.append(token)
+        self._decode()
+        if not self._cut() and len(self.tokens) >= self.max_tokens:
+            self._end("length")
+
+    def close(self) -> None:
+        """The model is done with this choice (or never started: max_tokens 0)."""
+        if self.finish is None:
+            self._end("length" if len(self.tokens) >= self.max_tokens else "stop")
+
+    def take(self) -> str:
+        """The text that is final and not yet taken."""
+        end = len(self.text) if self.finish else max(self._sent, len(self.text) - self._hold)
+        piece, self._sent = self.text[self._sent : end], end
+        return piece
+
+    def _decode(self, final: bool = False) -> None:
+        decode = self.tokenizer.decode
+        before = decode(self._ids[self._prefix : self._read], skip_special_tokens=True)
+        now = decode(self._ids[self._prefix :], skip_special_tokens=True)
+        if len(now) > len(before) and (final or not now.endswith("\ufffd")):
+            new = now[len(before) :]
+            self.text += new.rstrip("\ufffd") if final else new
+            self._prefix, self._read = self._read, len(self._ids)
+
+    def _cut(self) -> bool:
+        if not self.stop:
+            return False
+        start = max(0, self._searched - self._hold)
+        hits = [at for s in self.stop if (at := self.text.find(s, start)) >= 0]
+        self._searched = len(self.text)
+        if not hits:
+            return False
+        self.text, self.finish = self.text[: min(hits)], "stop"
+        return True
+
+    def _end(self, reason: str) -> None:
+        self._decode(final=True)  # an incomplete character at the end is dropped
+        self.finish = "stop" if self._cut() else reason
 
 
 def create_app(
@@ -244,6 +320,7 @@ def create_app(
     max_body = edge.MAX_BODY if max_body is None else max_body
     lock = ModelLock()  # one forward pass at a time: streams and batches queue here
     batcher = Batcher(loaded, lock, max_batch)
+    names = edge.TokenText(loaded.tokenizer)
 
     def authorized(request) -> bool:
         return not api_key or request.headers.get("authorization", "") == f"Bearer {api_key}"
@@ -253,49 +330,165 @@ def create_app(
             401, "invalid or missing API key (Authorization: Bearer KEY)", "authentication_error"
         )
 
-    def check_context(prompt: list[int], options: dict, field: str) -> None:
-        limit = loaded.context_length
-        if len(prompt) + options["max_new_tokens"] > limit:
-            raise edge.BadRequest(
-                f"the prompt ({len(prompt)} tokens) plus max_tokens ({options['max_new_tokens']}) exceed "
-                f"the model's context length of {limit} tokens",
-                field,
-            )
+    # ---- tokens for every choice ---------------------------------------------------------------
 
-    def run_one(prompt: list[int], options: dict, cancel: threading.Event) -> Generation:
-        with lock.hold(cancel):
-            return generate(loaded, [prompt], should_stop=lambda: lock.step(cancel), **options)[0]
-
-    def streamed(prompt: list[int], options: dict, chunk: Callable, cancel: threading.Event) -> Iterator[str]:
-        """SSE lines for one generation, read by worker threads; EventStream closes it however the
-        response ends. A greedy stream is decoded in the running batch; a sampled one runs alone,
-        holding the lock only while its model thread runs."""
-        stop = [s for s in options.pop("stop") if s]
-        overlap = max((len(s) for s in stop), default=1) - 1  # a stop string may span two pieces
-        text, sent = "", 0
-        if options["temperature"] == 0 and batcher.decoder is not None and max_batch > 1:
-            source = batcher.pieces(prompt, options, cancel)
+    def produce(
+        ask: edge.Ask, replies: list[Reply], cancel: threading.Event, scores: dict
+    ) -> Iterator[range]:
+        """Feed each choice the tokens the model makes for it; yield the choices that changed.
+        Greedy choices of one prompt are one generation (n copies); sampled ones are n rows of
+        one seeded generation per prompt."""
+        groups = [replies[p * ask.n : (p + 1) * ask.n] for p in range(len(ask.prompts))]
+        if ask.max_tokens == 0:
+            return
+        if ask.greedy and ask.max_tokens == 1 and not ask.stream and (ask.echo or ask.logprobs is not None):
+            yield from scored_first(ask, groups, cancel, scores)  # lm-eval's scoring requests
+        elif ask.greedy and max_batch > 1 and (batcher.decoder is not None or not ask.stream):
+            yield from batched(ask, groups, cancel)
         else:
-            source = stream(
-                loaded, prompt, cancel=cancel, hold=lock.hold(cancel), should_stop=lock.step, **options
-            )
+            yield from alone(ask, groups, cancel)
+
+    def batched(ask: edge.Ask, groups: list[list[Reply]], cancel: threading.Event) -> Iterator[range]:
+        """Greedy: each prompt joins the running batch; a prompt's row ends at the step after its
+        choices are complete (stop string) or its client has left."""
+        events: queue.Queue = queue.Queue()
+        over, futures = threading.Event(), []
+        options = {**ask.generation(), "stop": []}
+        for p, (prompt, group) in enumerate(zip(ask.prompts, groups, strict=True)):
+            until = Until(cancel, lambda g=group: over.is_set() or g[0].finish is not None)
+            done = batcher.submit(prompt, options, emit=lambda t, p=p: events.put((p, t)), cancel=until)
+            done.add_done_callback(lambda f, p=p: events.put((p, f)))
+            futures.append(done)
         try:
-            for piece in source:
-                text += piece
-                cuts = [text.find(s) for s in stop if s in text]
-                if cuts:
-                    cancel.set()  # the reply is complete: the model can stop now
-                    if min(cuts) > sent:
-                        yield f"data: {json.dumps(chunk(text[sent : min(cuts)], None))}\n\n"
-                    yield f"data: {json.dumps(chunk('', 'stop'))}\n\n"
-                    yield "data: [DONE]\n\n"
-                    return
-                if len(text) - overlap > sent:
-                    yield f"data: {json.dumps(chunk(text[sent : len(text) - overlap], None))}\n\n"
-                    sent = len(text) - overlap
-            if len(text) > sent:
-                yield f"data: {json.dumps(chunk(text[sent:], None))}\n\n"
-            yield f"data: {json.dumps(chunk('', 'stop'))}\n\n"
+            left = len(futures)
+            while left:
+                p, item = events.get()
+                if isinstance(item, Future):
+                    left -= 1
+                    if not item.cancelled() and item.exception() is not None:
+                        raise item.exception()
+                    continue
+                for reply in groups[p]:
+                    reply.add(item)
+                yield range(p * ask.n, (p + 1) * ask.n)
+        finally:
+            over.set()  # a reader that left early: every row ends at its next step
+            for done in futures:
+                done.cancel()  # one the batch has not taken in yet never runs
+
+    def alone(ask: edge.Ask, groups: list[list[Reply]], cancel: threading.Event) -> Iterator[range]:
+        """Sampled (or greedy without a running batch): one generation per prompt, holding the
+        model only while it runs, n rows of it at once; it ends once every choice is complete."""
+        rows = 1 if ask.greedy else ask.n
+        for p, (prompt, group) in enumerate(zip(ask.prompts, groups, strict=True)):
+            steps = stream_tokens(
+                loaded, prompt, rows=rows, **ask.generation(), cancel=threading.Event(), hold=lock.hold(cancel),
+                should_stop=lambda g=group: lock.step(cancel) or all(r.finish for r in g),
+            )  # fmt: skip
+            try:
+                for step in steps:
+                    for j, reply in enumerate(group):
+                        reply.add(step[j % rows])
+                    yield range(p * ask.n, (p + 1) * ask.n)
+            finally:
+                steps.close()
+
+    def scored_first(ask: edge.Ask, groups: list[list[Reply]], cancel: threading.Event, scores: dict):
+        """One greedy token after scoring the prompt, from one forward pass: what lm-eval's
+        loglikelihood requests ask (echo, logprobs, max_tokens 1)."""
+        for p, (prompt, group) in enumerate(zip(ask.prompts, groups, strict=True)):
+            start = 1 if ask.echo and ask.logprobs is not None else len(prompt)
+            with lock.hold(cancel):
+                scores[p] = token_logprobs(loaded, prompt, start, ask.logprobs or 0, then=True)
+                lock.step()
+            for reply in group:
+                reply.add(scores[p][-1].token)
+            yield range(p * ask.n, (p + 1) * ask.n)
+
+    def logprob_blocks(ask: edge.Ask, replies: list[Reply], cancel: threading.Event, scores: dict) -> list:
+        """Each choice's logprobs block (None unless asked): its tokens, the echoed prompt's too,
+        scored in one forward pass over prompt and reply."""
+        if ask.logprobs is None:
+            return [None] * len(replies)
+        blocks = []
+        done = {(p, (s[-1].token,)): s for p, s in scores.items()}  # scored_first's prompts and tokens
+        for i, reply in enumerate(replies):
+            p = i // ask.n
+            prompt, key = ask.prompts[p], (p, tuple(reply.tokens))
+            if key not in done:  # greedy choices of one prompt share their tokens: scored once
+                with lock.hold(cancel):
+                    done[key] = token_logprobs(
+                        loaded, prompt + reply.tokens, 1 if ask.echo else len(prompt), ask.logprobs
+                    )
+                    lock.step()
+            scored = done[key]
+            if ask.chat:
+                blocks.append(edge.chat_logprobs(names, scored))
+            else:
+                blocks.append(edge.legacy_logprobs(names, prompt[0] if ask.echo else None, scored))
+        return blocks
+
+    def usage(ask: edge.Ask, replies: list[Reply]) -> dict:
+        prompt = sum(map(len, ask.prompts))
+        completion = sum(len(r.tokens) for r in replies)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def collect(ask: edge.Ask, replies: list[Reply], cancel: threading.Event) -> list:
+        scores: dict = {}
+        for _ in produce(ask, replies, cancel, scores):
+            pass
+        for reply in replies:
+            reply.close()
+        return logprob_blocks(ask, replies, cancel, scores)
+
+    def events(ask: edge.Ask, replies: list[Reply], head: dict, cancel: threading.Event) -> Iterator[str]:
+        """SSE lines, read by worker threads; EventStream closes this however the response ends.
+        A choice's first chunk carries the role (chat) or the echoed prompt (completions), and
+        is sent with its first text, so a generation that fails at once is one error event."""
+        started, ended = [False] * len(replies), [False] * len(replies)
+
+        def event(choice: dict | None, **extra) -> str:
+            payload = {**head, "choices": [choice] if choice else [], **extra}
+            if ask.include_usage and "usage" not in extra:
+                payload["usage"] = None
+            return f"data: {json.dumps(payload)}\n\n"
+
+        def piece(i: int, text: str, finish: str | None = None) -> dict:
+            if ask.chat:
+                return {
+                    "index": i,
+                    "delta": {"content": text} if text else {},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            return {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
+
+        def flush(i: int) -> Iterator[str]:
+            reply = replies[i]
+            text = reply.take()
+            if not started[i] and (text or reply.finish):
+                started[i] = True
+                if ask.chat:
+                    yield event({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                 "finish_reason": None})  # fmt: skip
+                elif ask.echo:
+                    text = ask.texts[i // ask.n] + text
+            if text:
+                yield event(piece(i, text))
+            if reply.finish and not ended[i]:
+                ended[i] = True
+                yield event(piece(i, "", reply.finish))
+
+        source = produce(ask, replies, cancel, {})
+        try:
+            for changed in source:
+                for i in changed:
+                    yield from flush(i)
+            for i, reply in enumerate(replies):
+                reply.close()
+                yield from flush(i)
+            if ask.include_usage:
+                yield event(None, usage=usage(ask, replies))
             yield "data: [DONE]\n\n"
         except Left:
             return  # the client left before the model was free: nobody to answer
@@ -305,7 +498,7 @@ def create_app(
             failure = {"message": message, "type": "server_error", "param": None, "code": None}
             yield f"data: {json.dumps({'error': failure})}\n\n"
         finally:
-            cancel.set()  # ends the row in the batch, or the sampled model thread, at its next step
+            cancel.set()  # ends the rows in the batch, or the sampled model thread, at their next step
             source.close()
 
     async def completions(request, chat: bool):
@@ -313,57 +506,39 @@ def create_app(
             return refused()
         try:
             body = await edge.read_json(request, max_body)
-            options = edge.options(body)
-            prompt = edge.prompt_ids(loaded, body, chat)
-            check_context(prompt, options, "messages" if chat else "prompt")
+            ask = edge.parse(loaded, body, chat)
         except edge.BadRequest as e:
-            return edge.error(e.status, str(e), "invalid_request_error", e.param)
+            return edge.error(e.status, str(e), "invalid_request_error", e.param, e.code)
         created, rid = int(time.time()), f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         kind = "chat.completion" if chat else "text_completion"
         cancel = threading.Event()  # set when the client leaves: the model drops the request
-        if body.get("stream"):
-
-            def chunk(piece: str, finish: str | None) -> dict:
-                if chat:
-                    choice = {
-                        "index": 0,
-                        "delta": {"content": piece} if piece else {},
-                        "finish_reason": finish,
-                    }
-                else:
-                    choice = {"index": 0, "text": piece, "finish_reason": finish}
-                return {"id": rid, "object": f"{kind}.chunk" if chat else kind, "created": created,
-                        "model": loaded.name, "choices": [choice]}  # fmt: skip
-
-            return edge.EventStream(streamed(prompt, dict(options), chunk, cancel), cancel)
-        if options["temperature"] > 0 or max_batch <= 1:
-            work = run_in_threadpool(run_one, prompt, options, cancel)
-        else:
-            work = asyncio.wrap_future(batcher.submit(prompt, options, cancel=cancel))
+        replies = [
+            Reply(loaded.tokenizer, loaded.stop_ids, ask.stop, ask.max_tokens)
+            for _ in ask.prompts
+            for _ in range(ask.n)
+        ]
+        head = {
+            "id": rid,
+            "object": f"{kind}.chunk" if chat else kind,
+            "created": created,
+            "model": loaded.name,
+        }
+        if ask.stream:
+            return edge.EventStream(events(ask, replies, head, cancel), cancel)
         try:
-            result = await edge.while_connected(request, cancel, work)
+            blocks = await edge.while_connected(
+                request, cancel, run_in_threadpool(collect, ask, replies, cancel)
+            )
         except Left:  # the client left while waiting: nobody reads this
             return edge.error(400, "the client disconnected", "invalid_request_error")
-        if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": result.text}}
-        else:
-            choice = {"index": 0, "text": result.text}
-        choice["finish_reason"] = result.finish_reason
-        usage = {
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": len(result.tokens),
-            "total_tokens": result.prompt_tokens + len(result.tokens),
-        }
-        return JSONResponse(
-            {
-                "id": rid,
-                "object": kind,
-                "created": created,
-                "model": loaded.name,
-                "choices": [choice],
-                "usage": usage,
-            }
-        )
+        choices = []
+        for i, (reply, block) in enumerate(zip(replies, blocks, strict=True)):
+            if chat:
+                choice = {"index": i, "message": {"role": "assistant", "content": reply.text}}
+            else:
+                choice = {"index": i, "text": ask.texts[i // ask.n] + reply.text if ask.echo else reply.text}
+            choices.append({**choice, "logprobs": block, "finish_reason": reply.finish})
+        return JSONResponse({**head, "object": kind, "choices": choices, "usage": usage(ask, replies)})
 
     async def chat_completions(request):
         return await completions(request, chat=True)
@@ -371,15 +546,22 @@ def create_app(
     async def text_completions(request):
         return await completions(request, chat=False)
 
+    def card() -> dict:
+        return {"id": loaded.name, "object": "model", "created": 0, "owned_by": "forge"}
+
     async def models(request):
         if not authorized(request):
             return refused()
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": [{"id": loaded.name, "object": "model", "created": 0, "owned_by": "forge"}],
-            }
-        )
+        return JSONResponse({"object": "list", "data": [card()]})
+
+    async def model(request):
+        if not authorized(request):
+            return refused()
+        wanted = request.path_params["name"]
+        if wanted != loaded.name:
+            message = f"the model {wanted!r} does not exist here: this server serves {loaded.name!r}"
+            return edge.error(404, message, "invalid_request_error", "model", "model_not_found")
+        return JSONResponse(card())
 
     async def health(request):
         state = {"model": loaded.name, "batching": "continuous" if batcher.decoder else "static",
@@ -402,6 +584,7 @@ def create_app(
             Route("/", edge.answered(page)),
             Route("/health", edge.answered(health)),
             Route("/v1/models", edge.answered(models)),
+            Route("/v1/models/{name:path}", edge.answered(model)),
             Route("/v1/chat/completions", edge.answered(chat_completions), methods=["POST"]),
             Route("/v1/completions", edge.answered(text_completions), methods=["POST"]),
         ]

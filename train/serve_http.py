@@ -1,14 +1,20 @@
-"""forge serve's HTTP edge: what a request must pass before it reaches the model, and the
-responses that make sure the model lets go of a request whose client has left.
+"""forge serve's HTTP edge: what a request must pass before it reaches the model, what it
+asks for (Ask), the shapes of what goes back, and the responses that make sure the model lets
+go of a request whose client has left.
 
 Checked before any work is done, cheapest first:
   - the body's size, before it is read (--max-body; 413);
-  - JSON shape, options, `n` (one choice per request), and text that cannot be encoded as UTF-8
-    (a lone surrogate such as "\\ud800", which the tokenizer cannot take), each a 400 naming
-    the field;
+  - JSON shape and every field: a field forge serve honours is checked, metadata that changes
+    no output (user, metadata, ...) is accepted, a field at the one value that changes nothing
+    (presence_penalty 0, tools [], response_format text, ...) is accepted, and anything else,
+    unknown fields included, is a 400 naming it: nothing is ignored in silence;
+  - text that cannot be encoded as UTF-8 (a lone surrogate such as "\\ud800", which the
+    tokenizer cannot take) and content parts that are not text, each a 400 naming the field;
   - the prompt's length in characters, before it is tokenized: tokenizing a 50 MB prompt takes
     gigabytes, and no prompt of more than CHARS_PER_TOKEN characters per token of the model's
-    context can fit it anyway.
+    context can fit it anyway; then its length in tokens plus max_tokens against the context;
+  - last, the model it names: anything but the served model's id is a 404 (model_not_found);
+    a request that names none gets the served model.
 
 Imported by create_app only, since starlette is an optional dependency (forge-instruct[serve]).
 """
@@ -21,6 +27,7 @@ import re
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from functools import wraps
 from typing import TypeVar
 
@@ -44,6 +51,7 @@ class BadRequest(ValueError):
     """A request forge serve refuses, answered with `status` and an OpenAI-style error body."""
 
     status = 400
+    code: str | None = None
 
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
@@ -59,10 +67,12 @@ def log_line(text: str) -> None:
     print(f"forge serve: {' '.join(text.split())[:500]}", file=sys.stderr, flush=True)
 
 
-def error(status: int, message: str, kind: str, param: str | None = None) -> Response:
+def error(
+    status: int, message: str, kind: str, param: str | None = None, code: str | None = None
+) -> Response:
     """An OpenAI-style error body. ASCII-escaped JSON, so echoing text that cannot be encoded
     as UTF-8 can never fail while answering."""
-    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return Response(json.dumps(body), status_code=status, media_type="application/json")
 
 
@@ -95,6 +105,71 @@ async def read_json(request: Request, limit: int) -> dict:
     return body
 
 
+# ---- what a request asks for ---------------------------------------------------------------
+
+MAX_N = 16  # choices per prompt: n sampled rows decode together in one batch
+MAX_LOGPROBS = 20  # alternatives per token (OpenAI's limit for top_logprobs)
+MAX_TOKENS = 32768
+
+# What forge serve does with each field of a request. A field it does not know is refused with
+# a 400 naming it: a parameter ignored in silence is one its client believes it got.
+HONOURED = {
+    "model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature",
+    "top_p", "n", "stop", "seed",
+}  # fmt: skip
+HONOURED_CHAT = {"messages", "logprobs", "top_logprobs"}
+HONOURED_COMPLETIONS = {"prompt", "echo", "logprobs"}
+# Accepted and not used: they describe the caller or the request and change no output.
+METADATA = {
+    "user",
+    "metadata",
+    "service_tier",
+    "safety_identifier",
+    "prompt_cache_key",
+    "parallel_tool_calls",
+}
+# Accepted (as is null) at the one value that changes nothing; any other value is refused.
+NEUTRAL: dict[str, tuple[object, str]] = {
+    "presence_penalty": (0, "presence penalties are not implemented"),
+    "frequency_penalty": (0, "frequency penalties are not implemented"),
+    "logit_bias": ({}, "logit_bias is not implemented"),
+    "tools": ([], "forge serve does no tool calling"),
+    "functions": ([], "forge serve does no function calling"),
+    "tool_choice": ("none", "forge serve does no tool calling"),
+    "function_call": ("none", "forge serve does no function calling"),
+    "response_format": ({"type": "text"}, "forge serve answers in plain text only"),
+    "modalities": (["text"], "forge serve answers in text only"),
+    "store": (False, "forge serve stores no completions"),
+    "best_of": (1, "best_of is not implemented (n samples are returned as they are)"),
+    "suffix": ("", "the model only continues a prompt (no suffix to fill up to)"),
+    "echo": (False, "echo is a /v1/completions parameter"),  # chat only: completions honours it
+}
+NO_OP = {"tool_choice": ("none", "auto"), "function_call": ("none", "auto")}  # "auto" without tools is "none"
+
+
+class NotFound(BadRequest):
+    status = 404
+    code = "model_not_found"
+
+
+def check_fields(body: dict, chat: bool) -> None:
+    known = HONOURED | (HONOURED_CHAT if chat else HONOURED_COMPLETIONS)
+    for key, value in body.items():
+        if key in known or key in METADATA:
+            continue
+        if key in NEUTRAL:
+            neutral, why = NEUTRAL[key]
+            if value is None or value == neutral or value in NO_OP.get(key, ()):
+                continue
+            raise BadRequest(f"{key}={json.dumps(value)[:80]} is refused: {why}", key)
+        raise BadRequest(
+            f"{key} is not a parameter forge serve knows: it refuses what it would otherwise ignore "
+            f"({'/v1/chat/completions' if chat else '/v1/completions'} takes "
+            f"{', '.join(sorted(known - {'model'}))})",
+            key,
+        )
+
+
 def _number(body: dict, key: str, default, lo: float, hi: float, kind=float):
     value = body.get(key, default)
     if value is None:
@@ -106,29 +181,130 @@ def _number(body: dict, key: str, default, lo: float, hi: float, kind=float):
     return kind(value)
 
 
-def options(body: dict) -> dict:
-    """The generation options of a request, checked."""
+def _flag(body: dict, key: str) -> bool:
+    value = body.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise BadRequest(f"{key} must be true or false, got {json.dumps(value)[:40]}", key)
+    return bool(value)
+
+
+@dataclass
+class Ask:
+    """A checked request: its prompts as tokens and everything that shapes the choices."""
+
+    chat: bool
+    prompts: list[list[int]]
+    texts: list[str]  # each prompt as text, for echo ("" unless echo)
+    n: int
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    stop: list[str]
+    stream: bool = False
+    include_usage: bool = False
+    echo: bool = False
+    logprobs: int | None = None  # alternatives per token; None: no logprobs
+    model: str | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def generation(self) -> dict:
+        """Options for forge.train.infer's generate/stream_tokens (stop strings are cut by the server)."""
+        return {"max_new_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "seed": self.seed}  # fmt: skip
+
+
+def parse(loaded: Loaded, body: dict, chat: bool) -> Ask:
+    """Check a request, cheapest first, and say what it asks for. The model it names is checked
+    last (a 404), after every other check, so that a malformed request is told what is wrong
+    with it whichever model it names."""
+    check_fields(body, chat)
     stop = body.get("stop") or []
     if isinstance(stop, str):
         stop = [stop]
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         raise BadRequest("stop must be a string or a list of strings", "stop")
-    n = body.get("n")
-    if n is not None and (isinstance(n, bool) or n != 1):
-        raise BadRequest(
-            f"n must be 1, got {n!r}: forge serve answers one choice per request "
-            "(send several requests, with different seeds, for more)",
-            "n",
-        )
+    for i, s in enumerate(stop):
+        _text(s, "stop" if len(stop) == 1 else f"stop[{i}]", "a string")
     temperature = _number(body, "temperature", 0.0, 0.0, 2.0)
-    return {
-        "max_new_tokens": _number(body, "max_tokens", 256, 1, 32768, int),
+    stream, echo = _flag(body, "stream"), (False if chat else _flag(body, "echo"))
+    ask = Ask(
+        chat=chat,
+        prompts=[],
+        texts=[],
+        n=_number(body, "n", 1, 1, MAX_N, int),
+        max_tokens=_max_tokens(body, echo),
         # so small a temperature is greedy decoding (and sampling with it overflows)
-        "temperature": 0.0 if temperature < GREEDY_BELOW else temperature,
-        "top_p": _number(body, "top_p", 1.0, 0.0, 1.0),
-        "seed": _number(body, "seed", 0, 0, 2**31 - 1, int),
-        "stop": stop,
-    }
+        temperature=0.0 if temperature < GREEDY_BELOW else temperature,
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
+        seed=_number(body, "seed", 0, 0, 2**31 - 1, int),
+        stop=[s for s in stop if s],
+        stream=stream,
+        echo=echo,
+    )
+    options = body.get("stream_options")
+    if options is not None:
+        if not stream:
+            raise BadRequest("stream_options is only for a stream (stream: true)", "stream_options")
+        if not isinstance(options, dict):
+            raise BadRequest("stream_options must be an object", "stream_options")
+        for key in options:
+            if key not in ("include_usage", "include_obfuscation"):
+                raise BadRequest(f"stream_options.{key} is not known to forge serve", f"stream_options.{key}")
+            _flag(
+                options, key
+            )  # include_obfuscation pads chunks against network side channels: not needed here
+        ask.include_usage = bool(options.get("include_usage"))
+    if chat:
+        if _flag(body, "logprobs"):
+            ask.logprobs = _number(body, "top_logprobs", 0, 0, MAX_LOGPROBS, int)
+        elif body.get("top_logprobs") is not None:
+            raise BadRequest("top_logprobs needs logprobs: true", "top_logprobs")
+    elif body.get("logprobs") is not None:
+        ask.logprobs = _number(body, "logprobs", 0, 0, MAX_LOGPROBS, int)
+    if ask.logprobs is not None and stream:
+        raise BadRequest("logprobs are not sent in a stream: ask for them with stream: false", "logprobs")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest("model must be a string", "model")
+    ask.model = model
+    if chat:
+        ask.prompts, fields = [chat_prompt(loaded, body)], ["messages"]
+        ask.texts = [""]
+    else:
+        ask.prompts, ask.texts, fields = completion_prompts(loaded, body.get("prompt"), echo)
+    limit = loaded.context_length
+    for prompt, field in zip(ask.prompts, fields, strict=True):
+        if len(prompt) + ask.max_tokens > limit:
+            raise BadRequest(
+                f"the prompt ({len(prompt)} tokens) plus max_tokens ({ask.max_tokens}) exceed "
+                f"the model's context length of {limit} tokens",
+                field,
+            )
+    if model is not None and model != loaded.name:
+        raise NotFound(
+            f"the model {model!r} does not exist here: this server serves {loaded.name!r} (GET /v1/models)",
+            "model",
+        )
+    return ask
+
+
+def _max_tokens(body: dict, echo: bool) -> int:
+    """max_completion_tokens, or its older name max_tokens (the same number if both are sent).
+    0 only with echo: the prompt is scored and nothing generated."""
+    given = {k: body[k] for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None}
+    if len(set(map(repr, given.values()))) > 1:
+        raise BadRequest(
+            "max_tokens and max_completion_tokens differ: send one of them", "max_completion_tokens"
+        )
+    key = next(iter(given), "max_tokens")
+    value = _number(body, key, 256, 0, MAX_TOKENS, int)
+    if value == 0 and not echo:
+        raise BadRequest(f"{key} must be at least 1 (0 only with echo: true, to score the prompt)", key)
+    return value
 
 
 def _text(value: object, field: str, what: str) -> str:
@@ -145,43 +321,216 @@ def _text(value: object, field: str, what: str) -> str:
     return value
 
 
-def prompt_ids(loaded: Loaded, body: dict, chat: bool) -> list[int]:
-    """The request's prompt as tokens: `messages` rendered with the model's template (chat), or
-    `prompt` as it is. Its length in characters is checked before it is tokenized."""
-    limit = CHARS_PER_TOKEN * loaded.context_length
+def _too_long(loaded: Loaded, what: str, chars: int, field: str) -> BadRequest:
+    return BadRequest(
+        f"{what} {chars} characters, more than the {CHARS_PER_TOKEN * loaded.context_length} this server "
+        f"tokenizes ({CHARS_PER_TOKEN} per token of the model's {loaded.context_length}-token context)",
+        field,
+    )
 
-    def too_long(what: str, chars: int, field: str) -> BadRequest:
-        return BadRequest(
-            f"{what} {chars} characters, more than the {limit} this server tokenizes "
-            f"({CHARS_PER_TOKEN} per token of the model's {loaded.context_length}-token context)",
-            field,
+
+def _is_ids(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+    )
+
+
+def completion_prompts(
+    loaded: Loaded, value: object, echo: bool
+) -> tuple[list[list[int]], list[str], list[str]]:
+    """/v1/completions' prompt: a string, a list of strings, a list of token ids, or a list of
+    lists of token ids (a batch: one choice, or n, per prompt) -> (token lists, texts for echo,
+    the field each came from). A text's length in characters is checked before it is tokenized."""
+    if isinstance(value, str) or _is_ids(value):
+        items, fields = [value], ["prompt"]
+    elif (
+        isinstance(value, list)
+        and value
+        and (all(isinstance(x, str) for x in value) or all(map(_is_ids, value)))
+    ):
+        items, fields = value, [f"prompt[{i}]" for i in range(len(value))]
+    else:
+        raise BadRequest(
+            "prompt must be a non-empty string, a list of strings, a list of token ids, or a list of "
+            "lists of token ids",
+            "prompt",
         )
+    limit = CHARS_PER_TOKEN * loaded.context_length
+    vocab = vocabulary_size(loaded)
+    prompts, texts = [], []
+    for item, field in zip(items, fields, strict=True):
+        if isinstance(item, str):
+            text = _text(item, field, "a non-empty string")
+            if not text:
+                raise BadRequest(f"{field} must be a non-empty string", field)
+            if len(text) > limit:
+                raise _too_long(loaded, f"{field} holds", len(text), field)
+            prompts.append(loaded.tokenizer(text)["input_ids"])
+            texts.append(text if echo else "")
+            continue
+        bad = next((i for i, t in enumerate(item) if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise BadRequest(
+                f"{field}[{bad}] = {item[bad]} is not a token id of this model (0 to {vocab - 1})", field
+            )
+        prompts.append(list(item))
+        texts.append(loaded.tokenizer.decode(item) if echo else "")
+    return prompts, texts, fields
 
-    if not chat:
-        text = _text(body.get("prompt"), "prompt", "a non-empty string")
-        if not text:
-            raise BadRequest("prompt must be a non-empty string", "prompt")
-        if len(text) > limit:
-            raise too_long("prompt holds", len(text), "prompt")
-        return loaded.tokenizer(text)["input_ids"]
+
+def vocabulary_size(loaded: Loaded) -> int:
+    try:
+        return int(loaded.model.get_input_embeddings().num_embeddings)
+    except (AttributeError, TypeError):
+        return int(getattr(loaded.model.config, "vocab_size", 0) or len(loaded.tokenizer))
+
+
+def chat_prompt(loaded: Loaded, body: dict) -> list[int]:
+    """`messages` rendered with the model's template, as tokens. Content is a string or a list of
+    text parts (joined with newlines); its length in characters is checked before tokenizing."""
+    limit = CHARS_PER_TOKEN * loaded.context_length
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages must be a non-empty list", "messages")
-    chars = 0
+    chars, plain = 0, []
     for i, m in enumerate(messages):
-        if not (isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")):
-            raise BadRequest("each message needs a role: system, user or assistant", f"messages[{i}].role")
+        if not isinstance(m, dict):
+            raise BadRequest(f"messages[{i}] must be an object with a role and content", f"messages[{i}]")
+        role = "system" if m.get("role") == "developer" else m.get("role")
+        if role not in ("system", "user", "assistant"):
+            raise BadRequest(
+                f"messages[{i}].role must be system, developer, user or assistant, got "
+                f"{json.dumps(m.get('role'))[:40]} (forge serve does no tool calling)",
+                f"messages[{i}].role",
+            )
+        for key, value in m.items():
+            if key not in ("role", "content") and value not in (None, [], ""):
+                raise BadRequest(
+                    f"messages[{i}].{key} is not supported by forge serve", f"messages[{i}].{key}"
+                )
         field = f"messages[{i}].content"
-        content = _text(m.get("content"), field, "a string")
+        content = _content(m.get("content"), field)
         if len(content) > limit:
-            raise too_long(f"{field} holds", len(content), field)
+            raise _too_long(loaded, f"{field} holds", len(content), field)
         chars += len(content) + CHARS_PER_TOKEN  # each message adds a token or more of template
         if chars > limit:
-            raise too_long(f"the {len(messages)} messages hold", chars, "messages")
+            raise _too_long(loaded, f"the {len(messages)} messages hold", chars, "messages")
+        plain.append({"role": role, "content": content})
     try:
-        return build_prompt(loaded, record_from_messages(messages))
+        return build_prompt(loaded, record_from_messages(plain))
     except ValueError as e:
         raise BadRequest(str(e), "messages") from None
+
+
+def _content(value: object, field: str) -> str:
+    if not isinstance(value, list):
+        return _text(value, field, "a string or a list of text parts")
+    texts = []
+    for j, part in enumerate(value):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind != "text":
+            raise BadRequest(
+                f"{field}[{j}] is a {json.dumps(kind)[:40]} part: forge serve takes text parts only "
+                '({"type": "text", "text": ...})',
+                f"{field}[{j}].type",
+            )
+        texts.append(_text(part.get("text"), f"{field}[{j}].text", "a string"))
+    return "\n".join(texts)
+
+
+# ---- what goes back: tokens as text and bytes, log-probabilities ------------------------------
+
+
+def _byte_decoder() -> dict[str, int]:
+    """Byte-level BPE's printable stand-ins for bytes (GPT-2's bytes_to_unicode), reversed."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes, extra = list(kept), 0
+    for b in range(256):
+        if b not in kept:
+            kept.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(kept, codes, strict=True)}
+
+
+class TokenText:
+    """A token as a logprobs block shows it: its bytes, and its text (`bytes:\\xe4\\xbd` when the
+    bytes are part of a character, as OpenAI writes them)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.cache = tokenizer, {}
+        decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+        self.byte_level = type(decoder).__name__ == "ByteLevel" or "ByteLevel" in repr(decoder)[:200]
+        self.bytes_of = _byte_decoder()
+
+    def __call__(self, token: int) -> tuple[str, bytes]:
+        found = self.cache.get(token)
+        if found is None:
+            raw = self._bytes(token)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+            found = self.cache[token] = (text, raw)
+        return found
+
+    def _bytes(self, token: int) -> bytes:
+        piece = self.tokenizer.convert_ids_to_tokens(token) or ""
+        if self.byte_level and piece and all(c in self.bytes_of for c in piece):
+            return bytes(self.bytes_of[c] for c in piece)
+        hexed = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece)  # sentencepiece's byte fallback
+        if hexed:
+            return bytes([int(hexed[1], 16)])
+        if "\u2581" in piece:  # sentencepiece writes a leading space as ▁, which decode drops
+            return piece.replace("\u2581", " ").encode("utf-8")
+        return self.tokenizer.decode([token]).encode("utf-8")
+
+
+def _logprob(value: float) -> float:
+    return max(value, -9999.0)  # -inf is not JSON; OpenAI writes -9999.0 for "never"
+
+
+def legacy_logprobs(names: TokenText, first: int | None, scored: list) -> dict:
+    """/v1/completions' logprobs: tokens, token_logprobs, top_logprobs (the asked-for number of
+    most likely tokens, plus the chosen one, as OpenAI's legacy format has it) and text_offset
+    (where each token's text starts in the choice's text). `first`: the echoed prompt's first
+    token, which nothing predicts (null log-probability)."""
+    tokens, logprobs, tops, offsets, seen = [], [], [], [], b""
+    if first is not None:
+        text, raw = names(first)
+        tokens.append(text)
+        logprobs.append(None)
+        tops.append(None)
+        offsets.append(0)
+        seen = raw
+    for s in scored:
+        text, raw = names(s.token)
+        offsets.append(len(seen.decode("utf-8", "ignore")))
+        seen += raw
+        tokens.append(text)
+        logprobs.append(_logprob(s.logprob))
+        top: dict[str, float] = {}
+        for t, lp in s.top:
+            top.setdefault(names(t)[0], _logprob(lp))
+        top.setdefault(text, _logprob(s.logprob))
+        tops.append(top)
+    return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": tops, "text_offset": offsets}
+
+
+def chat_logprobs(names: TokenText, scored: list) -> dict:
+    """/v1/chat/completions' logprobs: {"content": [{token, logprob, bytes, top_logprobs}]}."""
+
+    def entry(token: int, logprob: float) -> dict:
+        text, raw = names(token)
+        return {"token": text, "logprob": _logprob(logprob), "bytes": list(raw)}
+
+    return {
+        "content": [
+            {**entry(s.token, s.logprob), "top_logprobs": [entry(t, lp) for t, lp in s.top]} for s in scored
+        ]
+    }
 
 
 async def while_connected(request: Request, cancel: threading.Event, work: Awaitable[T]) -> T:

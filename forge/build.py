@@ -57,6 +57,7 @@ LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
 PART_BYTES: int | None = None
 PARALLEL_MIN_BYTES = 32 << 20  # below this, worker start-up costs more than it saves
 ROW_GROUP_ROWS = 32_768
+TAG_COUNTS = ("lang", "lang_output", "task", "gen", "category")  # counted per value in the manifest
 
 
 @dataclass
@@ -244,13 +245,16 @@ def assemble(cols: dict, src: Source, detector: str) -> pa.Table:
         for i in flagged:
             meta[i] = normalize.add_flag(meta[i], "control_char")
         table = table.set_column(table.schema.get_field_index("meta"), "meta", pa.array(meta, pa.string()))
-    # template formatters say which raw text holds the content (lang_text); others are read
-    # from their question
+    # template formatters say which raw text holds the content (lang_text, lang_output_text);
+    # others are read from their question and output
     question = cols.get("lang_text")
     question = langid.question_text(table) if question is None else normalize.trim(question)
     codes, scores = langid.detect(question, detector, src.lang, whole=langid.record_text(table))
+    answer = cols.get("lang_output_text")
+    answer = table.column("output").combine_chunks() if answer is None else normalize.trim(answer)
     table = table.append_column("lang", pa.array(codes, pa.string()))
     table = table.append_column("lang_score", pa.array(np.asarray(scores, dtype=np.float32)))
+    table = table.append_column("lang_output", langid.detect_output(answer, codes, detector))
     return table.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA)
 
 
@@ -308,6 +312,13 @@ def version_problems(folder: Path) -> tuple[dict | None, list[str]]:
         return None, [f"manifest.json unreadable ({type(e).__name__})"]
     if seal_broken(manifest):
         problems.insert(0, "manifest.json (edited after forge wrote it)")
+    built_with = manifest.get("schema_version", SCHEMA_VERSION)  # mixtures record none
+    if built_with != SCHEMA_VERSION:
+        problems.insert(
+            0,
+            f"built with record schema v{built_with}; this forge reads v{SCHEMA_VERSION} "
+            f"(v2 added the lang_output column)",
+        )
     return manifest, problems
 
 
@@ -522,11 +533,11 @@ def _build_version(job: _Job, store: Store, vid: str, tmp: Path, progress, keep:
 
     shards = [sh for r in results for sh in r.shards]
     rows = sum(r.rows for r in results)
-    counts = {k: Counter() for k in ("lang", "task", "gen", "category")}
+    counts = {k: Counter() for k in TAG_COUNTS}
     reasons: Counter = Counter()
     for r in results:
         for key in counts:
-            counts[key].update(r.counts[key])
+            counts[key].update(r.counts.get(key, {}))
         reasons.update(r.reasons)
     quarantined = sum(r.quarantined for r in results)
     # every raw record either reached the formatter or was rejected by the connector
@@ -605,8 +616,9 @@ def _build_version(job: _Job, store: Store, vid: str, tmp: Path, progress, keep:
 def check_zh_content(name: str, folder: Path, shards: list[dict], tag_counts: dict, fail: bool) -> str | None:
     """Whether the zh tags match the content (forge.lang.zh_content_problem). A model stage that
     was asked for Chinese fails on it; a catalog source records it as a warning in its manifest,
-    because some real corpora trip it by design (GAOKAO's English exams: English passages under
-    Chinese instructions, 15 of 276 zh records in the real sample)."""
+    because some real corpora come near it by design (GAOKAO math questions whose LaTeX leaves
+    mostly option letters: 4 of the 276 zh records in the real sample; a Chinese instruction
+    over an English passage counts as Chinese, by the prompt rule)."""
     if tag_counts["lang"].get("zh", 0) < langid.ZH_CHECK_MIN_RECORDS:
         return None
     import polars as pl
@@ -738,7 +750,7 @@ def _build_part(job: tuple, progress: Callable[[int], None] | None = None) -> Pa
     options = dict(src.options)
     if src.formatter in ("cot", "tasks"):
         options.setdefault("templates_dir", str(templates_dir()))
-    counts = {k: Counter() for k in ("lang", "task", "gen", "category")}
+    counts = {k: Counter() for k in TAG_COUNTS}
     rows = formatted_from = 0  # formatted_from: raw records that reached the formatter
     try:
         try:

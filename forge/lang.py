@@ -1,11 +1,19 @@
-"""Record-level language identification.
+"""Record-level language identification: `lang` is the prompt's language, `lang_output` the
+answer's.
 
-A record is judged on its question (instruction + input); only when that holds fewer than
-MIN_LETTERS letters is the whole record (question + output) read. Outputs are often code, lists
-of names or translations, which say little about the language the user speaks. Template
+lang: a record is judged on its question (instruction + input); only when that holds fewer
+than MIN_LETTERS letters is the whole record (question + output) read. Outputs are often code,
+lists of names or translations, which say little about the language the user speaks. Template
 formatters (cot, tasks) hand over the raw question instead (the `lang_text` column), so a
 record's tag follows its content, not the template's wording: FLAN's English questions in
 Chinese prompt wording (cot_zh) are en.
+
+lang_output (detect_output): the language most of the answer is in, read the same way but
+without the lead rule below; template formatters hand over the raw answer (`lang_output_text`:
+GAOKAO's analysis and answer, FLAN's rationale and answer). An answer with too little text to
+read (an option letter, a number, code, a formula) takes the prompt's language; an empty
+answer (prompt-only corpora) is "und". So `lang == en and lang_output == zh` is "English
+prompts with Chinese answers" and `lang_output == zh` is "Chinese answers".
 
 Default detector ("fast"):
  1. Script fast path, vectorized in Arrow (RE2 unicode classes): count letters per
@@ -15,12 +23,25 @@ Default detector ("fast"):
  2. Everything else (Latin, Cyrillic, Arabic, Devanagari ... where one script serves
     many languages) goes to pycld2, a compiled n-gram detector (~100k texts/s).
 
-Mixed-language rule: a record is tagged by its *non-Latin* script as soon as that script
-holds >= 10% of its letters. Latin letters in CJK records are overwhelmingly code,
-identifiers, units and names, while the reverse (CJK inside an English record) is rare
-and meaningful. So "写一个Python函数 ... def f(x): return x" is zh, not en. The dataset
-tag follows from the record tags (forge.lang.dataset_lang): EN or CN when >= 95% of
-records are en or zh, ML otherwise.
+Mixed-language rule (the prompt's own words decide):
+ - Lead: when a prompt opens with an instruction (the text before its first line break or
+   colon, at least LEAD_MIN_UNITS words, Han characters counting one each) followed by more
+   text, the instruction decides the script. "将以下文字从英文翻译成中文：<English>" is zh
+   however long the English, "Translate into English:\n<Chinese>" is en. A Latin lead that
+   frames no sentence is a label, not an instruction ("Python Pandas:\n如何删除重复的行？" is zh).
+ - Otherwise a non-Latin script settles the record when it holds >= 10% of the letters and
+   either outweighs the Latin words (each Han or kana character counts as one word) or the
+   Latin words frame no sentence (FRAME_WORDS: function words of English and the commonest
+   European languages; code keywords left out). Latin words in Chinese records are mostly
+   code, identifiers and names, so "写一个Python函数 ... def f(x)" and "谁是Harrison Kinsley？"
+   are zh; a short span inside an English sentence does not flip it: "What does 你好 mean?"
+   and "Let α and β be the roots" are en.
+ - Names do not decide between Latin-script languages: when the n-gram detector says a
+   language other than English, the text is read again without its capitalised words inside
+   sentences, and an English second reading is taken ("Would Recep Tayyip Erdoğan be
+   unfamiliar with börek?" is en, not tr).
+The dataset tag follows from the record tags (forge.lang.dataset_lang): EN or CN when >= 95%
+of records are en or zh, ML otherwise.
 
 Before any counting, markup that carries no language is removed (markup_free): fenced and
 inline code, URLs, LaTeX math ($...$, $$...$$, \\(...\\), \\[...\\]) and leftover LaTeX
@@ -42,6 +63,8 @@ seeded so that repeated runs agree. It is ~200x slower.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -52,7 +75,7 @@ MIXED_SCRIPT_SHARE = 0.10
 MIN_LETTERS = 12
 CLD2_MIN_PERCENT = 30  # a runner-up language must hold this share of the text to be taken
 DETECTORS = ("fast", "langdetect")
-VERSION = "3"  # part of the build hash: a changed rule rebuilds
+VERSION = "4"  # part of the build hash: a changed rule rebuilds
 # Languages the n-gram detector may answer with: the xP3 languages plus the major languages of
 # the other catalog corpora. cld2 knows ~160, and on short or odd text it reaches for rare ones.
 COMMON_LANGS = frozenset(
@@ -87,6 +110,23 @@ EN_FUNCTION_SHARE = 0.08
 _EN_FUNCTION_RE = r"\b(?:the|of|and|to|is|that|with|for|are|was)\b"
 _KANA = r"[\p{Hiragana}\p{Katakana}]"
 _LETTER = r"\p{L}"
+_LETTERS = re.compile(r"[^\W\d_]")
+_LATIN_WORD = r"\p{Latin}{2,}"  # single letters are option labels and variables ("A.", "x")
+_NON_CJK_WORD = r"[^\P{L}\p{Han}\p{Hiragana}\p{Katakana}]+"
+_OTHER_SCRIPTS = (
+    r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}\p{Thai}\p{Greek}\p{Hebrew}\p{Georgian}\p{Armenian}]+"
+)
+_LEAD = r"^[^\n:：]*"
+LEAD_MIN_UNITS = 3
+# Latin-script words that make a sentence (English, and the commonest of French, Spanish,
+# German, Dutch, Italian): a Latin span holding one is a sentence, not a name or identifier.
+# Words that are also code keywords (in, is, if, for, and, or, not, as, from, with) are left out.
+FRAME_WORDS = frozenset(
+    "the of to an what does do did how why which who whom are was were this that these those "
+    "you your mean means into would could should can has have be my me we they it its there "
+    "about than le la les des du est une un et el los las es que qué der die das und ist ein "
+    "eine het een il di che".split()
+)
 
 _CLD2_FIX = {"zh-Hant": "zh", "iw": "he", "in": "id", "jw": "jv", "tl": "fil", "un": "und"}
 
@@ -109,13 +149,15 @@ def markup_free(texts: pa.Array) -> pa.Array:
 
 
 def detect_fast(
-    texts: pa.Array, catalog_lang: str = "ML", whole: pa.Array | None = None
+    texts: pa.Array, catalog_lang: str = "ML", whole: pa.Array | None = None, answer: bool = False
 ) -> tuple[list[str], np.ndarray]:
     """Language code and confidence for every text (see module doc for the rule).
 
     catalog_lang is the source's dataset-level tag (EN/CN/ML): what a text too short to read
     falls back to. whole, when given, is read instead of a text with too few letters (the
-    question "Thanks" is judged together with its answer).
+    question "Thanks" is judged together with its answer). answer: the texts are answers, read
+    by their majority (no lead rule), and the n-gram detector is only asked about prose (code,
+    formulas and lone identifiers are left unread: "def f(x):" is not Slovak).
     """
     # the first PREFIX characters decide: enough for any detector, and it bounds the cost
     texts = pc.utf8_slice_codeunits(markup_free(texts), 0, PREFIX)
@@ -136,43 +178,42 @@ def detect_fast(
     non_ascii = np.flatnonzero(~is_ascii & (letters > 0))
     if len(non_ascii):
         sub = texts.take(pa.array(non_ascii))
-        sub_letters = letters[non_ascii]
-        safe = np.maximum(sub_letters, 1)
-        sub_codes = np.full(len(non_ascii), "", dtype=object)
-        sub_scores = np.zeros(len(non_ascii), dtype=np.float32)
-        han, kana = _count(sub, _HAN), _count(sub, _KANA)
-        cjk = han + kana
-        is_cjk = cjk >= MIXED_SCRIPT_SHARE * safe
-        is_ja = is_cjk & (kana >= 0.2 * np.maximum(cjk, 1))
-        sub_codes[is_ja] = "ja"
-        sub_codes[is_cjk & ~is_ja] = "zh"
-        sub_scores[is_cjk] = (cjk / safe)[is_cjk]
-        for code, pattern in _SETTLING_SCRIPTS.items():
-            todo = sub_codes == ""
-            if not todo.any():
-                break
-            hits = _count(sub, pattern)
-            settle = todo & (hits >= MIXED_SCRIPT_SHARE * safe) & (hits > 0)
-            sub_codes[settle] = code
-            sub_scores[settle] = (hits / safe)[settle]
+        sub_codes, sub_scores, mixed = _settle_scripts(sub)
+        if not answer and mixed.any():
+            # a prompt in two scripts: its opening instruction, if any, decides between them
+            at = np.flatnonzero(mixed)
+            lead_codes, lead_scores, decisive = _settle_by_lead(sub.take(pa.array(at)))
+            sub_codes[at[decisive]] = lead_codes[decisive]
+            sub_scores[at[decisive]] = lead_scores[decisive]
         codes[non_ascii] = sub_codes
         scores[non_ascii] = sub_scores
 
-    unread = (codes == "") & (letters >= MIN_LETTERS)
-    ascii_idx = np.flatnonzero(unread & is_ascii)
-    if len(ascii_idx):
-        is_en, share = _english_function_words(texts.take(pa.array(ascii_idx)))
-        codes[ascii_idx[is_en]] = "en"
-        scores[ascii_idx[is_en]] = np.minimum(1.0, 0.5 + share[is_en] * 2)
+    # the Latin-script reading: the texts no script settled, without any minority span of
+    # another script ("你好" in "What does 你好 mean?"), which would only confuse the detectors
+    todo = np.flatnonzero(codes == "")
+    if len(todo):
+        import polars as pl
 
-    rest = np.flatnonzero((codes == "") & (letters >= MIN_LETTERS))
-    if len(rest):
-        rest_texts = texts.take(pa.array(rest)).to_pylist()
-        for i, text in zip(rest, rest_texts, strict=True):
-            code, score = _cld2(text)
-            if code != "und":
-                codes[i] = code
-                scores[i] = score
+        latin = texts.take(pa.array(todo))
+        if not is_ascii[todo].all():
+            latin = pl.Series(latin).str.replace_all(_OTHER_SCRIPTS, " ").to_arrow()
+        latin_letters = _count(latin, _LETTER)
+        latin_ascii = pc.string_is_ascii(latin).to_numpy(zero_copy_only=False)
+        readable = latin_letters >= MIN_LETTERS
+        english = np.flatnonzero(readable & latin_ascii)
+        if len(english):
+            is_en, share = _english_function_words(latin.take(pa.array(english)))
+            codes[todo[english[is_en]]] = "en"
+            scores[todo[english[is_en]]] = np.minimum(1.0, 0.5 + share[is_en] * 2)
+        rest = np.flatnonzero(readable & (codes[todo] == ""))
+        if answer and len(rest):
+            rest = rest[_prose(latin.take(pa.array(rest)))]
+        if len(rest):
+            for i, text in zip(todo[rest], latin.take(pa.array(rest)).to_pylist(), strict=True):
+                code, score = _cld2_names_aside(text)
+                if code != "und":
+                    codes[i] = code
+                    scores[i] = score
 
     unsettled = np.flatnonzero(codes == "")
     if len(unsettled):
@@ -183,6 +224,122 @@ def detect_fast(
             fits = (letters[unsettled] > 0) & (2 * in_script >= letters[unsettled])
             codes[unsettled[fits]] = code
     return codes.tolist(), scores
+
+
+# a line of code: a keyword that opens a statement, a call or assignment, a brace or a comment
+_CODE_LINE = (
+    r"(?m)^\s*(?:(?:def|class|import|from|return|for|while|if|elif|else|try|except|with|function|"
+    r"const|let|var|public|private|static|void|int|print|console\.log|#include)\b|[{}]|//|#|"
+    r"[\w.\[\]]+\s*(?:[-+*/%]?=|<-)\s*\S|[\w.]+\(.*\)\s*;?\s*$)"
+)
+PROSE_LETTER_SHARE = 0.75  # letters among the non-space characters of a prose answer
+PROSE_MIN_WORDS = 3
+
+
+def _prose(texts: pa.Array) -> np.ndarray:
+    """Which answers read as prose: at least PROSE_MIN_WORDS words, letters >= 75% of the
+    non-space characters, and fewer than half of the non-blank lines code."""
+    letters = _count(texts, _LETTER)
+    visible = _count(texts, r"\S")
+    words = _count(texts, r"\p{L}{2,}")
+    lines = _count(texts, r"(?m)^\s*\S")
+    code = _count(texts, _CODE_LINE)
+    return (words >= PROSE_MIN_WORDS) & (letters >= PROSE_LETTER_SHARE * visible) & (2 * code < lines)
+
+
+def _frame_words(texts: pa.Array) -> np.ndarray:
+    """Per text, how many of its Latin-script words are sentence-frame words (FRAME_WORDS)."""
+    import polars as pl
+
+    words = pl.Series(texts).str.to_lowercase().str.extract_all(r"\p{Latin}+")
+    return (
+        words.list.eval(pl.element().is_in(list(FRAME_WORDS)).cast(pl.Int64))
+        .list.sum()
+        .fill_null(0)
+        .to_numpy()
+    )
+
+
+def _settle_scripts(sub: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The language a settling script gives each text, or "" for none (Latin and the other
+    shared scripts are read later), its score, and which texts mix a settling script with
+    Latin words. A script settles when it holds >= MIXED_SCRIPT_SHARE of the letters and either
+    outweighs the Latin words (a Han or kana character counts as one word, other scripts count
+    their words of two letters or more) or the Latin words frame no sentence (names,
+    identifiers, code: "谁是Harrison Kinsley？", "写一个Python函数"). So a short span inside an
+    English sentence does not flip it: "What does 你好 mean?" is not zh."""
+    letters = _count(sub, _LETTER)
+    safe = np.maximum(letters, 1)
+    latin_words = _count(sub, _LATIN_WORD)
+    framed = np.zeros(len(sub), dtype=bool)  # read only where a script does not outweigh Latin
+
+    def settles(units: np.ndarray, hits: np.ndarray, todo: np.ndarray) -> np.ndarray:
+        share = todo & (hits >= MIXED_SCRIPT_SHARE * safe) & (units > 0)
+        unsure = np.flatnonzero(share & (units <= latin_words))
+        if len(unsure):
+            framed[unsure] = _frame_words(sub.take(pa.array(unsure))) > 0
+        return share & ((units > latin_words) | ~framed)
+
+    codes = np.full(len(sub), "", dtype=object)
+    scores = np.zeros(len(sub), dtype=np.float32)
+    han, kana = _count(sub, _HAN), _count(sub, _KANA)
+    cjk = han + kana
+    other = np.zeros(len(sub), dtype=np.int64)  # letters of the other settling scripts
+    is_cjk = settles(cjk, cjk, np.ones(len(sub), dtype=bool))
+    is_ja = is_cjk & (kana >= 0.2 * np.maximum(cjk, 1))
+    codes[is_ja] = "ja"
+    codes[is_cjk & ~is_ja] = "zh"
+    scores[is_cjk] = (cjk / safe)[is_cjk]
+    for code, pattern in _SETTLING_SCRIPTS.items():
+        hits = _count(sub, pattern)
+        other += hits
+        todo = codes == ""
+        if not (todo & (hits > 0)).any():
+            continue
+        # words of two letters or more: a lone Greek letter is a math symbol ("2 * π * r")
+        settle = settles(_count(sub, pattern + "{2,}"), hits, todo)
+        codes[settle] = code
+        scores[settle] = (hits / safe)[settle]
+    mixed = (latin_words > 0) & ((cjk + other) > 0)
+    return codes, scores, mixed
+
+
+def _settle_by_lead(sub: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The script decision of each prompt's lead (its text before the first line break or
+    colon), and whether the lead decides: it must be followed by more text, hold at least
+    LEAD_MIN_UNITS words (Han/kana characters count one each), and read as an instruction:
+    in a settling script, or Latin words that frame a sentence. "将以下文字从英文翻译成中文：
+    <English>" is zh and "Translate into English:\n<Chinese>" is not; a Latin label over a
+    Chinese question ("Python Pandas:\n如何删除重复的行？") does not decide."""
+    import polars as pl
+
+    series = pl.Series(sub)
+    lead = series.str.extract(_LEAD, 0).fill_null("")
+    has_rest = (series.str.len_chars() - lead.str.len_chars()).to_numpy() > 1
+    lead_arr = lead.to_arrow()
+    units = _count(lead_arr, _HAN) + _count(lead_arr, _KANA) + _count(lead_arr, _NON_CJK_WORD)
+    codes, scores, _mixed = _settle_scripts(lead_arr)
+    framed = _frame_words(lead_arr) > 0
+    decisive = has_rest & (units >= LEAD_MIN_UNITS) & ((codes != "") | framed)
+    return codes, scores, decisive
+
+
+_NAME = re.compile(r"(?<=[\w,;:)\]\"'’”]) +[A-Z][\w'’-]*")  # a capitalised word inside a sentence
+
+
+def _cld2_names_aside(text: str) -> tuple[str, float]:
+    """cld2's reading, checked again without the names when it is not English: a name does not
+    make an English sentence Turkish ("Would Recep Tayyip Erdoğan be unfamiliar with börek?"
+    reads tr as written, en without the names). Only an English second reading is taken."""
+    code, score = _cld2(text)
+    if code in ("en", "und"):
+        return code, score
+    aside = _NAME.sub(" ", text)
+    if aside != text and len(_LETTERS.findall(aside)) >= MIN_LETTERS:
+        code2, score2 = _cld2(aside)
+        if code2 == "en":
+            return code2, score2
+    return code, score
 
 
 def _english_function_words(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -254,6 +411,24 @@ def detect(
     raise ValueError(f"unknown language detector {detector!r}; choose one of {', '.join(DETECTORS)}")
 
 
+def detect_output(answers: pa.Array, prompt_langs: list[str], detector: str = "fast") -> pa.Array:
+    """lang_output: the language most of each answer is in (no lead rule: all of an answer is
+    what a model learns to write). An answer with too little text to read (an option letter, a
+    number, bare code) takes its prompt's language; an empty answer (prompt-only corpora) is
+    "und"."""
+    answers = pc.fill_null(answers, "")
+    if detector == "fast":
+        codes, _scores = detect_fast(answers, "ML", answer=True)
+    else:
+        codes, _scores = detect(answers, detector)
+    empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(answers)), 0).to_numpy(zero_copy_only=False)
+    out = [
+        "und" if blank else (prompt if code == "und" else code)
+        for code, prompt, blank in zip(codes, prompt_langs, empty, strict=True)
+    ]
+    return pa.array(out, pa.string())
+
+
 def question_text(table: pa.Table) -> pa.Array:
     """What a record's language is judged on first: its instruction and input. The output is
     often code, a list of names or a translation, which says little about the user's language."""
@@ -283,10 +458,12 @@ ZH_CHECK_MIN_RECORDS = 20  # below this a share is noise (a demo sample), so not
 
 
 def zh_content_problem(frame) -> str | None:
-    """Why a dataset's `zh` tags do not match its content, or None. A record is tagged zh from
-    its question once 10% of its letters are Han, so the tag can still sit on a question that
-    is mostly Latin (English with a Chinese phrase, or English inside a Chinese template). When
-    more than 5% of the zh records look like that, the tag no longer tells a user what they get.
+    """Why a dataset's `zh` tags do not match its content, or None. A zh record's own words
+    should be mostly Chinese: its lead (the text before the first line break or colon) when that
+    is a Chinese instruction over more text ("将以下文字从英文翻译成中文：<English>" is Chinese by
+    the prompt rule), else its whole question. When more than 5% of the zh records have mostly
+    Latin own words (English with a Chinese phrase, or English inside a Chinese template), the
+    tag no longer tells a user what they get.
     `frame` is a polars DataFrame (or LazyFrame) with lang, instruction and input columns."""
     import polars as pl
 
@@ -305,10 +482,28 @@ def zh_content_problem(frame) -> str | None:
         zh = zh.with_columns(pl.col("q").str.replace_all(pattern, " "))
     # Latin is counted in words and Han in characters: one Han character carries about as much
     # as one English word, so "编写一个nodejs脚本" is Chinese and "Please explain a tuple 请解释" is not
-    counts = zh.select(
-        pl.col("q").str.count_matches(r"[A-Za-z]+").alias("latin"),
-        pl.col("q").str.count_matches(_HAN).alias("han"),
-    ).collect()
+    lead = pl.col("q").str.extract(_LEAD, 0).fill_null("")
+    counts = (
+        zh.select(
+            pl.col("q").str.count_matches(r"[A-Za-z]+").alias("latin"),
+            pl.col("q").str.count_matches(_HAN).alias("han"),
+            lead.str.count_matches(r"[A-Za-z]+").alias("lead_latin"),
+            lead.str.count_matches(_HAN).alias("lead_han"),
+            (pl.col("q").str.len_chars() - lead.str.len_chars() > 1).alias("rest"),
+        )
+        .with_columns(
+            (
+                pl.col("rest")
+                & (pl.col("lead_han") >= LEAD_MIN_UNITS)
+                & (pl.col("lead_han") > pl.col("lead_latin"))
+            ).alias("by_lead")
+        )
+        .select(
+            pl.when("by_lead").then("lead_latin").otherwise("latin").alias("latin"),
+            pl.when("by_lead").then("lead_han").otherwise("han").alias("han"),
+        )
+        .collect()
+    )
     total = counts.height
     if total < ZH_CHECK_MIN_RECORDS:
         return None

@@ -2,6 +2,7 @@
 
     lang in [zh, en] and category == cot and not gen == SI
     source == alpaca or (lang == en and output_chars > 200)
+    lang == en and lang_output == zh          (English prompts with Chinese answers)
 
 Grammar (whitespace-insensitive, keywords lower case):
     expr    := term ("or" term)*
@@ -11,8 +12,8 @@ Grammar (whitespace-insensitive, keywords lower case):
     OP      := == != < <= > >=
     value   := bare word (letters, digits, _ . -) | 'quoted' | "quoted" | number
 
-FIELD is a tag column (FIELDS), a derived length (instruction_chars, input_chars,
-output_chars, turns) or judge_score (meta.judge.score, written by `forge judge`; null when
+FIELD is a tag column (FIELDS: lang is the prompt's language, lang_output the answer's), a
+derived length (instruction_chars, input_chars, output_chars, turns) or judge_score (meta.judge.score, written by `forge judge`; null when
 a record was not judged, and a null never satisfies a comparison). The parser is a small recursive-descent one: no eval, no Python
 expressions, unknown fields and stray tokens are errors that point at the position.
 Queries compile to a polars expression, so they run as a pushed-down Parquet scan.
@@ -26,7 +27,7 @@ import polars as pl
 
 from forge.errors import QueryError
 
-STRING_FIELDS = ("lang", "task", "gen", "category", "source", "template", "id", "raw_file")
+STRING_FIELDS = ("lang", "lang_output", "task", "gen", "category", "source", "template", "id", "raw_file")
 NUMBER_FIELDS = ("lang_score", "raw_row")
 DERIVED = ("instruction_chars", "input_chars", "output_chars", "turns", "judge_score")
 FIELDS = STRING_FIELDS + NUMBER_FIELDS + DERIVED

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+# 2: lang_output (the answer's language) after lang_score. A build records the version in its
+# manifest; readers refuse a version built with another (forge.build.version_problems), and
+# the build hash holds it, so `forge build` rebuilds an older version.
+SCHEMA_VERSION = 2
 
 # One earlier turn of a dialogue. Multi-turn sources keep the *last* assistant turn in
 # instruction/input/output and every earlier (user, assistant) pair here, oldest first,
@@ -23,8 +26,9 @@ RECORD_SCHEMA = pa.schema(
         pa.field("output", pa.string(), nullable=False),
         pa.field("history", pa.list_(TURN), nullable=False),
         pa.field("source", pa.string(), nullable=False),
-        pa.field("lang", pa.string(), nullable=False),  # ISO 639-1, record level, detected
+        pa.field("lang", pa.string(), nullable=False),  # ISO 639-1: the prompt's language, detected
         pa.field("lang_score", pa.float32(), nullable=False),
+        pa.field("lang_output", pa.string(), nullable=False),  # ISO 639-1: the answer's language
         pa.field("task", pa.string(), nullable=False),  # MT / TS (catalog)
         pa.field("gen", pa.string(), nullable=False),  # HG / SI / MIX / COL (catalog)
         pa.field("category", pa.string(), nullable=False),  # cot / code / math / dialogue / ...
@@ -42,7 +46,7 @@ COLUMNS = RECORD_SCHEMA.names
 TEXT_COLUMNS = ("instruction", "input", "output")
 
 # What a formatter hands to the engine: everything except what the engine derives
-# (id, lang, lang_score) or copies from the catalog (source, task, gen).
+# (id, lang, lang_score, lang_output) or copies from the catalog (source, task, gen).
 FORMATTED_COLUMNS = (
     "instruction",
     "input",

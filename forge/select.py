@@ -52,7 +52,7 @@ def stats(query: str | None, sources: list[str] | None, home: Path | None = None
     """Counts by tag and length percentiles of the matching records."""
     lf = select(query, sources, home)
     out: dict = {"rows": lf.select(pl.len()).collect().item()}
-    for key in ("source", "lang", "task", "gen", "category"):
+    for key in ("source", "lang", "lang_output", "task", "gen", "category"):
         df = lf.group_by(key).agg(pl.len().alias("n")).sort(["n", key], descending=[True, False]).collect()
         out[key] = dict(zip(df[key].to_list(), df["n"].to_list(), strict=True))
     lengths = lf.select(
@@ -169,7 +169,7 @@ def finish_derived(tmp: Path, out: Path, manifest: dict) -> dict:
         ],
         "tag_counts": {
             k: dict(kept.group_by(k).len().sort(k).collect().iter_rows())
-            for k in ("source", "lang", "task", "gen", "category")
+            for k in ("source", "lang", "lang_output", "task", "gen", "category")
         },
     }
     write_json_atomic(tmp / "manifest.json", manifest)

@@ -7,7 +7,9 @@ A formatter module exposes
     FormatFn(batch: RawBatch, reject: Reject) -> dict[str, list | pyarrow.Array]
 
 The returned dict holds forge.schema.FORMATTED_COLUMNS plus ``variant`` (what makes two
-records from the same raw row distinct: a template id, a mode). Anything that cannot be
+records from the same raw row distinct: a template id, a mode). Template formatters may add
+``lang_text`` and ``lang_output_text``: the raw content the prompt's and the answer's language
+are read from, so a template's own wording does not decide them. Anything that cannot be
 formatted goes to ``reject`` with the field that failed. Formatters do not import forge.
 """
 

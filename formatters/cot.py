@@ -33,7 +33,7 @@ import xxhash
 
 from forge.formatters.templates import Template, compile_template, load_yaml
 
-VERSION = "2"
+VERSION = "3"
 MODES = ("zero_shot", "inversion", "few_shot")
 VARIABLES = ("question", "chain_of_thought", "answer")
 _CATEGORY = {"zero_shot": "cot", "few_shot": "cot", "inversion": "cot_inversion"}
@@ -204,8 +204,14 @@ def make(options: dict, source: str):
         out["raw_row"] = list(batch.rows) * m
         out["raw_line"] = list(batch.lines) * m
         out["variant"] = out["template"]
-        # the language is read from the question, not from the template's wording around it
+        # the language is read from the question, not from the template's wording around it,
+        # and the answer's from what the output carries: rationale and answer (the question,
+        # for an inversion)
         out["lang_text"] = pa.concat_arrays([cols["question"]] * m)
+        answer = pc.binary_join_element_wise(cols["chain_of_thought"], cols["answer"], "\n")
+        out["lang_output_text"] = pa.concat_arrays(
+            [cols["question"] if mode == "inversion" else answer for mode, *_ in pieces]
+        )
         return out
 
     return format_batch

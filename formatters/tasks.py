@@ -190,6 +190,15 @@ def _content(task: str, ctx: dict) -> str:
     return ctx["definition"] + "\n" + ctx["input"]
 
 
+def _output_content(task: str, ctx: dict, output: str) -> str:
+    """The raw text an answer's language is read from (not the template's wording)."""
+    if task == "gaokao":
+        return ctx["analysis"] + "\n" + ctx["answer"]
+    if task == "natural_instructions":
+        return ctx["output"]
+    return output
+
+
 def _value(x):
     return x.get("@value") if isinstance(x, dict) else x
 
@@ -297,6 +306,7 @@ def make(options: dict, source: str):
                 "template",
                 "variant",
                 "lang_text",
+                "lang_output_text",
             )
         }
         for record, row, line in zip(batch.as_records(), batch.rows, batch.lines, strict=True):
@@ -324,6 +334,7 @@ def make(options: dict, source: str):
                             inst_t.id,
                             meta,
                             _content(task, ctx),
+                            _output_content(task, ctx, output),
                         )
                     )
             except FieldError as e:
@@ -333,6 +344,7 @@ def make(options: dict, source: str):
                 continue
             for variant, instruction, inp, output, tid, meta, *content in rendered:
                 cols["lang_text"].append(content[0] if content else instruction + "\n" + inp)
+                cols["lang_output_text"].append(content[1] if content else output)
                 cols["instruction"].append(instruction)
                 cols["input"].append(inp)
                 cols["output"].append(output)

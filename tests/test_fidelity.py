@@ -28,10 +28,55 @@ def records(r) -> pl.DataFrame:
 def test_real_mixed_gold_set_agrees(tmp_path):
     rows = real_mixed_gold(tmp_path / "home")
     kinds = Counter(r["kind"] for r in rows)
-    assert set(kinds) == {"latex math", "code answer", "zh prompt, en content", "short turn"}
+    assert set(kinds) == {
+        "latex math",
+        "code answer",
+        "zh prompt, en content",
+        "short turn",
+        "translation answer",
+    }
     wrong = [(r["kind"], r["gold"], r["lang"], r["text"][:80]) for r in rows if r["lang"] != r["gold"]]
     assert wrong == [], wrong[:10]
-    assert kinds["latex math"] == 214 and kinds["short turn"] == 18
+    assert kinds["latex math"] == 214 and kinds["short turn"] == 18 and kinds["translation answer"] == 2
+
+
+def real_output_gold(home) -> list[dict]:
+    """The real mixed gold set's answer labels (lang_output in tests/data/lang_gold_real.jsonl),
+    one row per built record: {kind, gold, lang_output, output}."""
+    from real_corpora import GOLD, SHARED
+
+    from forge.catalog import load_catalog
+    from tests.conftest import REPO
+
+    catalog = load_catalog(REPO / "catalog.yaml")
+    out = []
+    for spec in (json.loads(line) for line in GOLD.read_text().splitlines() if line.strip()):
+        path = FIXTURES / spec["fixture"] if "fixture" in spec else SHARED / spec["path"]
+        r = build_source(catalog.get(spec["source"]), home=home, from_path=path, say=lambda *a: None)
+        df = records(r).sort("raw_row")
+        rows = spec["rows"]
+        if isinstance(rows, list):
+            df = df.filter(pl.col("raw_row").is_in(rows))
+        elif rows.startswith("first "):
+            df = df.head(int(rows.split()[1]))
+        out += [
+            {"kind": spec["kind"], "gold": spec["lang_output"], "lang_output": lo, "output": o}
+            for lo, o in zip(df["lang_output"], df["output"], strict=True)
+        ]
+    return out
+
+
+def test_real_mixed_gold_set_answer_languages(tmp_path):
+    """lang_output on the same records: code answers take the prompt's language (code names no
+    language), prompt-only corpora have none (und), translations are read from the answer."""
+    rows = real_output_gold(tmp_path / "home")
+    wrong = [
+        (r["kind"], r["gold"], r["lang_output"], r["output"][:80])
+        for r in rows
+        if r["lang_output"] != r["gold"]
+    ]
+    assert wrong == [], wrong[:10]
+    assert Counter(r["gold"] for r in rows) == {"en": 2015 + 500 + 500 + 4, "zh": 214, "und": 14, "fr": 2}
 
 
 def test_latex_is_removed_before_counting_scripts():

@@ -268,3 +268,207 @@ def test_hh_rlhf_mid_line_speaker_tag_splits_the_turn_and_pair_prompts_are_compa
     # no assistant text anywhere holds a speaker tag after the end of a sentence
     replies = [t["assistant"] for h in df["history"] for t in h] + df["output"].to_list()
     assert not any(re.search(r"[.!?]\s+Human:", x) for x in replies)
+
+
+# --- 4. mixed-language records: lang (the prompt) and lang_output (the answer) --------------
+
+
+@pytest.mark.parametrize(
+    "text, lang",
+    [
+        # a short span of another script inside a sentence does not flip the tag
+        ("What does 你好 mean?", "en"),
+        ("Translate 我爱你 into English.", "en"),
+        ("Let α and β be the roots of the equation.", "en"),
+        # ... nor do names between Latin-script languages (FLAN strategyqa rows 587 and 1752)
+        ("Would Recep Tayyip Erdoğan be unfamiliar with börek?\nExplain your answer.", "en"),
+        ("Did Tokyo Tower designers appreciate Stephen Sauvestre?", "en"),
+        # Latin words that frame no sentence (names, identifiers, code) leave a Chinese prompt zh
+        ("谁是Harrison Kinsley？", "zh"),
+        ("Rohit Sharma和Virat Kohli谁更好？", "zh"),
+        ("用Python写hello world", "zh"),
+        # the prompt's own words decide over a passage it hands over (BELLE eval_set row 311)
+        (
+            "将以下文字从英文翻译成中文：Natural language processing (NLP) is a field of computer science, "
+            "artificial intelligence, and computational linguistics concerned with the interactions "
+            "between computers and human languages.",
+            "zh",
+        ),
+        ("Translate into English:\n我今天很高兴，因为天气很好，我们一起去公园散步吧。", "en"),
+        ("修改这段话:Hey I was searching for a domain name, later on I found a better domain name.", "zh"),
+        # a Latin label is no instruction: the question under it decides
+        ("Python Pandas DataFrame:\n如何删除重复的行？", "zh"),
+    ],
+)
+def test_mixed_language_prompt_rule(text, lang):
+    import pyarrow as pa
+
+    from forge.lang import detect_fast
+
+    assert detect_fast(pa.array([text]))[0] == [lang]
+
+
+def test_answer_language_is_its_majority_and_code_takes_the_prompts():
+    import pyarrow as pa
+
+    from forge.lang import detect_output
+
+    answers = [
+        "自然语言处理（NLP）是计算机科学、人工智能和计算语言学领域。",  # the answer to the row above
+        "This is one of my favorite movies.",
+        "def c_to_f(celsius):\n    fahrenheit = (celsius * 1.8) + 32\n    return fahrenheit",
+        "B",
+        "",
+        "J'ai mangé mon déjeuner à midi.",
+    ]
+    got = detect_output(pa.array(answers), ["zh", "zh", "en", "zh", "en", "en"]).to_pylist()
+    assert got == ["zh", "en", "en", "zh", "und", "fr"]
+
+
+# GAOKAO-Bench 2010-2013_English_MCQs.json (commit c214b47), rows 0-2 as written: English
+# questions, Chinese analyses, the answer in `standard_answer`
+ENGLISH_MCQS = {
+    "keywords": "2010-2013_English_MCQs",
+    "example": [
+        {
+            "year": "2010",
+            "category": "（新课标Ⅰ）",
+            "question": "21. --- Have  you finished  reading  Jane  Eyre ? \n--- No, I        my homework  all day "
+            "yesterday . \nA. was doing  B. would  do C. had done  D. do\n",
+            "standard_answer": ["A"],
+            "analysis": "【解答】 答案 A． was/were  doing，表示过去的某个时间点或时间段正在做某事\n，根据句意，"
+            "我没有读完简爱，我昨天一天一直在写家庭作业． 故选 A． \n【点评】\n",
+            "index": 0,
+            "score": 1,
+        },
+        {
+            "year": "2010",
+            "category": "（新课标Ⅰ）",
+            "question": "22. The workers      the glasses  and marked  on each box “This Side UP”. \nA. carried  "
+            "B. delivered  C. pressed  D. packed\n",
+            "standard_answer": ["D"],
+            "analysis": '【解答】 答案 D． carry"拿，携带 "；deliver"递送，发表，给 …接生 "；press"压"\n；'
+            'pack"包装 "．根据常识和句意，先把玻璃杯 "包装起来 "再标上 "此面朝上 "．故\n  选D． \n【点评】\n',
+            "index": 1,
+            "score": 1,
+        },
+        {
+            "year": "2010",
+            "category": "（新课标Ⅰ）",
+            "question": "23. I’ll spend  half of my holiday  practicing  English  and      half learning  drawing . "
+            "\nA. another  B. the other  C. other ’s D. other\n",
+            "standard_answer": ["B"],
+            "analysis": "【解答】 答案 B．本题主要考查代词． 选项 A another  3个及 3个以上中的另一\n个；选项 B the "
+            "other两个中的另一个 ；选项 C other ’s 一般没有这种说法 ；选项 D \nother其它的．根据句意，应该是两个"
+            "中的另一个， 故选 B． \n【点评】\n",
+            "index": 2,
+            "score": 1,
+        },
+    ],
+}
+
+
+def test_gaokao_english_exams_prompt_and_answer_languages_are_one_query_each(home, catalog, tmp_path):
+    import forge
+
+    raw = tmp_path / "gaokao"
+    raw.mkdir()
+    (raw / "2010-2013_English_MCQs.json").write_text(json.dumps(ENGLISH_MCQS, ensure_ascii=False, indent=4))
+    error_correction = {**ERROR_CORRECTION, "example": ERROR_CORRECTION["example"][:1]}
+    (raw / "2012-2022_English_Language_Error_Correction.json").write_text(
+        json.dumps(error_correction, ensure_ascii=False, indent=4)
+    )
+    build_source(catalog.get("gaokao"), home=home, from_path=raw)
+    df = forge.select(None, ["gaokao"], home=home).collect().sort("raw_file", "raw_row")
+    got = [
+        (f.split("/")[-1][:22], row, lang, out)
+        for f, row, lang, out in df.select("raw_file", "raw_row", "lang", "lang_output").iter_rows()
+    ]
+    assert got == [
+        ("2010-2013_English_MCQs", 0, "en", "zh"),  # English question, Chinese analysis
+        ("2010-2013_English_MCQs", 1, "en", "zh"),
+        ("2010-2013_English_MCQs", 2, "en", "zh"),
+        # a Chinese instruction over an English passage: the instruction's words decide
+        ("2012-2022_English_Lang", 0, "zh", "zh"),
+    ]
+    assert forge.select("lang == en and lang_output == zh", ["gaokao"], home=home).collect().height == 3
+    assert forge.select("lang_output == zh", ["gaokao"], home=home).collect().height == 4
+
+
+def test_real_belle_eval_answer_languages(home, tmp_path):
+    """BELLE eval_set (../shared/corpora/belle/eval_set.json): Chinese prompts, 10 of them asking
+    for an English translation. lang_output is counted with polars on the build and checked
+    against the answers read apart from forge (more Latin words than Han characters, code aside),
+    and each of the 10 was read by hand."""
+    import textwrap
+
+    import forge
+    from forge.catalog import load_catalog
+
+    path = shared("belle/eval_set.json")
+    (tmp_path / "catalog.yaml").write_text(
+        textwrap.dedent(f"""
+        sources:
+          belle_eval:
+            description: BELLE eval set
+            connector: json
+            connector_options: {{format: jsonl}}
+            formatter: columns
+            options: {{instruction: question, input: null, output: std_answer}}
+            local: {path}
+            lang: CN
+            task: MT
+            gen: SI
+        """)
+    )
+    r = build_source(load_catalog(tmp_path / "catalog.yaml").get("belle_eval"), home=home, max_quarantine=1.0)
+    assert (r.rows, r.quarantined) == (631, 369)  # 369 questions have an empty std_answer
+    df = records(r)
+    counts = df.group_by("lang", "lang_output").len().sort("len", descending=True)
+    assert counts.rows() == [("zh", "zh", 621), ("zh", "en", 10)]
+    english = df.filter(pl.col("lang_output") == "en")["raw_row"].to_list()
+    assert english == [22, 49, 57, 97, 100, 113, 310, 546, 793, 999]
+    raw = [json.loads(x) for x in path.read_text().splitlines()]
+    apart = [
+        i
+        for i, e in enumerate(raw)
+        if e["std_answer"].strip()
+        and len(re.findall(r"[A-Za-z]{2,}", e["std_answer"]))
+        > len(re.findall(r"[\u4e00-\u9fff]", e["std_answer"]))
+        and not re.search(r"\bdef\b|```", e["std_answer"])
+    ]
+    assert apart == english
+    # "将以下文字从英文翻译成中文：<English>" is a Chinese prompt with a Chinese answer
+    row = df.filter(pl.col("instruction").str.starts_with("将以下文字从英文翻译成中文")).row(0, named=True)
+    assert (row["raw_row"], row["lang"], row["lang_output"]) == (311, "zh", "zh")
+    # both questions the issue asks for are one query each
+    assert forge.select("lang == zh and lang_output == en", ["belle_eval"], home=home).collect().height == 10
+    assert forge.select("lang_output == zh", ["belle_eval"], home=home).collect().height == 621
+
+
+def test_real_flan_names_do_not_flip_the_tag(home, catalog):
+    r = build_source(catalog.get("flan_cot"), home=home, from_path=shared("flan_cot/strategyqa_train.tsv"))
+    df = records(r)
+    assert df["lang"].unique().to_list() == ["en"]
+    named = df.filter(pl.col("raw_row").is_in([587, 1752]))
+    assert named.height == 4 and named["lang"].to_list() == ["en"] * 4
+
+
+def test_older_build_fails_with_a_rebuild_message(home, catalog):
+    from forge.build import open_built
+    from forge.errors import BuildError
+    from forge.store import seal_manifest
+
+    r = build_source(catalog.get("alpaca"), home=home, sample=True)
+    manifest = json.loads((r.out_dir / "manifest.json").read_text())
+    (r.out_dir / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 1}))
+    seal_manifest(r.out_dir)  # as forge wrote it before lang_output existed
+    with pytest.raises(BuildError) as e:
+        open_built("alpaca", home)
+    assert "built with record schema v1; this forge reads v2 (v2 added the lang_output column)" in str(
+        e.value
+    )
+    assert "`forge build alpaca` repairs it" in str(e.value)
+    again = build_source(catalog.get("alpaca"), home=home, sample=True)
+    assert again.status == "built" and again.version != r.version
+    assert open_built("alpaca", home).manifest["schema_version"] == 2

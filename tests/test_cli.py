@@ -11,8 +11,8 @@ from tests.conftest import REPO
 FORGE = str(Path(sys.executable).parent / "forge")
 
 
-def run(args, home):
-    env = {**os.environ, "FORGE_HOME": str(home), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+def run(args, home, columns=200):
+    env = {**os.environ, "FORGE_HOME": str(home), "HF_HUB_OFFLINE": "1", "COLUMNS": str(columns)}
     return subprocess.run([FORGE, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
 
 
@@ -24,6 +24,123 @@ def test_help_on_every_verb(tmp_path):
         assert verb in top.stdout
         r = run([verb, "--help"], tmp_path)
         assert r.returncode == 0 and "Usage" in r.stdout, verb
+
+
+# `forge --help` and every verb's, printed by one process in turn (a marker line before each)
+EVERY_HELP = """
+import sys
+from forge.cli import main
+for verb in sys.argv[1:]:
+    print("=====", verb, flush=True)
+    sys.argv = ["forge", *([verb] if verb != "forge" else []), "--help"]
+    try:
+        main()
+    except SystemExit:
+        pass
+"""
+PANELS = {
+    "Data": ["sources", "build", "verify", "templates", "stats", "filter", "dedup", "report"],
+    "Model stages": ["translate", "rewrite", "judge"],
+    "Mixtures": ["mix", "publish", "pull"],
+    "Train": ["tiny-model", "train", "merge", "real-model"],
+    "Use": ["predict", "chat", "serve"],
+    "Evaluate": ["eval", "ablate"],
+}
+
+
+def _commands():
+    from typer.main import get_command
+
+    from forge.cli import app
+
+    group = get_command(app)
+    return {"forge": group, **group.commands}
+
+
+def _cut_or_wide(helps: dict[str, str], columns: int) -> list:
+    """What a help text leaves out or lets run wide: every option name (and --no- form) of the
+    command must stand whole, and no line may be longer than the terminal."""
+    import re
+
+    problems = []
+    commands = _commands()
+    for verb, text in helps.items():
+        names = [o for p in commands[verb].params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
+        problems += [(verb, n) for n in names if not re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", text)]
+        problems += [(verb, line) for line in text.splitlines() if len(line) > columns]
+    return problems
+
+
+def _split_helps(out: str) -> dict[str, str]:
+    return dict(chunk.split("\n", 1) for chunk in out.split("===== ")[1:])
+
+
+def test_help_at_80_columns_cuts_nothing(tmp_path):
+    """In a pipe (CI, `| less`) at 80 columns: plain help, every option name whole, no line
+    over 80 characters; the verbs grouped as a user thinks of them."""
+    helps = {}
+    for verb in ("forge", "train", "predict"):  # the console script itself
+        r = run([*([verb] if verb != "forge" else []), "--help"], tmp_path, columns=80)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        helps[verb] = r.stdout
+    env = {**os.environ, "FORGE_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "COLUMNS": "80"}
+    every = subprocess.run([sys.executable, "-c", EVERY_HELP, *_commands()], capture_output=True, text=True,
+                           env=env, timeout=300)  # fmt: skip
+    assert every.returncode == 0, every.stderr
+    helps |= {v: t for v, t in _split_helps(every.stdout).items() if v not in helps}
+    assert set(helps) == set(_commands())
+    assert _cut_or_wide(helps, 80) == []
+    assert "╭" not in "".join(helps.values())  # no boxes in a pipe
+    # the stage verbs' --model is the endpoint's model, not a model folder to load
+    assert "Model name the endpoint serves" in helps["translate"]
+    top = helps["forge"]
+    sections = [line[:-1] for line in top.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert sections == ["Options", *PANELS]
+    for title, verbs in PANELS.items():
+        block = top.split(f"\n{title}:\n")[1].split("\n\n")[0]
+        assert [line.split()[0] for line in block.splitlines() if not line.startswith("     ")] == verbs
+    assert sorted(v for vs in PANELS.values() for v in vs) == sorted(set(_commands()) - {"forge"})
+
+
+def _in_terminal(args: list[str], columns: int, home) -> str:
+    """What a command prints on a terminal (a pseudo-terminal) COLUMNS wide, colours removed."""
+    import pty
+    import re
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "FORGE_HOME": str(home), "HF_HUB_OFFLINE": "1", "COLUMNS": str(columns)}
+    env.pop("FORCE_COLOR", None)
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:  # the other end closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=300) == 0, out.decode(errors="replace")
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode()).replace("\r\n", "\n")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+def test_rich_help_only_where_it_fits(tmp_path):
+    """On a terminal RICH_MIN_COLUMNS wide, typer's rich panels with every option name whole;
+    on a narrower terminal, the plain layout (rich would cut names at 80 columns)."""
+    from forge.cli.helptext import RICH_MIN_COLUMNS
+
+    verbs = list(_commands())
+    wide = _split_helps(_in_terminal([sys.executable, "-c", EVERY_HELP, *verbs], RICH_MIN_COLUMNS, tmp_path))
+    assert set(wide) == set(verbs)
+    assert all("╭" in text for text in wide.values())
+    assert _cut_or_wide(wide, RICH_MIN_COLUMNS) == []
+    assert all(f"─ {title} ─" in wide["forge"] for title in PANELS)
+    narrow = _split_helps(_in_terminal([sys.executable, "-c", EVERY_HELP, "forge", "predict"], 80, tmp_path))
+    assert "╭" not in "".join(narrow.values()) and _cut_or_wide(narrow, 80) == []
+    assert "--max-new-tokens <int range>" in narrow["predict"]
 
 
 def test_build_sources_and_up_to_date(tmp_path):

@@ -15,10 +15,12 @@ from rich.markup import escape
 
 from forge.cli import data, evaluate, mixtures, model, stages, use
 from forge.cli.common import console, err
+from forge.cli.helptext import ForgeGroup
 from forge.errors import ForgeError
 from forge.quiet import own_stderr
 
 app = typer.Typer(
+    cls=ForgeGroup,
     help="forge: raw instruction corpora -> tagged Parquet catalog -> weighted mixtures -> PEFT fine-tunes.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

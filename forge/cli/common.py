@@ -245,8 +245,10 @@ def flatten(func, extra: list[inspect.Parameter] = ()):
 
 def add(app: typer.Typer, panel: str, verb, extra: list[inspect.Parameter] = ()):
     """Register a verb under its `forge --help` panel, option groups flattened (see flatten)."""
+    from forge.cli.helptext import ForgeCommand
+
     name = verb.__name__.rstrip("_").replace("_", "-")  # eval_ -> eval, tiny_model -> tiny-model
-    app.command(name, rich_help_panel=panel)(flatten(verb, extra))
+    app.command(name, cls=ForgeCommand, rich_help_panel=panel)(flatten(verb, extra))
 
 
 # --- output and errors -----------------------------------------------------------------------

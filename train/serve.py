@@ -353,7 +353,7 @@ def create_app(
         choices are complete (stop string) or its client has left."""
         events: queue.Queue = queue.Queue()
         over, futures = threading.Event(), []
-        options = {**ask.generation(), "stop": []}
+        options = {**ask.generation(), "seed": 0, "stop": []}  # greedy: any seed batches with any other
         for p, (prompt, group) in enumerate(zip(ask.prompts, groups, strict=True)):
             until = Until(cancel, lambda g=group: over.is_set() or g[0].finish is not None)
             done = batcher.submit(prompt, options, emit=lambda t, p=p: events.put((p, t)), cancel=until)

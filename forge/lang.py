@@ -238,13 +238,20 @@ PROSE_MIN_WORDS = 3
 
 def _prose(texts: pa.Array) -> np.ndarray:
     """Which answers read as prose: at least PROSE_MIN_WORDS words, letters >= 75% of the
-    non-space characters, and fewer than half of the non-blank lines code."""
+    non-space characters, fewer than half of the non-blank lines code, fewer than half of the
+    words capitalised (names)."""
     letters = _count(texts, _LETTER)
     visible = _count(texts, r"\S")
     words = _count(texts, r"\p{L}{2,}")
+    capitalised = _count(texts, r"\p{Lu}\p{L}+")
     lines = _count(texts, r"(?m)^\s*\S")
     code = _count(texts, _CODE_LINE)
-    return (words >= PROSE_MIN_WORDS) & (letters >= PROSE_LETTER_SHARE * visible) & (2 * code < lines)
+    return (
+        (words >= PROSE_MIN_WORDS)
+        & (letters >= PROSE_LETTER_SHARE * visible)
+        & (2 * code < lines)
+        & (2 * capitalised < words)  # a list of names ("1. Joe Beef\n2. L'Express") is not prose
+    )
 
 
 def _frame_words(texts: pa.Array) -> np.ndarray:
@@ -324,18 +331,26 @@ def _settle_by_lead(sub: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return codes, scores, decisive
 
 
+# words that are English and no other common Latin-script language's ("do", "a", "was", "die"
+# are Portuguese, Spanish, German too): the second reading must hold one to count as English
+_ENGLISH_ONLY = frozenset(
+    "the of to what does did how why which who whom are were this that these those you your "
+    "would could should can has have be been my we they it its there about than into mean".split()
+)
 _NAME = re.compile(r"(?<=[\w,;:)\]\"'’”]) +[A-Z][\w'’-]*")  # a capitalised word inside a sentence
 
 
 def _cld2_names_aside(text: str) -> tuple[str, float]:
     """cld2's reading, checked again without the names when it is not English: a name does not
     make an English sentence Turkish ("Would Recep Tayyip Erdoğan be unfamiliar with börek?"
-    reads tr as written, en without the names). Only an English second reading is taken."""
+    reads tr as written, en without the names). Only an English second reading is taken, and
+    only when what is left holds a word that is English alone ("would", "did")."""
     code, score = _cld2(text)
     if code in ("en", "und"):
         return code, score
     aside = _NAME.sub(" ", text)
-    if aside != text and len(_LETTERS.findall(aside)) >= MIN_LETTERS:
+    english_word = any(w in _ENGLISH_ONLY for w in re.findall(r"[a-z]+", aside.lower()))
+    if aside != text and english_word and len(_LETTERS.findall(aside)) >= MIN_LETTERS:
         code2, score2 = _cld2(aside)
         if code2 == "en":
             return code2, score2

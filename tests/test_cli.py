@@ -252,6 +252,59 @@ def test_forge_train_reports_what_a_user_needs(sample_home, tiny_model, tmp_path
     assert re.search(r"trained token share \(sampled\): alpaca [\d.]+% \([\d.]+%\)", " ".join(out.split()))
 
 
+def test_flags_beat_the_recipe_and_the_run_records_where_values_came_from(sample_home, tiny_model, tmp_path):
+    """A recipe with epochs: 1 and a --max-steps flag trains exactly that many steps (the flag
+    wins, said in the effective recipe.yaml, which names every value's origin); a warm-up as long
+    as the run is clamped with a one-line note; the recipe.yaml reruns the same run."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from forge.cli import app
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"mixture: alpaca-belle-cot\nmodel: {tiny_model}\nepochs: 1\nbatch_size: 2\n"
+                      "cutoff_len: 256\nwarmup_steps: 50\nlearning_rate: 0.01\n")  # fmt: skip
+    common = ["--home", str(sample_home)]
+    r = CliRunner().invoke(app, ["train", str(recipe), "--max-steps", "3", "--lora-r", "4",
+                                 "--output-dir", str(tmp_path / "run"), *common], env={"COLUMNS": "80"})  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "for 3 steps" in r.stdout
+    note = [line for line in r.stdout.splitlines() if line.startswith("note: warmup_steps")]
+    assert note == [
+        "note: warmup_steps 50 (recipe) is not shorter than the run's 3 steps; "
+        "warming up for 0 instead (a tenth of the run)"
+    ]
+    manifest = json.loads((tmp_path / "run" / "run_manifest.json").read_text())
+    assert manifest["batches"] == 3 and len(manifest["losses"]) == 3
+    text = (tmp_path / "run" / "recipe.yaml").read_text()
+    values = yaml.safe_load(text)
+    assert (values["max_steps"], values["epochs"], values["warmup_steps"], values["lora_r"]) == (
+        3,
+        None,
+        0,
+        4,
+    )
+    where = {line.split(":")[0]: line.split("  # ", 1)[1] for line in text.splitlines() if "  # " in line}
+    assert set(where) == set(values)  # every option, each with its origin
+    assert where["max_steps"] == "flag" and where["lora_r"] == "flag"
+    assert where["epochs"] == "flag: --max-steps 3 replaces the recipe's epochs: 1"
+    assert where["batch_size"] == "recipe" and where["learning_rate"] == "recipe"
+    assert where["lora_dropout"] == "default" and where["seed"] == "default"
+    assert where["warmup_steps"] == "recipe: 50, clamped to a tenth of the 3-step run"
+    assert f"recipe ({recipe})" in text.splitlines()[1]
+
+    again = CliRunner().invoke(app, ["train", str(tmp_path / "run" / "recipe.yaml"),
+                                     "--output-dir", str(tmp_path / "again"), *common])  # fmt: skip
+    assert again.exit_code == 0, again.output
+    rerun = json.loads((tmp_path / "again" / "run_manifest.json").read_text())
+    assert rerun["losses"] == pytest.approx(manifest["losses"], rel=1e-5)
+    assert "note: warmup_steps" not in again.stdout  # the recipe.yaml holds the clamped value
+
+    both = CliRunner().invoke(app, ["train", str(recipe), "--epochs", "1", "--max-steps", "3", *common])
+    assert both.exit_code == 1
+    assert "--epochs and --max-steps both set the run's length: give one of them" in both.output
+
+
 # A failing command during which libraries speak on stderr: one that installs its own stderr
 # handler at INFO (as transformers does), one that relies on Python's last-resort handler (as
 # `kernels` did offline), a Python warning, and a warning category a library re-enables.

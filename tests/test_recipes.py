@@ -63,6 +63,24 @@ def test_flags_override_the_recipe_and_home_expands(tmp_path):
         make_args(None, {"mixture": "m"}, tmp_path)
 
 
+def test_a_max_steps_flag_replaces_the_recipes_epochs_and_origins_are_kept(tmp_path):
+    from forge.train.config import dump_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text("mixture: m\nmodel: x\nepochs: 2\nmax_steps: 5\nlora_r: 4\n")
+    assert (make_args(path, {}, tmp_path).epochs, make_args(path, {}, tmp_path).max_steps) == (2, 5)
+    args = make_args(path, {"max_steps": 7, "lora_r": None}, tmp_path)  # None: the flag was not given
+    assert (args.epochs, args.max_steps, args.lora_r) == (None, 7, 4)
+    assert args.origin["max_steps"] == "flag" and args.origin["lora_r"] == "recipe"
+    assert args.origin["epochs"] == "flag: --max-steps 7 replaces the recipe's epochs: 2"
+    assert args.origin["seed"] == "default"
+    with pytest.raises(RecipeError, match="--epochs and --max-steps both set the run's length"):
+        make_args(path, {"max_steps": 7, "epochs": 1}, tmp_path)
+    (tmp_path / "effective.yaml").write_text(dump_recipe(args))
+    again = make_args(tmp_path / "effective.yaml", {}, tmp_path)  # every value reads back as it was
+    assert again == args and set(again.origin.values()) == {"recipe"}
+
+
 @pytest.fixture(scope="module")
 def demo_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("recipe-home")

@@ -216,9 +216,22 @@ def resolve_recipe(name_or_path: str | Path) -> Path:
 
 
 def make_args(recipe: Path | None, flags: dict, home: Path) -> TrainArgs:
-    """Defaults, then the recipe file, then the flags that were given (not None)."""
-    values = load_recipe(recipe) if recipe else {}
-    values.update({k: v for k, v in flags.items() if v is not None})
+    """Defaults, then the recipe file, then the flags that were given (not None): a flag always
+    wins, and a --max-steps flag also overrides the recipe's epochs (within one recipe, epochs
+    sets the run's length). Where every value came from is kept in `args.origin` (default,
+    recipe or flag) and `args.recipe_file`, which the run's effective recipe.yaml records."""
+    from_recipe = load_recipe(recipe) if recipe else {}
+    given = {k: v for k, v in flags.items() if v is not None}
+    if "epochs" in given and "max_steps" in given:
+        raise RecipeError("--epochs and --max-steps both set the run's length: give one of them")
+    values = {**from_recipe, **given}
+    origin = {f.name: "default" for f in option_fields()}
+    origin |= {k: "recipe" for k in from_recipe} | {k: "flag" for k in given}
+    if "max_steps" in given and values.get("epochs") is not None:
+        origin["epochs"] = (
+            f"flag: --max-steps {given['max_steps']} replaces the recipe's epochs: {values['epochs']}"
+        )
+        values["epochs"] = None
     for key in ("model", "output_dir", "resume_from", "fsdp_config", "deepspeed"):
         if isinstance(values.get(key), str):
             values[key] = values[key].replace("{home}", str(home))
@@ -226,16 +239,32 @@ def make_args(recipe: Path | None, flags: dict, home: Path) -> TrainArgs:
         if not values.get(key):
             where = f" (not in {recipe})" if recipe else ""
             raise RecipeError(f"{flag(key)} is required{where}: give it as a flag or a recipe key")
-    return TrainArgs(**values)
+    args = TrainArgs(**values)
+    args.origin, args.recipe_file = origin, str(recipe) if recipe else None
+    return args
 
 
 def dump_recipe(args: TrainArgs) -> str:
-    """The effective recipe of a run, as YAML that `forge train FILE` reads back."""
+    """The effective recipe of a run, as YAML that `forge train FILE` reads back: every option
+    with its value, each followed by where that value came from (`args.origin`)."""
     import yaml
 
-    data = {k: v for k, v in asdict(args).items() if v != default_of(_FIELDS[k]) or k in ("mixture", "model")}
-    head = "# the effective recipe of this run: `forge train THIS_FILE` runs it again\n"
-    return head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    origin = getattr(args, "origin", {})  # TrainArgs made by hand (tests, the API) have none
+    lines = []
+    for key, value in asdict(args).items():
+        where = origin.get(key) or ("default" if value == default_of(_FIELDS[key]) else "given")
+        text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=1 << 30)
+        text = text.removesuffix("\n...\n").strip()
+        if "\n" in text:  # a value YAML would spread over lines: JSON is YAML on one line
+            text = json.dumps(value, ensure_ascii=False)
+        lines.append((f"{key}: {text}", where))
+    width = max((len(line) for line, _ in lines if len(line) <= 48), default=0)
+    recipe = getattr(args, "recipe_file", None)
+    head = (
+        "# the effective recipe of this run: `forge train THIS_FILE` runs it again\n"
+        f"# after each value, where it came from: default, recipe ({recipe or 'none given'}) or flag\n"
+    )
+    return head + "".join(f"{line:<{width}}  # {where}\n" for line, where in lines)
 
 
 def reference_table() -> str:

@@ -500,6 +500,25 @@ def training_arguments(args: TrainArgs):
     )
 
 
+def _set_origin(args: TrainArgs, key: str, where: str) -> None:
+    """Say in the effective recipe (args.origin, train/config.py) why a value is what it is."""
+    args.origin = {**getattr(args, "origin", {}), key: where}
+
+
+def clamp_warmup(args: TrainArgs) -> str | None:
+    """A warm-up as long as the run would never reach the peak learning rate: it is cut to a
+    tenth of the run. Returns the note to print when it does."""
+    if args.warmup_steps < args.max_steps or args.warmup_steps == 0:
+        return None
+    was, origin = args.warmup_steps, getattr(args, "origin", {}).get("warmup_steps", "given")
+    args.warmup_steps = args.max_steps // 10
+    _set_origin(args, "warmup_steps", f"{origin}: {was}, clamped to a tenth of the {args.max_steps}-step run")
+    return (
+        f"warmup_steps {was} ({origin}) is not shorter than the run's {args.max_steps} steps; "
+        f"warming up for {args.warmup_steps} instead (a tenth of the run)"
+    )
+
+
 def default_output_dir(args: TrainArgs, home: Path | None = None) -> Path:
     """Where a run goes when the recipe names no output_dir: data home/runs/MIXTURE-PEFT."""
     return Path(home or data_home()) / "runs" / f"{args.mixture}-{args.peft}"
@@ -600,9 +619,15 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None, sa
         if n == 0:
             raise ValueError(f"--epochs {args.epochs}: the mixture gives no batch on this rank")
         args.max_steps = targs.max_steps = -(-n // args.grad_accum)
+        _set_origin(args, "max_steps", f"counted: {args.epochs} epoch(s) of this mixture")
         if args.peft == "adalora":  # its rank schedule is laid out over the run's steps
             for config in model.peft_config.values():
                 config.total_step = args.max_steps
+    note = clamp_warmup(args)
+    if note:
+        targs.warmup_steps = args.warmup_steps
+        if say:
+            say(note)
     if args.resume_from:
         state = json.loads((Path(args.resume_from) / "data_state.json").read_text())
         if state["fingerprint"] != mix.fingerprint():

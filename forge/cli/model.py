@@ -59,6 +59,12 @@ def tiny_model(
     console.print(f"tiny model saved to {out.resolve()} (load it with --model {out})")
 
 
+# where a flag means more than its recipe key (the key's text is docs/training.md's table)
+FLAG_HELP = {
+    "max_steps": "Optimizer steps; the flag also replaces a recipe's epochs (in a recipe, epochs win).",
+}
+
+
 def _train_options() -> list:
     """typer parameters for every TrainArgs field (train/config.py): one flag per option,
     default None meaning "not given", so a recipe file's value stands unless a flag is set."""
@@ -71,7 +77,8 @@ def _train_options() -> list:
         kind = base_type(f)
         default = default_of(f)
         shown = "auto" if f.name == "packing" else default
-        help_text = f.metadata["help"] + (f" (default: {shown})" if shown not in (None, []) else "")
+        text = FLAG_HELP.get(f.name, f.metadata["help"])
+        help_text = text + (f" (default: {shown})" if shown not in (None, []) else "")
         if kind is bool:
             decl = typer.Option(
                 f"{flag(f.name)}/--no-{f.name.replace('_', '-')}", help=help_text, show_default=False
@@ -113,8 +120,10 @@ def train(
     home: HomeOpt = None,
     **options,
 ):
-    """Fine-tune a model with PEFT on a named mixture, from a recipe file and/or flags (flags
-    win), streaming, tokenizing and packing on the fly. `forge train RUN/recipe.yaml` reruns a run."""
+    """Fine-tune a model with PEFT on a named mixture, from a recipe file and/or flags,
+    streaming, tokenizing and packing on the fly. A flag always wins over the recipe (--max-steps
+    over its epochs too); the run's recipe.yaml records every value and where it came from, and
+    `forge train RUN/recipe.yaml` reruns the run."""
     import json
 
     from forge.catalog import load_catalog
@@ -180,7 +189,7 @@ def train(
                 m,
                 h,
                 on_log=show if talk else (lambda _entry: None),
-                say=lambda msg: say(f"note: {msg}", highlight=False),
+                say=lambda msg: say(f"note: {msg}", highlight=False, soft_wrap=True),  # one line
             )
         except ValueError as e:
             _fail(str(e))

@@ -208,7 +208,7 @@ def test_belle_eval_judged_by_forge_serve_and_by_a_scoring_endpoint(run_dir, tin
     # 1. the judge is forge serve (tiny random model): its replies carry no score -> unparsable
     with forge_serve(tiny_model, env={"FORGE_HOME": str(home)}) as judge:
         r = cli(["eval", "belle", "--data", str(belle), "--run", str(run), "--limit", "3", "--max-new-tokens", "8",
-                 "--judge-endpoint", f"{judge}/v1", "--judge-model", "tiny"], home)  # fmt: skip
+                 "--judge-endpoint", f"{judge}/v1", "--judge-model", "tiny-llama"], home)  # fmt: skip
     assert r.returncode == 0, r.stderr
     res = json.loads((run / "eval" / "belle.json").read_text())
     assert res["items"] == 3 and res["unjudged"] == 0 and res["judged"] + res["unparsable"] == 3

@@ -278,8 +278,13 @@ def test_limit_per_subject_progress_protocols_and_the_train_split(tiny_model, tm
     assert len(calls) > 2  # told along the way, not only at the ends
     assert res["shots"] == 0 and res["protocol"]["shots"] == 0  # lm-eval's CMMLU default
     assert "protocol lm-eval" in summary_line(res) and "acc_norm" in summary_line(res)
-    # a subject lm-eval has no task for keeps its own name, and the result says so
-    assert res["protocol"].get("subjects_not_in_lm_eval") is None
+    assert "subjects_not_in_lm_eval" not in res["protocol"]
+    # subjects lm-eval has no task for keep their own names, and the result says so
+    ceval = evaluate(loaded, read("ceval", FIXTURES / "ceval"), limit=1)
+    assert ceval["protocol"]["subjects_not_in_lm_eval"] == ["basic_arithmetic", "geography"]
+    assert ceval["records"][0]["prompt"].startswith(
+        "以下是中国关于basic arithmetic的单项选择题，请选出其中的正确答案。\n\n"
+    )
     # GSM8K: lm-eval's gsm8k is 5-shot from the train split; without train.jsonl beside the test
     # file it says what to do instead
     gsm_file = need(EVALS / "gsm8k" / "test_head200.jsonl")

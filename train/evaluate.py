@@ -185,10 +185,6 @@ def protocol_record(suite: str, protocol: str, shots: int, loaded=None, subjects
     if protocol == "lm-eval" and suite in _MC_TASK:
         spec = {**_MC_TASK[suite], "sampler": "first_n", "doc_to_choice": list("ABCD"),
                 "target_delimiter": " ", "fewshot_delimiter": "\n\n", "chat_template": None}  # fmt: skip
-        names = _SUBJECT_ZH.get(suite)
-        unknown = sorted(s for s in subjects if names is not None and s not in names)
-        if unknown:  # a subject lm-eval has no task for: its English name stands in the description
-            spec["subjects_not_in_lm_eval"] = unknown
     elif protocol in _GEN_TASK and suite == "gsm8k":
         spec = {k: v for k, v in _GEN_TASK[protocol].items() if k not in ("default_shots", "strict")}
         spec |= {"target_delimiter": " ", "fewshot_delimiter": "\n\n", "chat_template": None,
@@ -197,7 +193,7 @@ def protocol_record(suite: str, protocol: str, shots: int, loaded=None, subjects
     elif suite in MC_SUITES:
         spec = {
             "header": mc_header("{subject}", suite_lang(suite)),
-            "question": "{question}\nA. ..\n" + CUE[suite_lang(suite)],
+            "question": "{question}\n{letter}. {option} (one line each)\n" + CUE[suite_lang(suite)],
             "target_delimiter": " ",
             "fewshot_delimiter": "\n\n",
             "chat_template": None,
@@ -210,13 +206,16 @@ def protocol_record(suite: str, protocol: str, shots: int, loaded=None, subjects
         }
     else:
         spec = {"chat_template": getattr(loaded, "template", None), "judge_template": JUDGE_TEMPLATE_ID}
-    template_id = hashlib.sha256(json.dumps(spec, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[
-        :16
-    ]
+    blob = json.dumps(spec, sort_keys=True, ensure_ascii=False).encode()
+    spec["template_id"] = hashlib.sha256(blob).hexdigest()[:16]
+    names = _SUBJECT_ZH.get(suite) if protocol == "lm-eval" else None
+    unknown = sorted(s for s in subjects if names is not None and s not in names)
+    if unknown:  # subjects lm-eval has no task for: their own names stand in the description
+        spec["subjects_not_in_lm_eval"] = unknown
     head = {"name": protocol, "shots": shots}
     if protocol.startswith("lm-eval"):
         head["lm_eval_version"] = LM_EVAL_VERSION
-    return {**head, **spec, "template_id": template_id}
+    return {**head, **spec}
 
 
 def limit_items(data: EvalData, limit: int | None) -> list:

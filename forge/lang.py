@@ -105,6 +105,7 @@ _SETTLING_SCRIPTS = {
     "hy": r"\p{Armenian}",
 }
 _HAN = r"\p{Han}"
+_SETTLING_ANY = "[" + "".join(p.strip("[]") for p in _SETTLING_SCRIPTS.values()) + "]"
 PREFIX = 256
 EN_FUNCTION_SHARE = 0.08
 _EN_FUNCTION_RE = r"\b(?:the|of|and|to|is|that|with|for|are|was)\b"
@@ -195,10 +196,13 @@ def detect_fast(
         import polars as pl
 
         latin = texts.take(pa.array(todo))
-        if not is_ascii[todo].all():
-            latin = pl.Series(latin).str.replace_all(_OTHER_SCRIPTS, " ").to_arrow()
-        latin_letters = _count(latin, _LETTER)
-        latin_ascii = pc.string_is_ascii(latin).to_numpy(zero_copy_only=False)
+        latin_letters, latin_ascii = letters[todo], is_ascii[todo]
+        mixed = np.flatnonzero(~latin_ascii)
+        if len(mixed):
+            cleaned = pl.Series(latin.take(pa.array(mixed))).str.replace_all(_OTHER_SCRIPTS, " ")
+            latin = pl.Series(latin).scatter(mixed, cleaned).to_arrow()
+            latin_letters[mixed] = _count(cleaned.to_arrow(), _LETTER)
+            latin_ascii[mixed] = cleaned.str.contains(r"[^\x00-\x7f]").not_().to_numpy()
         readable = latin_letters >= MIN_LETTERS
         english = np.flatnonzero(readable & latin_ascii)
         if len(english):
@@ -291,20 +295,24 @@ def _settle_scripts(sub: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     scores = np.zeros(len(sub), dtype=np.float32)
     han, kana = _count(sub, _HAN), _count(sub, _KANA)
     cjk = han + kana
-    other = np.zeros(len(sub), dtype=np.int64)  # letters of the other settling scripts
     is_cjk = settles(cjk, cjk, np.ones(len(sub), dtype=bool))
     is_ja = is_cjk & (kana >= 0.2 * np.maximum(cjk, 1))
     codes[is_ja] = "ja"
     codes[is_cjk & ~is_ja] = "zh"
     scores[is_cjk] = (cjk / safe)[is_cjk]
+    other = _count(sub, _SETTLING_ANY)  # one pass; each script is counted where it occurs
     for code, pattern in _SETTLING_SCRIPTS.items():
-        hits = _count(sub, pattern)
-        other += hits
-        todo = codes == ""
-        if not (todo & (hits > 0)).any():
-            continue
+        todo = (codes == "") & (other > 0)
+        if not todo.any():
+            break
+        hits = np.zeros(len(sub), dtype=np.int64)
+        words = np.zeros(len(sub), dtype=np.int64)
+        at = np.flatnonzero(todo)
+        part = sub.take(pa.array(at))
+        hits[at] = _count(part, pattern)
         # words of two letters or more: a lone Greek letter is a math symbol ("2 * π * r")
-        settle = settles(_count(sub, pattern + "{2,}"), hits, todo)
+        words[at] = _count(part, pattern + "{2,}")
+        settle = settles(words, hits, todo)
         codes[settle] = code
         scores[settle] = (hits / safe)[settle]
     mixed = (latin_words > 0) & ((cjk + other) > 0)

@@ -94,6 +94,7 @@ _MARKUP = [
     r"\\[A-Za-z]+",  # leftover LaTeX commands
 ]
 MARKUP_WINDOW = 4096
+ANSWER_WINDOW = 1024
 
 # script regex -> language it settles (None: script shared by many languages)
 _SETTLING_SCRIPTS = {
@@ -139,11 +140,12 @@ def _count(texts: pa.Array, pattern: str) -> np.ndarray:
     return pl.Series(texts).str.count_matches(pattern).fill_null(0).to_numpy().astype(np.int64)
 
 
-def markup_free(texts: pa.Array) -> pa.Array:
-    """The texts with code, URLs and LaTeX blanked out (they name no language)."""
+def markup_free(texts: pa.Array, window: int = MARKUP_WINDOW) -> pa.Array:
+    """The texts with code, URLs and LaTeX blanked out (they name no language), read up to
+    `window` characters."""
     import polars as pl
 
-    series = pl.Series(texts).fill_null("").str.slice(0, MARKUP_WINDOW)
+    series = pl.Series(texts).fill_null("").str.slice(0, window)
     for pattern in _MARKUP:
         series = series.str.replace_all(pattern, " ")
     return series.to_arrow()
@@ -161,7 +163,8 @@ def detect_fast(
     formulas and lone identifiers are left unread: "def f(x):" is not Slovak).
     """
     # the first PREFIX characters decide: enough for any detector, and it bounds the cost
-    texts = pc.utf8_slice_codeunits(markup_free(texts), 0, PREFIX)
+    # an answer is read from its opening: its markup is looked for in a shorter window
+    texts = pc.utf8_slice_codeunits(markup_free(texts, ANSWER_WINDOW if answer else MARKUP_WINDOW), 0, PREFIX)
     letters = _count(texts, _LETTER)
     if whole is not None and (letters < MIN_LETTERS).any():
         short = np.flatnonzero(letters < MIN_LETTERS)
@@ -434,22 +437,50 @@ def detect(
     raise ValueError(f"unknown language detector {detector!r}; choose one of {', '.join(DETECTORS)}")
 
 
+# English function words, for the quick reading of an ASCII answer to an English prompt
+_EN_ANSWER_RE = (
+    r"(?i-u)\b(?:the|of|and|to|is|that|with|for|are|was|what|does|did|how|why|which|who|this|these|"
+    r"those|you|your|would|could|should|has|have|been|they|its|there|about|than|into|not|on)\b"
+)
+EN_ANSWER_MIN_HITS = 2
+
+
+def _english_answers(answers: pa.Array, prompt_langs: np.ndarray) -> np.ndarray:
+    """ASCII answers to English prompts that hold English function words (at least 2, and
+    >= 10% of their words) are English without asking the n-gram detector: an answer in
+    another Latin-script language ("Jeg er en student", "Het is een mooie dag") holds at most
+    one of them and is read in full."""
+    quick = np.zeros(len(answers), dtype=bool)
+    candidates = np.flatnonzero(
+        (prompt_langs == "en") & pc.string_is_ascii(answers).to_numpy(zero_copy_only=False)
+    )
+    if len(candidates):
+        sub = pc.utf8_slice_codeunits(answers.take(pa.array(candidates)), 0, PREFIX)
+        hits, words = _count(sub, _EN_ANSWER_RE), _count(sub, r"[A-Za-z]+")
+        quick[candidates] = (hits >= EN_ANSWER_MIN_HITS) & (hits * 10 >= words)
+    return quick
+
+
 def detect_output(answers: pa.Array, prompt_langs: list[str], detector: str = "fast") -> pa.Array:
     """lang_output: the language most of each answer is in (no lead rule: all of an answer is
     what a model learns to write). An answer with too little text to read (an option letter, a
     number, bare code) takes its prompt's language; an empty answer (prompt-only corpora) is
     "und"."""
     answers = pc.fill_null(answers, "")
+    prompts = np.asarray(prompt_langs, dtype=object)
+    codes = np.full(len(answers), "und", dtype=object)
     if detector == "fast":
-        codes, _scores = detect_fast(answers, "ML", answer=True)
+        quick = _english_answers(answers, prompts)
+        codes[quick] = "en"
+        rest = np.flatnonzero(~quick)
+        if len(rest):
+            codes[rest] = detect_fast(answers.take(pa.array(rest)), "ML", answer=True)[0]
     else:
-        codes, _scores = detect(answers, detector)
+        codes[:] = detect(answers, detector)[0]
     empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(answers)), 0).to_numpy(zero_copy_only=False)
-    out = [
-        "und" if blank else (prompt if code == "und" else code)
-        for code, prompt, blank in zip(codes, prompt_langs, empty, strict=True)
-    ]
-    return pa.array(out, pa.string())
+    codes = np.where(codes == "und", prompts, codes)
+    codes[empty] = "und"
+    return pa.array(codes.tolist(), pa.string())
 
 
 def question_text(table: pa.Table) -> pa.Array:

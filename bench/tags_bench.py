@@ -4,8 +4,11 @@
    (tests/data/lang_gold.jsonl: 14 languages written for forge, plus the real en/zh samples
    in ../shared/corpora): texts/s and agreement with the gold labels. Then agreement on the
    real mixed gold set (tests/data/lang_gold_real.jsonl: GAOKAO LaTeX math, code answers,
-   short chat turns, Chinese prompts over English content), per kind: forge's tags as a
-   build writes them vs langdetect on the whole record text.
+   short chat turns, Chinese prompts over English content, translated answers), per kind:
+   forge's tags as a build writes them vs langdetect on the whole record text (lang), and
+   forge's lang_output vs langdetect on the answer (lang_output). Then the answer pass alone
+   (forge.lang.detect_output, what a build adds for lang_output) on the real alpaca and BELLE
+   answers: answers/s.
 2. dedup: exact + MinHash near-dup over >= 1M built records (FLAN CoT + BELLE dev1K,
    repeated): records/s and peak RSS.
 3. tag filter: forge.select(query) (pushed-down polars scan) vs datasets.load_dataset
@@ -89,6 +92,48 @@ def lang_bench() -> list[tuple]:
     ]
 
 
+def output_speed() -> tuple[int, float, float]:
+    """(answers, forge seconds, langdetect seconds) for the answer pass on real answers."""
+    import pyarrow as pa
+
+    from forge.lang import detect_langdetect, detect_output
+
+    answers = [r["output"] for r in json.loads((SHARED / "alpaca" / "alpaca_5000.json").read_text())]
+    lines = (SHARED / "belle" / "dev1K.json").read_text().splitlines()
+    answers += [json.loads(x)["output"] for x in lines if x.strip()]
+    arr = pa.array(answers)
+    prompts = ["en"] * len(answers)
+    reps = 10
+    t = time.perf_counter()
+    for _ in range(reps):
+        detect_output(arr, prompts)
+    fast_s = (time.perf_counter() - t) / reps
+    t = time.perf_counter()
+    detect_langdetect(arr)
+    return len(answers), fast_s, time.perf_counter() - t
+
+
+def real_output_bench(work) -> list[tuple]:
+    """lang_output agreement on the real gold set's answer labels, per kind."""
+    from collections import defaultdict
+
+    import pyarrow as pa
+
+    from forge.lang import detect_langdetect
+    from tests.test_fidelity import real_output_gold
+
+    rows = real_output_gold(work / "gold-output-home")
+    slow, _s = detect_langdetect(pa.array([r["output"] for r in rows]))
+    by_kind = defaultdict(lambda: [0, 0, 0])
+    for r, other in zip(rows, slow, strict=True):
+        for kind in (r["kind"], "all"):
+            by_kind[kind][0] += 1
+            by_kind[kind][1] += r["lang_output"] == r["gold"]
+            # langdetect has no "no answer": an empty answer counts as und for it too
+            by_kind[kind][2] += (other if r["output"].strip() else "und") == r["gold"]
+    return [(kind, n, ours / n, theirs / n) for kind, (n, ours, theirs) in by_kind.items()]
+
+
 def real_mixed_bench(work) -> list[tuple]:
     from collections import defaultdict
 
@@ -135,6 +180,21 @@ def main() -> None:
         )
     )
     print()
+    print("real mixed gold set, answer labels (lang_output)")
+    print(
+        table(
+            [
+                (kind, f"{n:,}", f"{ours:.2%}", f"{theirs:.2%}")
+                for kind, n, ours, theirs in real_output_bench(work)
+            ],
+            ("kind", "records", "forge (build lang_output)", "langdetect (answer)"),
+        )
+    )
+    n, fast_s, slow_s = output_speed()
+    print(
+        f"answer pass (detect_output) on {n:,} real alpaca + BELLE answers: forge {n / fast_s:,.0f}/s, "
+        f"langdetect {n / slow_s:,.0f}/s\n"
+    )
     repeat_files(
         [
             SHARED / "flan_cot" / f"{s}_train.tsv"

@@ -353,7 +353,10 @@ def real(smollm2):
     """(base URL, the model loaded in this process) for SmolLM2."""
     from forge.train.infer import load
 
-    with forge_serve(smollm2, env={"HF_HUB_OFFLINE": "1"}, wait_s=300) as url:
+    # clients name the model as the server is told to (--served-model-name), not by its folder
+    with forge_serve(
+        smollm2, "--served-model-name", "smollm2-test", env={"HF_HUB_OFFLINE": "1"}, wait_s=300
+    ) as url:
         yield url, load(str(smollm2))
 
 
@@ -380,7 +383,7 @@ def test_lm_eval_local_completions_scores_like_forge_eval(real, smollm2, tmp_pat
     requests = [(mc_context(it, [], "zh"), f" {letter}") for it in items for letter in it.options]
     ours = loglikelihoods(loaded.model, loaded.tokenizer, requests)
 
-    lm = LocalCompletionsAPI(base_url=base + "/v1/completions", model=loaded.name, tokenizer_backend="huggingface",
+    lm = LocalCompletionsAPI(base_url=base + "/v1/completions", model="smollm2-test", tokenizer_backend="huggingface",
                              tokenizer=str(smollm2), batch_size=4, max_retries=1)  # fmt: skip
     theirs = lm.loglikelihood(
         [Instance("loglikelihood", {}, request, i) for i, request in enumerate(requests)], disable_tqdm=True
@@ -408,7 +411,7 @@ def test_lm_eval_local_chat_completions_generates_what_forge_does(real):
     chats = [[{"role": "user", "content": json.loads(line)["question"]}] for line in lines]
     until = ["Question:", "</s>", "<|im_end|>"]
     kwargs = {"until": until, "max_gen_toks": 32, "do_sample": False, "temperature": 0.0}
-    lm = LocalChatCompletion(base_url=base + "/v1/chat/completions", model=loaded.name, max_retries=1)
+    lm = LocalChatCompletion(base_url=base + "/v1/chat/completions", model="smollm2-test", max_retries=1)
     theirs = lm.generate_until(
         [
             Instance("generate_until", {}, (JsonChatStr(json.dumps(c)), dict(kwargs)), i)

@@ -136,6 +136,12 @@ def serve(
             min=1, help="Seconds a generation may go without a decode step before /health says 503."
         ),
     ] = 120.0,
+    served_model_name: Annotated[
+        str | None,
+        typer.Option(
+            help="The model id clients send and /v1/models lists (default: the model folder's name)."
+        ),
+    ] = None,
 ):
     """Serve a model over the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models)
     with a chat page at /."""
@@ -152,6 +158,8 @@ def serve(
     except ValueError as e:
         _fail(f"--max-body: {e}")
     loaded = which.load()
+    if served_model_name:
+        loaded.name = served_model_name
     err.print(f"serving {loaded.name} (template {loaded.template}) on http://{host}:{port}/", highlight=False)
     app = create_app(loaded, api_key, max_batch, max_body=body_limit, stall_after=stall_after)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -134,10 +134,19 @@ _CLD2_FIX = {"zh-Hant": "zh", "iw": "he", "in": "id", "jw": "jv", "tl": "fil", "
 
 
 def _count(texts: pa.Array, pattern: str) -> np.ndarray:
+    return _counts(texts, pattern)[0]
+
+
+def _counts(texts: pa.Array, *patterns: str) -> list[np.ndarray]:
+    """Matches of each pattern per text, all patterns in one polars query (one pass of its
+    thread pool: a query per pattern costs a few ms each, whatever the batch)."""
     import polars as pl
 
     # polars' regex engine runs on all cores; pyarrow's count_substring_regex is single-threaded
-    return pl.Series(texts).str.count_matches(pattern).fill_null(0).to_numpy().astype(np.int64)
+    frame = pl.DataFrame({"t": pl.Series(texts, dtype=pl.String)}).select(
+        pl.col("t").str.count_matches(p).fill_null(0).alias(str(i)) for i, p in enumerate(patterns)
+    )
+    return [frame[str(i)].to_numpy().astype(np.int64) for i in range(len(patterns))]
 
 
 def markup_free(texts: pa.Array, window: int = MARKUP_WINDOW) -> pa.Array:
@@ -247,12 +256,9 @@ def _prose(texts: pa.Array) -> np.ndarray:
     """Which answers read as prose: at least PROSE_MIN_WORDS words, letters >= 75% of the
     non-space characters, fewer than half of the non-blank lines code, fewer than half of the
     words capitalised (names)."""
-    letters = _count(texts, _LETTER)
-    visible = _count(texts, r"\S")
-    words = _count(texts, r"\p{L}{2,}")
-    capitalised = _count(texts, r"\p{Lu}\p{L}+")
-    lines = _count(texts, r"(?m)^\s*\S")
-    code = _count(texts, _CODE_LINE)
+    letters, visible, words, capitalised, lines, code = _counts(
+        texts, _LETTER, r"\S", r"\p{L}{2,}", r"\p{Lu}\p{L}+", r"(?m)^\s*\S", _CODE_LINE
+    )
     return (
         (words >= PROSE_MIN_WORDS)
         & (letters >= PROSE_LETTER_SHARE * visible)
@@ -282,9 +288,8 @@ def _settle_scripts(sub: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     their words of two letters or more) or the Latin words frame no sentence (names,
     identifiers, code: "谁是Harrison Kinsley？", "写一个Python函数"). So a short span inside an
     English sentence does not flip it: "What does 你好 mean?" is not zh."""
-    letters = _count(sub, _LETTER)
+    letters, latin_words, han, kana, other = _counts(sub, _LETTER, _LATIN_WORD, _HAN, _KANA, _SETTLING_ANY)
     safe = np.maximum(letters, 1)
-    latin_words = _count(sub, _LATIN_WORD)
     framed = np.zeros(len(sub), dtype=bool)  # read only where a script does not outweigh Latin
 
     def settles(units: np.ndarray, hits: np.ndarray, todo: np.ndarray) -> np.ndarray:
@@ -296,14 +301,13 @@ def _settle_scripts(sub: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     codes = np.full(len(sub), "", dtype=object)
     scores = np.zeros(len(sub), dtype=np.float32)
-    han, kana = _count(sub, _HAN), _count(sub, _KANA)
     cjk = han + kana
     is_cjk = settles(cjk, cjk, np.ones(len(sub), dtype=bool))
     is_ja = is_cjk & (kana >= 0.2 * np.maximum(cjk, 1))
     codes[is_ja] = "ja"
     codes[is_cjk & ~is_ja] = "zh"
     scores[is_cjk] = (cjk / safe)[is_cjk]
-    other = _count(sub, _SETTLING_ANY)  # one pass; each script is counted where it occurs
+    # the other settling scripts were counted together; each is counted where it occurs
     for code, pattern in _SETTLING_SCRIPTS.items():
         todo = (codes == "") & (other > 0)
         if not todo.any():
@@ -312,9 +316,8 @@ def _settle_scripts(sub: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         words = np.zeros(len(sub), dtype=np.int64)
         at = np.flatnonzero(todo)
         part = sub.take(pa.array(at))
-        hits[at] = _count(part, pattern)
         # words of two letters or more: a lone Greek letter is a math symbol ("2 * π * r")
-        words[at] = _count(part, pattern + "{2,}")
+        hits[at], words[at] = _counts(part, pattern, pattern + "{2,}")
         settle = settles(words, hits, todo)
         codes[settle] = code
         scores[settle] = (hits / safe)[settle]
@@ -335,7 +338,7 @@ def _settle_by_lead(sub: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     lead = series.str.extract(_LEAD, 0).fill_null("")
     has_rest = (series.str.len_chars() - lead.str.len_chars()).to_numpy() > 1
     lead_arr = lead.to_arrow()
-    units = _count(lead_arr, _HAN) + _count(lead_arr, _KANA) + _count(lead_arr, _NON_CJK_WORD)
+    units = sum(_counts(lead_arr, _HAN, _KANA, _NON_CJK_WORD))
     codes, scores, _mixed = _settle_scripts(lead_arr)
     framed = _frame_words(lead_arr) > 0
     decisive = has_rest & (units >= LEAD_MIN_UNITS) & ((codes != "") | framed)
@@ -379,12 +382,15 @@ def _english_function_words(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """
     import polars as pl
 
-    low = pl.Series(texts).str.to_lowercase()
-    the = low.str.count_matches(r"\bthe\b").to_numpy().astype(np.int64)
-    hits = low.str.count_matches(_EN_FUNCTION_RE).to_numpy().astype(np.int64)
-    words = (
-        low.str.count_matches(" ", literal=True) + low.str.count_matches("\n", literal=True)
-    ).to_numpy() + 1
+    low = pl.col("t").str.to_lowercase()
+    frame = pl.DataFrame({"t": pl.Series(texts, dtype=pl.String)}).select(
+        low.str.count_matches(r"\bthe\b").alias("the"),
+        low.str.count_matches(_EN_FUNCTION_RE).alias("hits"),
+        (low.str.count_matches(" ", literal=True) + low.str.count_matches("\n", literal=True)).alias("gaps"),
+    )
+    the = frame["the"].to_numpy().astype(np.int64)
+    hits = frame["hits"].to_numpy().astype(np.int64)
+    words = frame["gaps"].to_numpy() + 1
     share = hits / np.maximum(words, 1)
     return (the > 0) & ((share >= EN_FUNCTION_SHARE) | (hits >= 4)) & (words >= 4), share
 
@@ -437,10 +443,12 @@ def detect(
     raise ValueError(f"unknown language detector {detector!r}; choose one of {', '.join(DETECTORS)}")
 
 
-# English function words, for the quick reading of an ASCII answer to an English prompt
+# English function words, for the quick reading of an ASCII answer to an English prompt; words
+# that other Latin-script languages use too are left out ("is" Dutch, "was" German, "for"
+# Danish, "to" Czech, "on" French)
 _EN_ANSWER_RE = (
-    r"(?i-u)\b(?:the|of|and|to|is|that|with|for|are|was|what|does|did|how|why|which|who|this|these|"
-    r"those|you|your|would|could|should|has|have|been|they|its|there|about|than|into|not|on)\b"
+    r"(?i-u)\b(?:the|of|and|that|with|are|what|does|did|how|why|which|who|this|these|those|you|"
+    r"your|would|could|should|has|have|been|they|its|there|about|than|into|not|were|will|can)\b"
 )
 EN_ANSWER_MIN_HITS = 2
 
@@ -456,7 +464,7 @@ def _english_answers(answers: pa.Array, prompt_langs: np.ndarray) -> np.ndarray:
     )
     if len(candidates):
         sub = pc.utf8_slice_codeunits(answers.take(pa.array(candidates)), 0, PREFIX)
-        hits, words = _count(sub, _EN_ANSWER_RE), _count(sub, r"[A-Za-z]+")
+        hits, words = _counts(sub, _EN_ANSWER_RE, r"[A-Za-z]+")
         quick[candidates] = (hits >= EN_ANSWER_MIN_HITS) & (hits * 10 >= words)
     return quick
 

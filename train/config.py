@@ -42,6 +42,13 @@ class TrainArgs:
     output_dir: str | None = opt(
         None, "Where the adapter and run manifest go (default: data home/runs/MIXTURE-PEFT).", group="output"
     )
+    # the objective
+    method: str = opt(
+        "sft",
+        "Objective: sft | dpo | orpo (dpo and orpo train on a mixture of preference pairs).",
+        group="objective",
+    )
+    beta: float = opt(0.1, "DPO: the KL weight beta; ORPO: the odds-ratio weight lambda.", group="objective")
     # the adapter
     peft: str = opt("lora", f"PEFT method: {' | '.join(PEFT_METHODS)}.", group="peft")
     peft_config: dict | None = opt(

@@ -38,6 +38,7 @@ from forge.train.config import PEFT_METHODS, PROMPT_STYLE, TrainArgs, dump_recip
 from forge.train.data import IGNORE, StreamStats, TokenizeConfig, pad_batch, stream_examples
 from forge.train.families import family_of, present_targets
 from forge.train.packing import PackStats, collate_packed, mask_style, pack
+from forge.train.preference import METHODS, PREFERENCE, PREFERENCE_METRICS, PreferenceMixin, stream_pairs
 
 # bitsandbytes logs at import, on CPUs with avx512_bf16, that an optional kernel fetched from the
 # Hub is missing; forge never fetches kernels at run time, so the line is noise before every error
@@ -119,8 +120,12 @@ def _check_peft_config(config) -> None:
 
 
 def resolve_packing(args: TrainArgs) -> str | None:
-    """packing None means auto: on unless the method adds virtual tokens. Returns the note to
-    print when auto turns it off (the model family is checked again once it is known)."""
+    """packing None means auto: on unless the method adds virtual tokens or the run trains on
+    preference pairs (never packed: each sequence is scored whole). Returns the note to print
+    when auto turns it off (the model family is checked again once it is known)."""
+    if args.packing is None and args.method in PREFERENCE:
+        args.packing = False
+        return f"packing is off: {args.method} scores each answer of a pair as a sequence of its own"
     if args.packing is None and args.peft in PROMPT_STYLE:
         args.packing = False
         return f"packing is off: {args.peft} adds virtual tokens before every sequence"
@@ -135,6 +140,16 @@ def check_args(args: TrainArgs) -> None:
     _check_paths(args)
     if args.peft_config is not None:
         _check_peft_config(args.peft_config)
+    if args.method not in METHODS:
+        raise ValueError(f"--method {args.method!r}: choose one of {', '.join(METHODS)}")
+    if args.method in PREFERENCE:
+        if not (isinstance(args.beta, int | float) and 0 < args.beta < float("inf")):
+            raise ValueError(f"--beta must be a positive number, got {args.beta}")
+        if args.packing:
+            raise ValueError(
+                f"--packing: {args.method} trains on pairs, which are never packed (each answer is scored "
+                f"as a sequence of its own); drop --packing"
+            )
     if args.peft not in PEFT_METHODS and not args.peft_config:
         raise ValueError(
             f"--peft {args.peft!r}: choose one of {', '.join(PEFT_METHODS)} or pass --peft-config JSON"
@@ -242,7 +257,8 @@ class MixtureDataset(torch.utils.data.IterableDataset):
             )
             stream.position = self.start
             before = self._kept()
-            yield stream_examples(_until(stream, self.stop), self.tokenizer, self.cfg, self.stats)
+            examples = stream_pairs if self.args.method in PREFERENCE else stream_examples
+            yield examples(_until(stream, self.stop), self.tokenizer, self.cfg, self.stats)
             if self.stop is not None:
                 return
             if self._kept() == before:  # or the next pass spins forever
@@ -281,10 +297,16 @@ class MixtureDataset(torch.utils.data.IterableDataset):
     def __iter__(self):
         pad = self.tokenizer.pad_token_id
         packed = self.args.packing
+        pairs = self.args.method in PREFERENCE
         for n, items in enumerate(self._batches()):
             if n < self.skip_batches:  # resume: replay the stream, skip what was consumed
                 continue
+            if pairs:  # both answers of every pair count: 2B sequences
+                items_ids = [p["id"] for p in items]
+                items = [p["chosen"] for p in items] + [p["rejected"] for p in items]
             ids = [i for r in items for i in r["ids"]] if packed else [e["id"] for e in items]
+            if pairs:
+                ids = items_ids
             for i in ids:
                 self.id_hash.update(i.encode())
             self.examples += len(ids)
@@ -300,6 +322,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
                     self.component_tokens[component] = self.component_tokens.get(component, 0) + n_tokens
             self.batches = n + 1
             self.trace.append(ids)
+            # pairs: pad_batch over the chosen then the rejected sequences is collate_pairs' 2B rows
             yield collate_packed(items, pad, mask=self.mask) if packed else pad_batch(items, pad)
 
 
@@ -551,6 +574,9 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None, sa
         eval_set = _EvalList(list(eval_ds))
     losses: list[float] = []
     evals: list[float] = []
+    preference: dict[str, list[float]] = (
+        {k: [] for k in PREFERENCE_METRICS} if args.method in PREFERENCE else {}
+    )
     clock = {"start": time.perf_counter(), "tokens": 0}
 
     class StreamLog(TrainerCallback):
@@ -572,6 +598,10 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None, sa
                     "eta_s": elapsed / done * max(state.max_steps - state.global_step, 0),
                     "packing": logs.get("packing_efficiency"),
                 }
+                for key, values in preference.items():  # the pair metrics of this logging window
+                    if key in logs:
+                        values.append(float(logs[key]))
+                        entry[key] = float(logs[key])
                 logs["tokens_per_s"] = round(entry["tokens_per_s"], 1)
                 if on_log:
                     on_log(entry)
@@ -598,7 +628,9 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None, sa
                 )
             )
 
-    class StreamTrainer(Trainer):
+    base = (PreferenceMixin, Trainer) if args.method in PREFERENCE else (Trainer,)
+
+    class StreamTrainer(*base):
         # The dataset slices the stream by rank and builds batches itself; accelerate must not
         # shard or re-batch it again.
         def get_train_dataloader(self):
@@ -638,6 +670,7 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None, sa
     trainer = StreamTrainer(
         model=model, args=targs, train_dataset=dataset, eval_dataset=eval_set, callbacks=[StreamLog()]
     )
+    trainer.method, trainer.beta = args.method, args.beta
     if on_log is not None:  # the caller prints the losses; the Trainer's raw dict printer would repeat them
         from transformers.trainer_callback import PrinterCallback
 
@@ -681,6 +714,18 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None, sa
         else None,
         "losses": losses,
         "eval_losses": evals,
+        "method": args.method,
+        # per logged step, for dpo / orpo: reward margin, preference accuracy, chosen and rejected
+        # log-probs and rewards (train/preference.py)
+        "preference": {
+            "beta": args.beta,
+            "pairs_seen": counts["examples"],
+            "first": {k: v[0] for k, v in preference.items() if v},
+            "last": {k: v[-1] for k, v in preference.items() if v},
+            "steps": preference,
+        }
+        if preference
+        else None,
         "seconds": round(seconds, 2),
         "args": asdict(args),
         "recipe": "recipe.yaml",

@@ -1,10 +1,16 @@
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# datasets caches a loaded folder under a key that ignores the files' contents: a cache left in
+# ~/.cache by an earlier run (or an older forge) would be read instead of what a test wrote
+_DATASETS_CACHE = tempfile.mkdtemp(prefix="forge-tests-datasets-")
+os.environ["HF_DATASETS_CACHE"] = _DATASETS_CACHE
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = (REPO.parent / "shared" / "corpora").resolve()
@@ -120,3 +126,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # two workers on two cores: one math thread each instead of each asking for every core
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_DATASETS_CACHE, ignore_errors=True)

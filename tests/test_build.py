@@ -4,6 +4,7 @@ import polars as pl
 import pytest
 
 from forge.build import build_source, read_manifest
+from forge.schema import SCHEMA_VERSION
 from tests.conftest import shared
 
 FLAN_COUNTS = {
@@ -90,7 +91,7 @@ def test_manifest_contents(home, catalog):
     r = build_source(catalog.get("alpaca"), home=home, sample=True)
     m = read_manifest("alpaca", home)
     assert m["rows"] == r.rows == sum(s["rows"] for s in m["shards"])
-    assert m["schema_version"] == 1 and len(m["build_hash"]) == 64
+    assert m["schema_version"] == SCHEMA_VERSION and len(m["build_hash"]) == 64
     assert m["raw"][0]["name"] == "alpaca_sample.json" and len(m["raw"][0]["sha256"]) == 64
     assert sum(m["tag_counts"]["lang"].values()) == r.rows
     shard = m["shards"][0]

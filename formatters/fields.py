@@ -56,7 +56,11 @@ def empty_answer(text: str, placeholders: frozenset[str] = PLACEHOLDERS) -> bool
     rest = _HEADER.sub(" ", text)
     if _ALNUM.search(rest):
         return rest.strip(" \t\n。．.，,：:;；!！?？-—_…").lower() in placeholders
-    return not any(unicodedata.category(ch).startswith("S") for ch in rest)
+    # a symbol is content; so is a character that is broken or unknown (a lone surrogate,
+    # private use, unassigned): it is not an empty answer but bad text, quarantined as such later
+    return not any(
+        unicodedata.category(ch)[0] == "S" or unicodedata.category(ch) in ("Cs", "Co", "Cn") for ch in rest
+    )
 
 
 def strip_answer_header(text: str) -> str:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
@@ -224,6 +225,9 @@ def assemble(cols: dict, src: Source, detector: str) -> pa.Table:
     for name in normalize.TEXT_FIELDS:
         cols[name] = normalize.trim(cols[name])
     cols["history"] = normalize.trim_history(cols["history"])
+    # only pair formatters hand over rejected answers; a record without one is an sft record
+    rejected = cols.get("rejected")
+    cols["rejected"] = [""] * n if rejected is None else normalize.trim(rejected)
     arrays = {}
     for name in FORMATTED_COLUMNS:
         value = cols[name]
@@ -238,6 +242,8 @@ def assemble(cols: dict, src: Source, detector: str) -> pa.Table:
     arrays["source"] = pa.array([src.name] * n, pa.string())
     arrays["task"] = pa.array([src.task] * n, pa.string())
     arrays["gen"] = pa.array([src.gen] * n, pa.string())
+    is_pair = pc.not_equal(arrays["rejected"], "")
+    arrays["kind"] = pc.if_else(is_pair, "pair", "sft").cast(pa.string())
     table = pa.table({k: arrays[k] for k in arrays})
     flagged = normalize.control_char_rows(table)
     if len(flagged):
@@ -317,7 +323,7 @@ def version_problems(folder: Path) -> tuple[dict | None, list[str]]:
         problems.insert(
             0,
             f"built with record schema v{built_with}; this forge reads v{SCHEMA_VERSION} "
-            f"(v2 added the lang_output column)",
+            f"(v2 added the lang_output column, v3 the rejected and kind columns of preference pairs)",
         )
     return manifest, problems
 

@@ -754,3 +754,22 @@ def empty_output_counts(mix: Mixture) -> dict[str, int]:
         if (n := int(empty.sum())) > 0:
             out[leaf.label] = n
     return out
+
+
+def pair_counts(mix: Mixture) -> dict[str, tuple[int, int]]:
+    """Per component: (preference pairs, records) among the rows the mixture draws from it. A
+    DPO / ORPO run needs pairs in every component: a component without any is plain records."""
+    import polars as pl
+
+    out = {}
+    for leaf, rows in zip(mix.leaves, mix.rowsets, strict=True):
+        files = [str(p) for p in mix.pinned[leaf.source].files()]
+        if not files:
+            out[leaf.label] = (0, 0)
+            continue
+        col = pl.scan_parquet(files).select(pl.col("kind") == "pair")
+        is_pair = col.collect().to_series().to_numpy()
+        if rows is not None:
+            is_pair = is_pair[rows]
+        out[leaf.label] = (int(is_pair.sum()), len(is_pair))
+    return out

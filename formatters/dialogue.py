@@ -32,7 +32,8 @@ meta.flags gets "split_speaker_tag". "a Human: being" (no sentence end before it
 Preference pairs (transcript with `rejected_key`): when the rejected transcript's turns before
 its last reply differ from the chosen one's, meta.rejected does not answer the same prompt;
 meta.rejected_prompt_differs is then true (absent otherwise), so a preference user can drop the
-pair.
+pair. The record is a pair (the `rejected` column, kind pair) only when the prompts agree; a
+record whose rejected prompt differs is an sft record (rejected "", the flag in meta).
 """
 
 from __future__ import annotations
@@ -254,6 +255,9 @@ def make(options: dict, source: str):
             k: []
             for k in ("instruction", "input", "output", "history", "category", "raw_row", "raw_line", "meta")
         }
+        pairs = style == "transcript" and bool(options.get("rejected_key"))
+        if pairs:
+            out["rejected"] = []
         for record, row, line in zip(batch.as_records(), batch.rows, batch.lines, strict=True):
             try:
                 turns, extra = turns_of(record)
@@ -288,6 +292,9 @@ def make(options: dict, source: str):
             out["raw_row"].append(row)
             out["raw_line"].append(line)
             out["meta"].append(json.dumps(meta, ensure_ascii=False) if meta else None)
+            if pairs:  # a pair only where both replies answer the same prompt
+                same = not meta.get("rejected_prompt_differs")
+                out["rejected"].append((meta.get("rejected") or "") if same else "")
         n = len(out["instruction"])
         out["raw_file"] = [batch.file] * n
         out["template"] = [None] * n

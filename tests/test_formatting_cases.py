@@ -19,6 +19,7 @@ from conftest import shared
 from forge.build import build_source
 from forge.connectors.base import RawBatch
 from forge.formatters import tasks
+from forge.schema import SCHEMA_VERSION
 
 
 def records(r) -> pl.DataFrame:
@@ -243,6 +244,12 @@ def test_hh_rlhf_mid_line_speaker_tag_splits_the_turn_and_pair_prompts_are_compa
     df = records(r)
     assert (r.rows, r.quarantined) == (3, 0)
     drag, book, person = df.iter_rows(named=True)
+    # pairs (#34): a record is a pair only where both replies answer the same prompt
+    assert [(x["kind"], x["rejected"]) for x in (drag, book, person)] == [
+        ("pair", "I don't know."),
+        ("sft", ""),
+        ("pair", "Yes."),
+    ]
     assert drag["history"] == [
         {
             "user": "What are drag kings?",
@@ -465,10 +472,8 @@ def test_older_build_fails_with_a_rebuild_message(home, catalog):
     seal_manifest(r.out_dir)  # as forge wrote it before lang_output existed
     with pytest.raises(BuildError) as e:
         open_built("alpaca", home)
-    assert "built with record schema v1; this forge reads v2 (v2 added the lang_output column)" in str(
-        e.value
-    )
+    assert "built with record schema v1; this forge reads v3 (v2 added the lang_output column" in str(e.value)
     assert "`forge build alpaca` repairs it" in str(e.value)
     again = build_source(catalog.get("alpaca"), home=home, sample=True)
     assert again.status == "built" and again.version != r.version
-    assert open_built("alpaca", home).manifest["schema_version"] == 2
+    assert open_built("alpaca", home).manifest["schema_version"] == SCHEMA_VERSION

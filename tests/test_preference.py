@@ -150,3 +150,120 @@ def test_completion_logps_masks_the_prompt():
     logp = logits.log_softmax(-1)
     assert count.tolist() == [2, 4]
     assert total[0].item() == pytest.approx((logp[0, 1, 3] + logp[0, 2, 4]).item(), abs=1e-5)
+
+
+def _hh_pairs(n: int) -> list[dict]:
+    """hh-rlhf transcripts: a preferred and a rejected reply to the same turns; every 6th pair's
+    rejected transcript answers other earlier turns (no pair: counted, not trained on)."""
+    out = []
+    for i in range(n):
+        ask = f"\n\nHuman: What is {i} plus {i}?"
+        chosen = f"{ask}\n\nAssistant: {i} plus {i} is {2 * i}."
+        if i % 6 == 5:
+            rejected = f"\n\nHuman: Hello?\n\nAssistant: Hi.{ask}\n\nAssistant: No idea."
+        else:
+            rejected = f"{ask}\n\nAssistant: I will not tell you."
+        out.append({"chosen": chosen, "rejected": rejected})
+    return out
+
+
+@pytest.fixture
+def pair_home(home, catalog, tmp_path, monkeypatch):
+    import gzip
+    import json
+
+    from forge.build import build_source
+
+    raw = tmp_path / "train.jsonl.gz"
+    raw.write_bytes(gzip.compress("".join(json.dumps(p) + "\n" for p in _hh_pairs(24)).encode()))
+    r = build_source(catalog.get("hh_rlhf"), home=home, from_path=raw)
+    assert r.rows == 24
+    build_source(catalog.get("alpaca"), home=home, sample=True)
+    mixtures = tmp_path / "mixtures"
+    mixtures.mkdir()
+    (mixtures / "hh-pairs.yaml").write_text("strategy: concat\ncomponents:\n  - {source: hh_rlhf}\n")
+    (mixtures / "hh-alpaca.yaml").write_text(
+        "strategy: concat\ncomponents:\n  - {source: hh_rlhf}\n  - {source: alpaca}\n"
+    )
+    monkeypatch.setenv("FORGE_MIXTURES", str(mixtures))
+    return home
+
+
+def test_hh_rlhf_pairs_only_where_the_prompts_agree(pair_home):
+    import polars as pl
+
+    from forge.build import open_built
+
+    df = pl.read_parquet(open_built("hh_rlhf", pair_home).files())
+    kinds = df["kind"].to_list()
+    assert kinds.count("pair") == 20 and kinds.count("sft") == 4
+    pairs = df.filter(pl.col("kind") == "pair")
+    assert pairs["rejected"].to_list()[0] == "I will not tell you."
+    assert (df.filter(pl.col("kind") == "sft")["rejected"] == "").all()
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo"])
+def test_forge_train_dpo_on_a_pair_mixture(pair_home, tiny_model, tmp_path, method):
+    """`forge train --mixture <pairs> --method dpo --peft lora`: 3 steps of 2 pairs; the step
+    lines and the manifest report the pair metrics; the 4 hh records whose rejected reply answers
+    other turns are skipped and counted."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from forge.cli import app
+
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--mixture",
+        "hh-pairs",
+        "--model",
+        str(tiny_model),
+        "--method",
+        method,
+        "--peft",
+        "lora",
+    ]
+    args += ["--max-steps", "3", "--batch-size", "2", "--learning-rate", "0.01", "--cutoff-len", "128"]
+    args += ["--output-dir", str(out), "--home", str(pair_home)]
+    r = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert f"({method}, beta 0.1)" in r.stdout and "packing is off" in r.stdout
+    steps = [line for line in r.stdout.splitlines() if line.startswith("step ")]
+    assert len(steps) == 3 and all("margin" in s and "pref acc" in s for s in steps)
+    m = json.loads((out / "run_manifest.json").read_text())
+    assert m["method"] == method and m["packing_efficiency"] is None
+    pref = m["preference"]
+    assert pref["beta"] == 0.1 and pref["pairs_seen"] == 6
+    assert len(pref["steps"]["reward_margin"]) == 3 and len(pref["steps"]["preference_accuracy"]) == 3
+    assert set(pref["last"]) >= {"reward_margin", "preference_accuracy", "chosen_logps", "rejected_logps"}
+    if method == "dpo":  # the adapter starts as the base: the first step's rewards are zero
+        assert pref["first"]["reward_margin"] == 0.0
+    ids = [i for line in (out / "batches.jsonl").read_text().splitlines() for i in json.loads(line)["ids"]]
+    assert len(ids) == 6 and len(set(ids)) == 6
+
+
+def test_dpo_refuses_a_mixture_with_plain_records(pair_home, tiny_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from forge.cli import app
+
+    args = [
+        "train",
+        "--mixture",
+        "hh-alpaca",
+        "--model",
+        str(tiny_model),
+        "--method",
+        "dpo",
+        "--max-steps",
+        "1",
+    ]
+    args += ["--output-dir", str(tmp_path / "run"), "--home", str(pair_home)]
+    r = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert r.exit_code != 0
+    assert "mixes in plain records: alpaca hold no pairs" in r.output
+    assert "--packing" not in r.output
+    r = CliRunner().invoke(app, [*args, "--packing"], env={"COLUMNS": "300"})
+    assert r.exit_code != 0 and "pairs, which are never packed" in r.output

@@ -53,6 +53,7 @@ class StreamStats:
     tokens: int = 0
     trained_tokens: int = 0
     component_tokens: dict = field(default_factory=dict)  # mixture component -> tokens kept
+    not_pairs: int = 0  # preference runs: records of pair sources that are not pairs, skipped
 
 
 def tokenize_records(records: list[dict], tokenizer, cfg: TokenizeConfig, stats: StreamStats) -> list[dict]:

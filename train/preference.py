@@ -203,23 +203,29 @@ def stream_pairs(
     from forge.train.data import TOKENIZE_BATCH
 
     stats = stats if stats is not None else StreamStats()
-    columns = ["id", "instruction", "input", "output", "history", "rejected"]
+    columns = ["id", "instruction", "input", "output", "history", "rejected", "kind"]
     for table in mixture_stream:
-        if "rejected" not in table.column_names:
-            raise ValueError(
-                "a preference run (--method dpo|orpo) needs pair records (a rejected answer); this mixture "
-                "streams plain records"
-            )
         cols = columns + (["_component"] if "_component" in table.column_names else [])
         for start in range(0, table.num_rows, TOKENIZE_BATCH):
             records = table.slice(start, TOKENIZE_BATCH).select(cols).to_pylist()
-            plain = sum(1 for r in records if not (r.get("rejected") or "").strip())
-            if plain:
-                raise ValueError(
-                    f"a preference run (--method dpo|orpo) trains on pairs only, and this mixture mixes "
-                    f"{plain} plain record(s) (no rejected answer) into its pairs; give it pair sources only"
-                )
-            yield from tokenize_pairs(records, tokenizer, cfg, stats)
+            # a pair source's records that are not pairs (hh-rlhf: the rejected reply answers other
+            # turns) are skipped and counted; check_pair_mixture refuses components without pairs
+            pairs = [r for r in records if r["kind"] == "pair"]
+            stats.not_pairs += len(records) - len(pairs)
+            yield from tokenize_pairs(pairs, tokenizer, cfg, stats)
+
+
+def check_pair_mixture(mix, method: str) -> None:
+    """One line when a preference run's mixture mixes plain records in: every component must be
+    a pair source (hold preference pairs)."""
+    from forge.mixture import pair_counts
+
+    plain = [label for label, (pairs, _) in pair_counts(mix).items() if pairs == 0]
+    if plain:
+        raise ValueError(
+            f"--method {method} trains on preference pairs, and mixture {mix.name!r} mixes in plain "
+            f"records: {', '.join(map(str, plain))} hold no pairs; give it pair sources only (kind pair)"
+        )
 
 
 def collate_pairs(pairs: list[dict], pad_id: int) -> dict:

@@ -38,7 +38,14 @@ from forge.train.config import PEFT_METHODS, PROMPT_STYLE, TrainArgs, dump_recip
 from forge.train.data import IGNORE, StreamStats, TokenizeConfig, pad_batch, stream_examples
 from forge.train.families import family_of, present_targets
 from forge.train.packing import PackStats, collate_packed, mask_style, pack
-from forge.train.preference import METHODS, PREFERENCE, PREFERENCE_METRICS, PreferenceMixin, stream_pairs
+from forge.train.preference import (
+    METHODS,
+    PREFERENCE,
+    PREFERENCE_METRICS,
+    PreferenceMixin,
+    check_pair_mixture,
+    stream_pairs,
+)
 
 # bitsandbytes logs at import, on CPUs with avx512_bf16, that an optional kernel fetched from the
 # Hub is missing; forge never fetches kernels at run time, so the line is noise before every error
@@ -557,6 +564,8 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None, sa
     if note and say:
         say(note)
     check_args(args)
+    if args.method in PREFERENCE:
+        check_pair_mixture(mix, args.method)
     set_seed(args.seed)
     model, tokenizer, family, template = build_model(args, say)
     cfg = TokenizeConfig(
@@ -720,6 +729,7 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None, sa
         "preference": {
             "beta": args.beta,
             "pairs_seen": counts["examples"],
+            "not_pairs_skipped": counts["not_pairs"],  # records of pair sources that are no pair
             "first": {k: v[0] for k, v in preference.items() if v},
             "last": {k: v[-1] for k, v in preference.items() if v},
             "steps": preference,
@@ -760,6 +770,7 @@ def _gather_counts(dataset: MixtureDataset, world: int) -> dict:
         "truncated": dataset.stats.truncated,
         "tokens_cut": dataset.stats.tokens_cut,
         "empty_outputs": dataset.stats.empty_outputs,
+        "not_pairs": dataset.stats.not_pairs,
         "sampled_tokens": dict(dataset.stats.component_tokens),
         "component_tokens": dict(dataset.component_tokens),
         "pack_tokens": dataset.pack_stats.tokens,

@@ -153,7 +153,9 @@ def train(
     if os.environ.get("RANK", "0") == "0":  # one rank claims the folder; the others write into it
         _claim_run_folder(args, h, overwrite)
     say(
-        f"training {args.model} with {args.peft} on mixture {args.mixture} ({m.total:,} examples, "
+        f"training {args.model} with {args.peft}"
+        + (f" ({args.method}, beta {args.beta:g})" if args.method != "sft" else "")
+        + f" on mixture {args.mixture} ({m.total:,} examples, "
         f"fingerprint {m.fingerprint()[:12]}) "
         + (f"for {args.epochs} epoch(s)" if args.epochs else f"for {args.max_steps} steps")
         + f", learning rate {args.learning_rate:g}"
@@ -176,6 +178,12 @@ def train(
                 f"lr {entry['learning_rate']:.2e}  {entry['tokens_per_s']:,.0f} tok/s  "
                 f"ETA {_clock(entry['eta_s'])}"
                 + (f"  packing {entry['packing']:.1%}" if entry["packing"] else "")
+                + (  # dpo / orpo: the pair metrics (train/preference.py)
+                    f"  margin {entry['reward_margin']:.4f}  pref acc {entry['preference_accuracy']:.2f}"
+                    f"  logp chosen {entry['chosen_logps']:.2f} rejected {entry['rejected_logps']:.2f}"
+                    if "reward_margin" in entry
+                    else ""
+                )
             )
             prog.update(
                 bar, completed=entry["step"], total=entry["max_steps"], info=line[line.index("loss") :]

@@ -10,11 +10,6 @@ _CHECKOUT = _Path(__file__).resolve().parent.parent
 if not (_Path(__file__).parent / "train").is_dir() and (_CHECKOUT / "train" / "__init__.py").is_file():
     __path__.append(str(_CHECKOUT))
 
-# The submodule is imported first so that `forge.select` below stays the function: importing
-# a submodule for the first time binds its name on the package, which would otherwise replace
-# the function whenever some other module happened to import forge.select first.
-from forge import select as _select_module  # noqa: E402
-
 __version__ = "0.1.0"
 
 
@@ -24,4 +19,9 @@ def select(query=None, sources=None, home=None):
     >>> import forge
     >>> forge.select("lang == zh and category == cot").select("id", "instruction").collect()
     """
-    return _select_module.select(query, sources, home)
+    # imported here, not at the top: every `forge` command imports this package, and most
+    # never need polars (the module is named selection so that importing it never rebinds
+    # this function's name on the package)
+    from forge.selection import select as run
+
+    return run(query, sources, home)

@@ -552,7 +552,7 @@ def run(
 
     from forge.build import open_built
     from forge.executor import Executor
-    from forge.select import finish_derived, shard_files
+    from forge.selection import finish_derived, shard_files
     from forge.settings import byte_size
     from forge.store import check_out, prepare_out
 

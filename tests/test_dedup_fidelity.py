@@ -139,7 +139,7 @@ def test_from_folder_reads_data_files_only_and_lfs_pointers_say_so(home, catalog
 
 
 def test_filter_without_quality_steps_still_writes_dropped(built_samples, tmp_path):
-    from forge.select import filter_to_folder
+    from forge.selection import filter_to_folder
 
     filter_to_folder("lang == en", ["alpaca"], tmp_path / "f", home=built_samples)
     dropped = pl.read_parquet(tmp_path / "f" / "dropped.parquet")
@@ -147,7 +147,7 @@ def test_filter_without_quality_steps_still_writes_dropped(built_samples, tmp_pa
 
 
 def test_stats_histogram_labels_its_last_bin_with_the_real_range():
-    from forge.select import _histogram
+    from forge.selection import _histogram
 
     s = pl.Series("n", list(range(100)) + [5000])
     bins = _histogram(s)

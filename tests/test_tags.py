@@ -110,7 +110,7 @@ def test_select_stats_and_filter(built_samples, tmp_path):
     assert isinstance(lf, pl.LazyFrame)
     df = lf.collect()
     assert df.height == 36 and set(df["source"]) == {"flan_cot"}
-    from forge.select import filter_to_folder, stats
+    from forge.selection import filter_to_folder, stats
 
     s = stats("lang == zh", None, built_samples)
     assert s["rows"] == 27 and s["source"] == {"belle_0.5m": 27} and s["lengths"]["output_chars"]["p100"] > 0

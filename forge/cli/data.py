@@ -371,7 +371,7 @@ def stats(
     home: HomeOpt = None,
 ):
     """Counts by tag and length histograms of built sources (optionally filtered)."""
-    from forge.select import stats as compute
+    from forge.selection import stats as compute
 
     s = compute(where, sources or None, _home(home))
     if json_out:
@@ -411,7 +411,7 @@ def filter_(
 ):
     """Write the records matching a tag query (and passing quality steps) as a dataset folder."""
     from forge import quality as q
-    from forge.select import built_sources, filter_to_folder
+    from forge.selection import built_sources, filter_to_folder
 
     h = _home(home)
     try:

@@ -1,4 +1,4 @@
-"""Tag queries over built sources: forge.select, forge stats, and derived datasets.
+"""Tag queries over built sources: forge.select (the function in forge/__init__.py), forge stats, and derived datasets.
 
 Everything here is a lazy polars scan of the sources' Parquet shards with the query
 pushed down, so only matching row groups and the needed columns are read.

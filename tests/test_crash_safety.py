@@ -138,7 +138,7 @@ def test_kill_9_a_mix_loses_nothing_and_a_rerun_is_identical(tmp_path):
 
     rng = random.Random(3)
     points = [(None, f) for f in ["mix:written", *FAULTS[1:]]] + [
-        (rng.uniform(0.2, 0.95) * took, None) for _ in range(6)
+        (rng.uniform(0.2, 0.95) * took, None) for _ in range(4)
     ]
     for delay, fault in points:
         before_id = (home / "mixtures" / "m" / "CURRENT").read_text().strip()

@@ -47,10 +47,21 @@ def eval_(
     suite: Annotated[str, typer.Argument(help="cmmlu | ceval | mmlu | mmcu | gsm8k | flan-cot | belle")],
     data: Annotated[Path, typer.Option("--data", help="The eval file or folder, in its published layout.")],
     which: ModelFlags = ModelFlags(),
+    protocol: Annotated[
+        str | None,
+        typer.Option(
+            help="lm-eval (the benchmark's own prompts; default where lm-eval has the task) or forge."
+        ),
+    ] = None,
     shots: Annotated[
-        int, typer.Option(min=0, help="Multiple choice: solved examples from the dev split.")
+        int,
+        typer.Option(
+            min=0, help="Solved examples before each item (lm-eval's gsm8k uses 5: needs its train split)."
+        ),
     ] = 0,
-    limit: Annotated[int | None, typer.Option(min=1, help="Score only the first N items.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Score only the first N items of each subject (lm-eval's rule).")
+    ] = None,
     rows: Annotated[
         str | None, typer.Option(help="flan-cot: rows of each TSV, START:END (a held-out slice, e.g. -100:).")
     ] = None,
@@ -100,13 +111,12 @@ def eval_(
 
     loaded = which.load()
     with _progress() as prog:
-        prog.add_task(
-            f"eval {suite} ({len(eval_data.items[:limit] if limit else eval_data.items)} items)", total=None
-        )
+        bar = prog.add_task(f"eval {suite}", total=None)
+        report = _eval_progress(suite, lambda done, total: prog.update(bar, completed=done, total=total))
         try:
-            result = evaluate(loaded, eval_data, shots=shots, batch_size=batch_size, seed=seed, limit=limit,
-                              max_new_tokens=max_new_tokens, judge=judge, run=Path(run) if run else None,
-                              home=_home(home))  # fmt: skip
+            result = evaluate(loaded, eval_data, protocol=protocol, shots=shots, batch_size=batch_size, seed=seed,
+                              limit=limit, max_new_tokens=max_new_tokens, judge=judge,
+                              run=Path(run) if run else None, home=_home(home), progress=report)  # fmt: skip
         except ValueError as e:
             _fail(str(e))
     targets = ([Path(run) / "eval" / f"{suite}.json"] if run else []) + ([out] if out else [])
@@ -117,6 +127,28 @@ def eval_(
         held = "" if "held_out" not in overlap else f"; held out: {overlap['held_out']}"
         console.print(f"overlap with training: {overlap['contaminated_items']} items{held}", highlight=False)
     console.print(f"results -> {', '.join(str(t) for t in targets)}", highlight=False)
+
+
+def _eval_progress(suite: str, show):
+    """A progress callback: the bar on a terminal, and on stdout a line of items done, items/s
+    and ETA at most every 30 s (a long eval in a log is never silent for minutes)."""
+    import time
+
+    t0 = last = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        show(done, total)
+        now = time.perf_counter()
+        if now - last < 30 or not done or done >= total:
+            return
+        last = now
+        rate = done / (now - t0)
+        eta = int((total - done) / rate) if rate else 0
+        console.print(f"eval {suite}: {done:,}/{total:,} items  {rate:.2f} items/s  ETA {eta // 60}:{eta % 60:02d}",
+                      highlight=False)  # fmt: skip
+
+    return report
 
 
 def _is_eval_result(path: Path) -> bool:

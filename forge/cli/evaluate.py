@@ -50,7 +50,7 @@ def eval_(
     protocol: Annotated[
         str | None,
         typer.Option(
-            help="lm-eval (the benchmark's own prompts; default where lm-eval has the task) or forge."
+            help="lm-eval (the benchmark's own prompts; default where lm-eval has it), lm-eval-cot (gsm8k) or forge."
         ),
     ] = None,
     shots: Annotated[

@@ -409,6 +409,35 @@ class Decoder:
         self.rows = [self.rows[i] for i in keep]
 
 
+def _generate(
+    loaded, ids, streamer, max_new_tokens, temperature, top_p, seed, cancel, should_stop, hold
+) -> bool:
+    """One `generate` call for `stream` and `stream_tokens`, run on their model thread: inside
+    `hold` (forge serve's model lock), seeded there so no other generation reseeds between, and
+    stopped by `cancel` or `should_stop()` after any step. False when the reader had already
+    left, so the model never ran."""
+
+    def stopped() -> bool:
+        return cancel.is_set() or (should_stop is not None and bool(should_stop()))
+
+    with hold or contextlib.nullcontext():
+        if cancel.is_set():  # the reader left while the model was busy: nothing to run
+            return False
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            loaded.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                pad_token_id=loaded.tokenizer.pad_token_id,
+                eos_token_id=sorted(loaded.stop_ids) or None,
+                streamer=streamer,
+                stopping_criteria=_asking(stopped),
+                **_sampling(temperature, top_p),
+            )
+    return True
+
+
 def stream(
     loaded: Loaded,
     prompt: list[int],
@@ -434,27 +463,11 @@ def stream(
     ids = torch.tensor([prompt], dtype=torch.long, device=loaded.model.device)
     errors: list[BaseException] = []
 
-    def stopped() -> bool:
-        return cancel.is_set() or (should_stop is not None and bool(should_stop()))
-
     def work() -> None:
         try:
-            with hold or contextlib.nullcontext():
-                if cancel.is_set():  # the reader left while the model was busy: nothing to run
-                    streamer.end()
-                    return
-                torch.manual_seed(seed)  # here, under `hold`: no other generation reseeds between
-                with torch.no_grad():
-                    loaded.model.generate(
-                        input_ids=ids,
-                        attention_mask=torch.ones_like(ids),
-                        max_new_tokens=max_new_tokens,
-                        pad_token_id=loaded.tokenizer.pad_token_id,
-                        eos_token_id=sorted(loaded.stop_ids) or None,
-                        streamer=streamer,  # generate ends it
-                        stopping_criteria=_asking(stopped),
-                        **_sampling(temperature, top_p),
-                    )
+            if not _generate(loaded, ids, streamer, max_new_tokens, temperature, top_p, seed, cancel,
+                             should_stop, hold):  # fmt: skip
+                streamer.end()  # generate ends it when it runs
         except BaseException as e:  # surfaced to the reader below
             errors.append(e)
             streamer.end()
@@ -511,26 +524,11 @@ def stream_tokens(
     ids = torch.tensor([prompt] * rows, dtype=torch.long, device=loaded.model.device)
     errors: list[BaseException] = []
 
-    def stopped() -> bool:
-        return cancel.is_set() or (should_stop is not None and bool(should_stop()))
-
     def work() -> None:
         try:
-            with hold or contextlib.nullcontext():
-                if cancel.is_set():  # the reader left while the model was busy: nothing to run
-                    return
-                torch.manual_seed(seed)  # under `hold`: no other generation reseeds between
-                with torch.no_grad():
-                    loaded.model.generate(
-                        input_ids=ids,
-                        attention_mask=torch.ones_like(ids),
-                        max_new_tokens=max_new_tokens,
-                        pad_token_id=loaded.tokenizer.pad_token_id,
-                        eos_token_id=sorted(loaded.stop_ids) or None,
-                        streamer=Steps(),
-                        stopping_criteria=_asking(stopped),
-                        **_sampling(temperature, top_p),
-                    )
+            _generate(
+                loaded, ids, Steps(), max_new_tokens, temperature, top_p, seed, cancel, should_stop, hold
+            )
         except BaseException as e:  # surfaced to the reader below
             errors.append(e)
         finally:

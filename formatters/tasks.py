@@ -18,8 +18,11 @@ Options: task (one of TASKS), seed (template rotation), templates_dir.
                         are {"@value": ...} dicts
   hc3                   HC3 {question, human_answers[], chatgpt_answers[]} -> one record per
                         answer, the answer's origin in meta (gen MIX)
-  webgpt                WebGPT comparisons: the answer with the higher score; the pair and
-                        both scores stay in meta; ties are quarantined (no preferred answer)
+  webgpt                WebGPT comparisons -> preference pairs: the higher-scored answer is
+                        the output (chosen), the other the `rejected` answer (kind pair), so one
+                        entry serves SFT (output) and DPO/ORPO (the pair); both scores and which
+                        answer won stay in meta. Ties are quarantined (no preferred answer); a
+                        pair whose rejected answer is empty is an sft record (meta.rejected_empty)
 
 The template tasks render with the shared sandboxed renderer (formatters/templates.py) from
 cot_templates/tasks/<task>.yaml; template choice rotates as (row + seed) % n.
@@ -35,7 +38,8 @@ from pathlib import Path
 from forge.formatters.fields import FieldError, empty_answer, first_key, strip_answer_header, text_field
 from forge.formatters.templates import compile_template, load_yaml
 
-VERSION = "3"
+# 4: webgpt emits pairs (the rejected answer in `rejected`, not in meta)
+VERSION = "4"
 TEMPLATE_KINDS = ("any", "choice", "open")
 _OPTION_LETTERS = re.compile(r"[A-G]{1,7}")
 TASKS = ("natural_instructions", "gaokao", "duie", "hc3", "webgpt")
@@ -281,14 +285,13 @@ def make(options: dict, source: str):
                 raise FieldError(
                     f"field 'answer_{best}' is empty: only a header or punctuation ({answer.strip()[:40]!r})"
                 )
-            meta = {
-                "preferred": best,
-                "score_0": s0,
-                "score_1": s1,
-                "answer_0": record.get("answer_0"),
-                "answer_1": record.get("answer_1"),
-            }
-            return [("", q, "", answer, None, meta)]
+            meta = {"preferred": best, "score_0": s0, "score_1": s1}
+            other = record.get(f"answer_{1 - best}")
+            if not isinstance(other, str) or not other.strip() or empty_answer(other, frozenset()):
+                # the chosen answer still teaches (sft); with no rejected answer there is no pair
+                meta["rejected_empty"] = True
+                other = ""
+            return [("", q, "", answer, None, meta, other)]
         contexts = {"natural_instructions": _ni, "gaokao": _gaokao, "duie": _duie}[task](record)
         return [(variant, ctx, meta) for variant, ctx, meta in contexts]
 
@@ -307,6 +310,7 @@ def make(options: dict, source: str):
                 "variant",
                 "lang_text",
                 "lang_output_text",
+                "rejected",
             )
         }
         for record, row, line in zip(batch.as_records(), batch.rows, batch.lines, strict=True):
@@ -343,6 +347,8 @@ def make(options: dict, source: str):
                 )
                 continue
             for variant, instruction, inp, output, tid, meta, *content in rendered:
+                # webgpt's items carry the rejected answer as a 7th value; no template renders it
+                cols["rejected"].append(content.pop() if task == "webgpt" else "")
                 cols["lang_text"].append(content[0] if content else instruction + "\n" + inp)
                 cols["lang_output_text"].append(content[1] if content else output)
                 cols["instruction"].append(instruction)
@@ -357,6 +363,8 @@ def make(options: dict, source: str):
         n = len(cols["instruction"])
         cols["raw_file"] = [batch.file] * n
         cols["history"] = None
+        if task != "webgpt":
+            del cols["rejected"]  # only webgpt's records are pairs
         return cols
 
     return format_batch

@@ -192,11 +192,35 @@ def test_dialogue_structure(home, catalog, tmp_path):
     meta = json.loads(row["meta"])
     assert meta["rejected"] == "No."  # the rejected reply, paired with the chosen output
     assert meta["rejected_transcript"].endswith("Assistant: No.") and "flags" not in meta
-    r = build_source(
-        catalog.get("webgpt"), home=home, from_path=as_published("webgpt.jsonl", tmp_path), max_quarantine=1.0
-    )
-    meta = json.loads(records(r)["meta"][0])
-    assert meta["preferred"] == 0 and meta["answer_1"] == "Nobody knows."
+
+
+def test_webgpt_comparisons_are_pairs(home, catalog, tmp_path):
+    """WebGPT: the higher-scored answer is the output (chosen) and the other the rejected answer,
+    whichever side won; a tie is quarantined with its reason; a comparison whose other answer is
+    empty keeps the winner as an sft record, flagged."""
+    rows = [json.loads(x) for x in (FIXTURES / "webgpt.jsonl").read_text().splitlines() if x.strip()]
+    rows.append({**rows[0], "score_0": -0.5, "score_1": 0.5, "answer_1": "Because they are happy."})
+    rows.append({**rows[0], "answer_1": "  "})
+    path = tmp_path / "webgpt" / "0000.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    r = build_source(catalog.get("webgpt"), home=home, from_path=path, max_quarantine=1.0)
+    assert (r.input_records, r.rows, r.quarantined) == (4, 3, 1)
+    df = records(r)
+    assert df["kind"].to_list() == ["pair", "pair", "sft"]
+    assert df["output"].to_list() == [
+        "They purr when content and to self-soothe.",
+        "Because they are happy.",
+        "They purr when content and to self-soothe.",
+    ]
+    assert df["rejected"].to_list() == ["Nobody knows.", "They purr when content and to self-soothe.", ""]
+    assert df["instruction"].to_list() == ["Why do cats purr?"] * 3
+    metas = [json.loads(m) for m in df["meta"]]
+    assert [m["preferred"] for m in metas] == [0, 1, 0] and metas[1]["score_1"] == 0.5
+    assert [m.get("rejected_empty") for m in metas] == [None, None, True]
+    assert "answer_0" not in metas[0]  # the answers are the record's columns, not copied to meta
+    reasons = [json.loads(x)["reason"] for x in r.quarantine_file.read_text().splitlines()]
+    assert reasons == ["tie: score_0 == score_1, no preferred answer"]
 
 
 def test_catalog_lists_the_collection(catalog):

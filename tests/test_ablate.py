@@ -33,7 +33,8 @@ def ablated(tmp_path_factory, tiny_model):
             "--mixture", "alpaca-belle-cot", "--mixture", "belle-cot",
             "--mixture", "cot-zh-en",  # needs cot_zh, which is not built: this arm fails
             "--train-flag=--max-steps=3", "--eval", f"cmmlu={EVALS / 'cmmlu'}",
-            "--eval", f"gsm8k={EVALS / 'gsm8k' / 'test_head200.jsonl'}", "--limit", "1", "--max-new-tokens", "8"]  # fmt: skip
+            "--eval", f"gsm8k={EVALS / 'gsm8k' / 'test_head200.jsonl'}", "--limit", "1", "--shots", "0",
+            "--max-new-tokens", "8"]  # fmt: skip
     first = cli(args, home)
     return home, out, args, first
 
@@ -91,6 +92,14 @@ def test_a_sweep_writes_variant_mixtures_and_rejects_bad_values(tmp_path, home):
 
     with pytest.raises(MixtureError, match=r"components\[0\].max_examples"):
         sweep_variants("belle-cot:components.0.max_examples=0|5", tmp_path)
+
+
+def test_an_arms_eval_takes_the_protocols_shots_unless_told():
+    from forge.train.ablate import EvalSpec
+
+    assert "--shots" not in EvalSpec("gsm8k", "g.jsonl").args(8, [])  # forge eval's default: lm-eval's 5
+    args = EvalSpec("gsm8k", "g.jsonl", shots=0).args(8, [])
+    assert args[args.index("--shots") + 1] == "0"
 
 
 def test_report_in_headless_chromium(ablated, tmp_path):

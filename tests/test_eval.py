@@ -269,6 +269,36 @@ def test_bad_input_is_one_line(run_dir, tmp_path):
     assert "--shots 2: no dev split with 2 rows for 心理" in err
 
 
+def test_gsm8k_takes_lm_evals_five_shots_unless_told(run_dir, tmp_path):
+    """Without --shots, gsm8k is 5-shot as in lm-eval, drawn from train.jsonl beside the test
+    file; without that file the error says how to go on."""
+    home, run = run_dir
+    rows = [{"question": f"Tom has {i} apples and buys 2. How many now?", "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}"}
+            for i in range(8)]  # fmt: skip
+    folder = tmp_path / "gsm"
+    folder.mkdir()
+    (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    err = one_line_error(
+        cli(["eval", "gsm8k", "--data", str(folder / "test.jsonl"), "--run", str(run)], home)
+    )
+    assert (
+        "5-shot gsm8k (lm-eval's default is 5): its examples come from the train split, and there is no"
+        in err
+    )
+    assert "pass --shots 0 or --protocol lm-eval-cot" in err
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[2:]))
+    out = folder / "five.json"
+    r = cli(["eval", "gsm8k", "--data", str(folder / "test.jsonl"), "--run", str(run), "--limit", "1",
+             "--max-new-tokens", "2", "--out", str(out)], home)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["shots"] == 5 and res["protocol"]["shots"] == 5
+    prompt = res["records"][0]["prompt"]
+    assert prompt.count("Question: ") == 6 and prompt.endswith(
+        "Question: Tom has 0 apples and buys 2. How many now?\nAnswer:"
+    )
+
+
 def test_a_judge_that_is_down_leaves_items_unjudged_and_the_run_finishes(run_dir):
     home, run = run_dir
     belle = need(SHARED / "belle" / "eval_set.json")

@@ -50,7 +50,7 @@ class Arm:
 class EvalSpec:
     suite: str
     data: str
-    shots: int = 0
+    shots: int | None = None  # None: forge eval's default, the protocol's own
     limit: int | None = None
 
     def args(self, max_new_tokens: int, judge: list[str]) -> list[str]:
@@ -59,19 +59,18 @@ class EvalSpec:
             self.suite,
             "--data",
             self.data,
-            "--shots",
-            str(self.shots),
             "--max-new-tokens",
             str(max_new_tokens),
         ]
         return (
             a
+            + (["--shots", str(self.shots)] if self.shots is not None else [])
             + (["--limit", str(self.limit)] if self.limit else [])
             + (judge if self.suite == "belle" else [])
         )
 
 
-def parse_eval(text: str, shots: int, limit: int | None) -> EvalSpec:
+def parse_eval(text: str, shots: int | None, limit: int | None) -> EvalSpec:
     """SUITE=PATH, e.g. cmmlu=../shared/evals/cmmlu."""
     from forge.train.evalsets import SUITES
 

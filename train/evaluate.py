@@ -581,9 +581,9 @@ def gsm8k_examples(data: EvalData, n_items: int, protocol: str, shots: int) -> l
     if shots and len(data.pool) < shots:
         where = f"{len(data.pool)} train rows" if data.pool else "no train split"
         raise ValueError(
-            f"--shots {shots}: lm-eval's gsm8k draws its examples from the train split, and there is {where} "
-            f"(put openai/grade-school-math's train.jsonl beside the test file), or use --shots 0 "
-            f"or the lm-eval-cot protocol (8 fixed examples)"
+            f"{shots}-shot gsm8k (lm-eval's default is 5): its examples come from the train split, and there "
+            f"is {where}; put openai/grade-school-math's train.jsonl beside the test file, or pass --shots 0 "
+            f"or --protocol lm-eval-cot (8 fixed examples)"
         )
     if not shots:
         return [[] for _ in range(n_items)]

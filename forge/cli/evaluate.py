@@ -54,11 +54,13 @@ def eval_(
         ),
     ] = None,
     shots: Annotated[
-        int,
+        int | None,
         typer.Option(
-            min=0, help="Solved examples before each item (lm-eval's gsm8k uses 5: needs its train split)."
+            min=0,
+            help="Solved examples before each item. Default: the protocol's own (lm-eval: 0 for CMMLU and "
+            "MMLU, 5 for gsm8k from its train split, 8 for gsm8k_cot; forge: 0).",
         ),
-    ] = 0,
+    ] = None,
     limit: Annotated[
         int | None, typer.Option(min=1, help="Score only the first N items of each subject (lm-eval's rule).")
     ] = None,
@@ -183,7 +185,10 @@ def ablate(
         list[str] | None,
         typer.Option("--train-flag", help="Extra forge train flag for every arm, e.g. --max-steps=20."),
     ] = None,
-    shots: Annotated[int, typer.Option(min=0, help="Multiple-choice suites: shots from the dev split.")] = 0,
+    shots: Annotated[
+        int | None,
+        typer.Option(min=0, help="Solved examples before each item (default: each protocol's own)."),
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Score the first N items of each suite.")] = None,
     max_new_tokens: MaxNewOpt = 128,
     seed: SeedOpt = 0,

@@ -39,28 +39,37 @@ mixture takes from each, see forge.mixture for how strategies set c_i):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLD = np.uint64(0x9E3779B97F4A7C15)
+_MASK64 = (1 << 64) - 1
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finalizer, vectorized (uint64 arithmetic wraps, as intended)."""
-    x = x + _GOLD
-    x = (x ^ (x >> np.uint64(30))) * _M1
-    x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
+def _mix64(x: int) -> int:
+    """splitmix64 finalizer on a Python int (keys are derived per window and component,
+    thousands of times per stream: plain ints cost far less than numpy scalars here)."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
 
 
 def _key(*parts: int) -> np.uint64:
-    h = np.uint64(0x243F6A8885A308D3)
-    with np.errstate(over="ignore"):
-        for p in parts:
-            h = _mix64(np.asarray([h ^ np.uint64(p & 0xFFFFFFFFFFFFFFFF)], dtype=np.uint64))[0]
-    return h
+    h = 0x243F6A8885A308D3
+    for p in parts:
+        h = _mix64(h ^ (p & _MASK64))
+    return np.uint64(h)
+
+
+@lru_cache(maxsize=4096)
+def _rounds(key: int, bits: int) -> tuple[tuple[np.uint64, np.uint64], ...]:
+    """permute()'s round keys and odd multipliers on a 2^bits domain (cached: one key is
+    used for every window of a component's epoch)."""
+    mask = (1 << bits) - 1
+    return tuple(
+        (np.uint64(int(_key(key, r)) & mask), np.uint64((int(_key(key, r, 1)) | 1) & mask)) for r in range(3)
+    )
 
 
 def permute(idx: np.ndarray, n: int, key: int) -> np.ndarray:
@@ -76,18 +85,26 @@ def permute(idx: np.ndarray, n: int, key: int) -> np.ndarray:
     bits = int(n - 1).bit_length()
     mask = np.uint64((1 << bits) - 1)
     shift = np.uint64(max(1, bits // 2))
-    rounds = [(_key(key, r) & mask, (_key(key, r, 1) | np.uint64(1)) & mask) for r in range(3)]
-    x = np.asarray(idx, dtype=np.uint64).copy()
-    todo = np.ones(len(x), dtype=bool)
+    rounds = _rounds(int(key), bits)
+    bound = np.uint64(n)
+
+    def walk(v: np.ndarray) -> np.ndarray:  # one pass of the rounds, in place
+        for rk, mult in rounds:
+            np.bitwise_xor(v, rk, out=v)
+            np.multiply(v, mult, out=v)
+            np.bitwise_and(v, mask, out=v)
+            np.bitwise_xor(v, v >> shift, out=v)
+        return v
+
     with np.errstate(over="ignore"):
-        while todo.any():
-            v = x[todo]
-            for rk, mult in rounds:
-                v = ((v ^ rk) * (mult | np.uint64(1))) & mask
-                v ^= v >> shift
+        # the first pass covers every value; only those outside [0, n) walk again
+        x = walk(np.array(idx, dtype=np.uint64))
+        todo = np.flatnonzero(x >= bound)
+        while len(todo):
+            v = walk(x[todo])
             x[todo] = v
-            todo[todo] = v >= np.uint64(n)
-    return x.astype(np.int64)
+            todo = todo[v >= bound]
+    return x.view(np.int64)  # values < n < 2^63: the same numbers, no copy
 
 
 def largest_remainder(total: int, rates: np.ndarray) -> np.ndarray:
@@ -138,6 +155,8 @@ class Schedule:
         k = len(self.counts)
         self.offsets = np.array([(int(_key(self.seed, 1, i)) >> 11) / float(1 << 53) for i in range(k)])
         self._window_sizes: np.ndarray | None = None
+        self._window_starts: np.ndarray | None = None
+        self._level1_cache: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
 
     def _bounds(self, w: int) -> np.ndarray:
         """First draw index of window w, per component (same formula for every boundary)."""
@@ -161,20 +180,26 @@ class Schedule:
         lo, hi = self._bounds(w), self._bounds(w + 1)
         k = len(self.counts)
         comp = np.repeat(np.arange(k), hi - lo)
-        draw = np.empty(len(comp), dtype=np.int64)
+        keys = np.empty(len(comp), dtype=np.float64)
         records = np.empty(len(comp), dtype=np.int64)
         at = 0
         for i in range(k):  # per component, on contiguous slices: no masks, no unique()
             m = int(hi[i] - lo[i])
             if m:
-                draw[at : at + m] = np.arange(lo[i], hi[i])
+                # key of draw j: (j + u_i) / c_i, the same float operations as on the whole window
+                keys[at : at + m] = (np.arange(lo[i], hi[i]) + self.offsets[i]) / max(int(self.counts[i]), 1)
                 records[at : at + m] = self.records(i, int(lo[i]), int(hi[i]))
                 at += m
-        keys = (draw + self.offsets[comp]) / np.maximum(self.counts[comp], 1)
         # stable sort on the key keeps component order among equal keys (ties -> lower component)
         order = np.argsort(keys, kind="stable")
-        start = int(self.window_sizes()[:w].sum())
+        start = int(self._starts()[w])
         return Block(np.arange(start, start + len(comp)), comp[order], records[order])
+
+    def _starts(self) -> np.ndarray:
+        """The global position of each window's first draw."""
+        if self._window_starts is None:
+            self._window_starts = np.concatenate([[0], np.cumsum(self.window_sizes())])
+        return self._window_starts
 
     def records(self, i: int, lo: int, hi: int) -> np.ndarray:
         """Record indices for draws lo..hi-1 of component i (epoch by epoch)."""
@@ -184,17 +209,54 @@ class Schedule:
         while d < hi:
             epoch, pos = divmod(d, n)
             end = min(hi, (epoch + 1) * n)
-            out[d - lo : end - lo] = self.permutation(i, epoch, np.arange(pos, pos + end - d))
+            out[d - lo : end - lo] = self._permutation(
+                i, epoch, np.arange(pos, pos + end - d), ascending=True
+            )
             d = end
         return out
 
     def permutation(self, i: int, epoch: int, pos: np.ndarray) -> np.ndarray:
         """perm_{i,epoch}(pos): the record at positions `pos` of component i's epoch order."""
+        pos = np.asarray(pos, dtype=np.int64)
+        return self._permutation(i, epoch, pos, len(pos) < 2 or bool((np.diff(pos) > 0).all()))
+
+    def _permutation(self, i: int, epoch: int, pos: np.ndarray, ascending: bool) -> np.ndarray:
         n = int(self.sizes[i])
         key = int(_key(self.seed, 2, i, epoch))
         span = self.block * self.window_blocks
         if n <= span:  # one window: a uniform permutation of the whole component
             return permute(pos, n, key)
+        order, win_ends = self._level1(i, epoch, n, key)
+        out = np.empty(len(pos), dtype=np.int64)
+        if ascending and len(pos):
+            # ascending positions (every caller in forge): each window is one slice of pos,
+            # found with two binary searches instead of a pass over every position
+            first = int(np.searchsorted(win_ends, pos[0], side="right"))
+            last = int(np.searchsorted(win_ends, pos[-1], side="right"))
+            cuts = np.searchsorted(pos, win_ends[first:last], side="left")
+            bounds = [0, *cuts.tolist(), len(pos)]
+            parts = [(w, slice(bounds[w - first], bounds[w - first + 1])) for w in range(first, last + 1)]
+        else:
+            win_of = np.searchsorted(win_ends, pos, side="right")
+            parts = [(w, np.flatnonzero(win_of == w)) for w in np.unique(win_of).tolist()]
+        for w, sel in parts:
+            start = int(win_ends[w - 1]) if w else 0
+            size = int(win_ends[w]) - start
+            # level 2: a uniform permutation inside the window, over its blocks in source
+            # order, so one window reads its row groups front to back
+            blocks = np.sort(order[w * self.window_blocks : (w + 1) * self.window_blocks])
+            t = permute(pos[sel] - start, size, int(_key(key, 2, w)))
+            # every block is full but the component's last one, which sorts last in its
+            # window: so t // block is t's block, and t % block its offset in it
+            out[sel] = blocks[t // self.block] * self.block + t % self.block
+        return out
+
+    def _level1(self, i: int, epoch: int, n: int, key: int) -> tuple[np.ndarray, np.ndarray]:
+        """The block order of component i's epoch and the end of each window in it
+        (kept for the component's latest epoch: every window of the stream asks again)."""
+        cached = self._level1_cache.get(i)
+        if cached is not None and cached[0] == epoch:
+            return cached[1], cached[2]
         # level 1: the order of the blocks; the last block may be short
         n_blocks = -(-n // self.block)
         order = permute(np.arange(n_blocks), n_blocks, int(_key(key, 1)))
@@ -204,21 +266,8 @@ class Schedule:
             np.minimum(np.arange(1, -(-n_blocks // self.window_blocks) + 1) * self.window_blocks, n_blocks)
             - 1
         ]
-        out = np.empty(len(pos), dtype=np.int64)
-        win_of = np.searchsorted(win_ends, pos, side="right")
-        for w in np.unique(win_of).tolist():
-            sel = np.flatnonzero(win_of == w)
-            start = int(win_ends[w - 1]) if w else 0
-            size = int(win_ends[w]) - start
-            # level 2: a uniform permutation inside the window, over its blocks in source
-            # order, so one window reads its row groups front to back
-            blocks = np.sort(order[w * self.window_blocks : (w + 1) * self.window_blocks])
-            bsizes = np.minimum(self.block, n - blocks * self.block)
-            bends = np.cumsum(bsizes)
-            t = permute(pos[sel] - start, size, int(_key(key, 2, w)))
-            b = np.searchsorted(bends, t, side="right")
-            out[sel] = blocks[b] * self.block + (t - (bends - bsizes)[b])
-        return out
+        self._level1_cache[i] = (epoch, order, win_ends)
+        return order, win_ends
 
     def iter_blocks(self, start: int = 0, rank: int = 0, world: int = 1):
         """Blocks of the stream from global position `start`, keeping positions k with k % world == rank."""
@@ -227,6 +276,10 @@ class Schedule:
         w = int(np.searchsorted(ends, start, side="right"))
         for wi in range(w, self.windows):
             block = self.window(wi)
+            if world == 1 and (not len(block.positions) or block.positions[0] >= start):
+                if len(block.positions):  # every position kept: no masks to build
+                    yield block
+                continue
             keep = (block.positions >= start) & (block.positions % world == rank)
             if keep.any():
                 yield Block(block.positions[keep], block.components[keep], block.records[keep])

@@ -145,6 +145,10 @@ def parse_source(path: Path, name: str, spec) -> Source:
     for key in ("connector_options", "options"):
         if key in spec and not isinstance(spec[key], dict):
             raise _fail(path, name, key, "expected a mapping")
+    check_options = getattr(FORMATTERS[spec["formatter"]], "check_options", None)
+    problem = check_options(spec.get("options") or {}) if check_options else None
+    if problem:  # a formatter that declares its options (pairs): a typo fails here, in one line
+        raise _fail(path, name, f"options.{problem[0]}", problem[1])
     rows = spec.get("rows")
     if rows is not None and (not isinstance(rows, int) or rows < 0):
         raise _fail(path, name, "rows", f"expected a non-negative integer, found {rows!r}")

@@ -12,6 +12,10 @@ for each of its sources only the records the mixture drew (--full-sources: all o
 source named as a target on its own is published whole. Licenses are Hub license ids
 (custom terms: `other` with license_name/license_link); no local path reaches the card.
 
+A config holding preference pairs also gets `<config>-pairs`, the pairs in TRL's
+conversational preference layout (forge/pairs_layout.py); `default` is the pairs when every
+source published (or drawn by the mixture) holds pairs, so load_dataset(repo) feeds a DPO trainer.
+
 `datasets.load_dataset(folder, config)` reads it exactly as the Hub would serve it. Upload
 goes through huggingface_hub's HfApi: create_repo, then create_commit in batches that stay
 under the Hub's per-commit limits, each retried with backoff on 429 and 5xx. The token comes
@@ -24,7 +28,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -50,7 +54,7 @@ class PublishError(ForgeError):
 @dataclass
 class Config:
     name: str
-    kind: str  # source | mixture | filter
+    kind: str  # source | mixture | filter | pairs (a config's pairs in TRL's layout)
     files: list[Path]  # Parquet files with RECORD_SCHEMA
     rows: int
     manifest: dict
@@ -60,6 +64,7 @@ class Config:
     full_rows: int | None = None  # the source's rows when this config is a subset
     extra: dict[str, Path] = field(default_factory=dict)  # path in the repo -> local file
     homepage: str | None = None
+    pairs_of: str | None = None  # kind pairs: the config whose pair records these are
 
 
 # Hub license ids forge's catalog values map to; anything else is published as `other`
@@ -180,7 +185,25 @@ def collect_targets(
             f"no license in the catalog for {', '.join(missing)}; add `license:` to the catalog entry, "
             f"or pass --allow-missing-license to publish anyway"
         )
-    return list(configs.values())
+    return _with_pairs(list(configs.values()))
+
+
+def _with_pairs(configs: list[Config]) -> list[Config]:
+    """Each config followed by its pairs in TRL's layout (`<name>-pairs`) when it holds any."""
+    from forge.pairs_layout import SUFFIX, count_pairs
+
+    out = []
+    names = {c.name for c in configs}
+    for c in configs:
+        out.append(c)
+        n = count_pairs(c.files, c.keep_ids)
+        if not n:
+            continue
+        name = c.name + SUFFIX
+        if name in names:
+            raise PublishError(f"config {name!r} would hold {c.name}'s pairs, and a target has that name")
+        out.append(replace(c, name=name, kind="pairs", rows=n, full_rows=None, extra={}, pairs_of=c.name))
+    return out
 
 
 def _size_category(n: int) -> str:
@@ -207,6 +230,10 @@ def _write_config(cfg: Config, out: Path, max_shard_bytes: int) -> list[str]:
     names = [f"train-{i:05d}-of-{n_shards:05d}.parquet" for i in range(n_shards)]
     writer, shard, in_shard = None, 0, 0
     schema = pq.read_schema(cfg.files[0]) if cfg.files else None
+    if cfg.kind == "pairs":
+        from forge.pairs_layout import PAIR_SCHEMA, to_pairs
+
+        schema = PAIR_SCHEMA
     keep = pa.array(sorted(cfg.keep_ids), pa.string()) if cfg.keep_ids is not None else None
     subset_counts: dict[str, dict] = {k: {} for k in ("lang", "task", "gen", "category")}
     for f in cfg.files:
@@ -217,6 +244,8 @@ def _write_config(cfg: Config, out: Path, max_shard_bytes: int) -> list[str]:
                     for item in pc.value_counts(batch.column(key)).to_pylist():
                         value = item["values"]
                         subset_counts[key][value] = subset_counts[key].get(value, 0) + item["counts"]
+            if cfg.kind == "pairs":
+                batch = to_pairs(batch)
             while batch.num_rows:
                 if writer is None:
                     writer = pq.ParquetWriter(folder / names[shard], schema, compression="zstd")
@@ -265,32 +294,38 @@ def stage(
     return out
 
 
-def _card_metadata(configs: list[Config]) -> dict:
+def default_configs(configs: list[Config]) -> list[Config]:
+    """What load_dataset(repo) gives: the (first) mixture, else the union of the sources; their
+    pairs in TRL's layout instead when every source they hold has pairs."""
     sources = [c for c in configs if c.kind == "source"]
     mixtures = [c for c in configs if c.kind == "mixture"]
+    chosen = mixtures[:1] or sources
+    pairs = {c.pairs_of: c for c in configs if c.kind == "pairs"}
+    if chosen and all(c.name in pairs for c in sources + chosen):
+        return [pairs[c.name] for c in chosen]
+    return chosen
+
+
+def _card_metadata(configs: list[Config]) -> dict:
     licenses = sorted({lic for c in configs for lic in c.licenses})
     yaml_configs = []
-    if mixtures:  # the mixture is what was asked for: it is what load_dataset(repo) gives
+    default = default_configs(configs)
+    has_mixture = any(c.kind == "mixture" for c in configs)
+    if default:  # a mixture is what was asked for: it is what load_dataset(repo) gives
+        paths = [f"data/{c.name}/*.parquet" for c in default]
         yaml_configs.append(
             {
                 "config_name": "default",
                 "default": True,
-                "data_files": [{"split": "train", "path": f"data/{mixtures[0].name}/*.parquet"}],
-            }
-        )
-    elif sources:
-        yaml_configs.append(
-            {
-                "config_name": "default",
-                "default": True,
-                "data_files": [{"split": "train", "path": [f"data/{c.name}/*.parquet" for c in sources]}],
+                # a mixture's one config, or the union of the sources (a list, even of one)
+                "data_files": [{"split": "train", "path": paths[0] if has_mixture else paths}],
             }
         )
     for c in configs:
         yaml_configs.append(
             {"config_name": c.name, "data_files": [{"split": "train", "path": f"data/{c.name}/*.parquet"}]}
         )
-    published = mixtures[:1] or sources or configs  # the rows load_dataset(repo) gives
+    published = default or configs  # the rows load_dataset(repo) gives
     total = sum(c.rows for c in published)
     ids = sorted({_hub_license(x) for x in licenses}) or ["other"]
     meta = {
@@ -299,7 +334,8 @@ def _card_metadata(configs: list[Config]) -> dict:
         "license": ids if len(ids) > 1 else ids[0],
         "task_categories": ["text-generation"],
         "size_categories": [_size_category(total)],
-        "tags": ["instruction-tuning", "forge"],
+        "tags": ["instruction-tuning", "forge"]
+        + (["preference"] if any(c.kind == "pairs" for c in configs) else []),
     }
     custom = [x for x in licenses if _hub_license(x) == "other"]
     if custom:  # the Hub's fields for terms that have no license id
@@ -357,7 +393,9 @@ def dataset_card(configs: list[Config], repo: str, shard_names: dict[str, list[s
     ]
     for c in configs:
         rows = (
-            f"{c.rows:,}"
+            f"{c.rows:,} pairs of `{c.pairs_of}`"
+            if c.kind == "pairs"
+            else f"{c.rows:,}"
             if c.full_rows is None
             else f"{c.rows:,} of {c.full_rows:,} (those the mixture drew)"
         )
@@ -373,16 +411,23 @@ def dataset_card(configs: list[Config], repo: str, shard_names: dict[str, list[s
         "| config | lang | task | gen | category |",
         "|---|---|---|---|---|",
     ]
-    for c in configs:
+    for c in (c for c in configs if c.kind != "pairs"):  # a pairs config's tags are its config's
         tc = c.manifest.get("tag_counts", {})
 
         def fmt(key: str, tc=tc) -> str:
             return ", ".join(f"{k} {v:,}" for k, v in sorted(tc.get(key, {}).items(), key=lambda kv: -kv[1]))
 
         lines.append(f"| `{c.name}` | {fmt('lang')} | {fmt('task')} | {fmt('gen')} | {fmt('category')} |")
+    pairs = [c.name for c in configs if c.kind == "pairs"]
+    if pairs:
+        from forge.pairs_layout import card_section
+
+        lines += card_section(pairs[-1])
     lines += ["", "## Provenance", ""]
     for c in configs:
         m = c.manifest
+        if c.kind == "pairs":
+            continue
         if c.kind == "source":
             lines += [
                 f"### `{c.name}`",

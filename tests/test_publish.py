@@ -228,3 +228,74 @@ def test_card_languages_need_a_minimum_share(built_samples, catalog, tmp_path):
     configs[0].manifest = {**configs[0].manifest, "tag_counts": {"lang": {"en": 999, "da": 1}}}
     configs = configs[:1]
     assert 1 / 1000 < MIN_LANG_SHARE and _languages(configs) == ["en"]  # one Danish-looking line is noise
+
+
+def test_pairs_publish_in_trl_layout(home, tmp_path):
+    """The demo path through the CLI: `forge build hh_rlhf --sample` (48 self-written pairs),
+    `forge mix hh-preference`, `forge publish hh-preference`. Each config holding pairs gets a
+    `-pairs` companion in TRL's conversational layout, and `default` (load_dataset(repo)) is the
+    mixture's pairs; a multi-turn record's earlier turns are prompt messages."""
+    env = {**os.environ, "FORGE_HOME": str(home), "COLUMNS": "200"}
+    for args in (["build", "hh_rlhf", "--sample"], ["mix", "hh-preference"]):
+        r = cli(args, env)
+        assert r.returncode == 0, r.stderr
+    out = tmp_path / "staged"
+    r = cli(["publish", "hh-preference", "--repo", "me/prefs", "--dry-run", "--out", str(out)], env)
+    assert r.returncode == 0, r.stderr
+    assert "data/hh-preference-pairs/train-00000-of-00001.parquet" in r.stdout
+
+    ds = datasets.load_dataset(str(out), split="train")
+    assert ds.column_names == ["prompt", "chosen", "rejected", "id", "source"] and ds.num_rows == 48
+    lineage = pl.read_parquet(current(home, "mixtures", "hh-preference") / "ids.parquet")
+    assert ds["id"] == lineage["id"].to_list()  # every record of the sample is a pair, in stream order
+    records = {r["id"]: r for r in source_rows(home, "hh_rlhf").to_dicts()}
+    row = next(x for x in ds if x["prompt"][-1]["content"] == "How fast should I run?")
+    rec = records[row["id"]]
+    assert row["prompt"] == [
+        {"role": "user", "content": "I want to start running. Where should I begin?"},
+        {"role": "assistant", "content": rec["history"][0]["assistant"]},
+        {"role": "user", "content": "How fast should I run?"},
+    ]
+    assert row["chosen"] == [{"role": "assistant", "content": rec["output"]}]
+    assert row["rejected"] == [
+        {"role": "assistant", "content": "As fast as you can every time, until you are exhausted."}
+    ]
+    assert (
+        datasets.load_dataset(str(out), "hh_rlhf", split="train").column_names
+        == source_rows(home, "hh_rlhf").columns
+    )  # the forge config is unchanged beside its pairs
+    text = (out / "README.md").read_text()
+    meta = DatasetCard.load(out / "README.md").data.to_dict()
+    assert validate_card_metadata(text) == []
+    assert [c["config_name"] for c in meta["configs"]] == [
+        "default", "hh_rlhf", "hh_rlhf-pairs", "hh-preference", "hh-preference-pairs"
+    ]  # fmt: skip
+    assert meta["configs"][0]["data_files"][0]["path"] == "data/hh-preference-pairs/*.parquet"
+    assert (
+        "preference" in meta["tags"]
+        and "| `hh-preference-pairs` | pairs | 48 pairs of `hh-preference` |" in text
+    )
+
+
+def test_pairs_config_leaves_out_non_pairs(home, catalog, tmp_path):
+    """hh-rlhf records whose rejected reply answers other turns are sft records: the `-pairs`
+    config leaves them out; a target with a source without pairs keeps the forge union as default."""
+    import json
+
+    raw = tmp_path / "hh.jsonl"
+    lines = (REPO / "samples" / "pairs" / "hh_pairs.jsonl").read_text().splitlines()[:5]
+    other = {
+        "chosen": "\n\nHuman: Hi?\n\nAssistant: Hello!",
+        "rejected": "\n\nHuman: Bye?\n\nAssistant: Bye.",
+    }
+    raw.write_text("\n".join([*lines, json.dumps(other)]) + "\n")
+    build_source(catalog.get("hh_rlhf"), home=home, from_path=raw)
+    build_source(catalog.get("alpaca"), home=home, sample=True)
+    configs = collect_targets(["hh_rlhf", "alpaca"], catalog, home)
+    assert [(c.name, c.kind, c.rows) for c in configs] == [
+        ("hh_rlhf", "source", 6), ("hh_rlhf-pairs", "pairs", 5), ("alpaca", "source", 32)
+    ]  # fmt: skip
+    folder = stage(configs, "me/mixed", tmp_path / "staged", home=home)
+    pairs = datasets.load_dataset(str(folder), "hh_rlhf-pairs", split="train")
+    assert pairs.num_rows == 5 and "Hi?" not in [p[-1]["content"] for p in pairs["prompt"]]
+    assert datasets.load_dataset(str(folder), split="train").num_rows == 6 + 32  # forge's union

@@ -1,6 +1,7 @@
 """Preference training (train/preference.py): forge's DPO and ORPO losses, and their gradients
 on the LoRA weights, equal TRL's on the same batch; pairs stream, batch and train end to end."""
 
+import os
 import re
 from types import SimpleNamespace
 
@@ -244,6 +245,40 @@ def test_forge_train_dpo_on_a_pair_mixture(pair_home, tiny_model, tmp_path, meth
         assert pref["first"]["reward_margin"] == 0.0
     ids = [i for line in (out / "batches.jsonl").read_text().splitlines() for i in json.loads(line)["ids"]]
     assert len(ids) == 6 and len(set(ids)) == 6
+    _predict_and_chat_with(out, tmp_path)
+
+
+def _predict_and_chat_with(run, tmp_path):
+    """`forge predict` and `forge chat` load a preference run (base + adapter, the run's template),
+    and the adapter they load is the trained one: its logits differ from the base's."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from forge.cli import app
+    from forge.train.infer import load
+
+    asks = tmp_path / "asks.jsonl"
+    asks.write_text(
+        '{"id": "a", "instruction": "What is 2 plus 2?"}\n{"id": "b", "instruction": "Say hi."}\n'
+    )
+    pred = tmp_path / "pred.jsonl"
+    args = ["predict", str(asks), "--run", str(run), "--out", str(pred), "--max-new-tokens", "3"]
+    r = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "predicted 2 records" in " ".join(r.stdout.split()) and "template alpaca" in r.stdout
+    lines = {x["id"]: x for x in map(json.loads, pred.read_text().splitlines())}
+    assert set(lines) == {"a", "b"} and "### Instruction:\nWhat is 2 plus 2?" in lines["a"]["prompt"]
+    assert all(x["completion_tokens"] == 3 for x in lines.values())
+    r = CliRunner().invoke(app, ["chat", "--run", str(run), "--max-new-tokens", "3"], input="hello\n/exit\n")
+    assert r.exit_code == 0 and r.stdout.strip(), r.output
+    loaded = load(run=str(run))
+    ids = torch.tensor([loaded.tokenizer("What is 2 plus 2?")["input_ids"]])
+    with torch.no_grad():
+        tuned = loaded.model(input_ids=ids).logits
+        with loaded.model.disable_adapter():
+            base = loaded.model(input_ids=ids).logits
+    assert (tuned - base).abs().max().item() > 1e-4
 
 
 def test_dpo_refuses_a_mixture_with_plain_records(pair_home, tiny_model, tmp_path):
@@ -269,3 +304,125 @@ def test_dpo_refuses_a_mixture_with_plain_records(pair_home, tiny_model, tmp_pat
     assert "--packing" not in r.output
     r = CliRunner().invoke(app, [*args, "--packing"], env={"COLUMNS": "300"})
     assert r.exit_code != 0 and "pairs, which are never packed" in r.output
+
+
+PAIR_ROWS = [
+    {"question": "2+2?", "response_j": "4", "response_k": "5", "score": 3},
+    {"question": "Capital of Peru?", "response_j": "Lima", "response_k": " Lima"},  # the same answer
+    {"question": "Hi", "response_j": "Hello"},  # no rejected answer
+    {
+        "question": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "And 3+3?"},
+        ],
+        "response_j": [{"role": "assistant", "content": "6"}],
+        "response_k": "7",
+    },
+]
+
+
+def _pair_catalog(tmp_path, options: str):
+    import json
+    import textwrap
+
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data" / "my_pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in PAIR_ROWS))
+    path = tmp_path / "catalog.yaml"
+    path.write_text(
+        textwrap.dedent(f"""
+        sources:
+          my_pairs:
+            description: my team's preference pairs
+            connector: json
+            connector_options: {{format: jsonl}}
+            formatter: pairs
+            options: {options}
+            local: data/my_pairs.jsonl
+            lang: EN
+            task: MT
+            gen: HG
+            license: MIT
+        """)
+    )
+    return path
+
+
+def test_pairs_from_a_catalog_entry_alone(home, tmp_path):
+    """A local JSONL of pairs under its own column names joins the catalog with YAML only
+    (formatter pairs); a string prompt and TRL's conversational form both read; a record with the
+    same answer twice or no rejected answer is quarantined with the field named."""
+    import json
+
+    import polars as pl
+
+    from forge.build import build_source
+    from forge.catalog import load_catalog
+
+    options = "{prompt: question, chosen: response_j, rejected: response_k, meta_keys: [score]}"
+    cat = load_catalog(_pair_catalog(tmp_path, options))
+    r = build_source(cat.get("my_pairs"), home=home, max_quarantine=1.0)
+    assert (r.input_records, r.rows, r.quarantined) == (4, 2, 2)
+    df = pl.read_parquet([str(r.out_dir / s["file"]) for s in r.shards])
+    assert df["kind"].to_list() == ["pair", "pair"]
+    assert df["instruction"].to_list() == ["2+2?", "And 3+3?"]
+    assert df["output"].to_list() == ["4", "6"] and df["rejected"].to_list() == ["5", "7"]
+    assert df["history"].to_list() == [[], [{"user": "Hi", "assistant": "Hello!"}]]
+    metas = [json.loads(m) for m in df["meta"]]
+    assert metas == [{"score": 3}, {"score": None, "system": "Be brief."}]
+    reasons = [json.loads(x)["reason"] for x in r.quarantine_file.read_text().splitlines()]
+    assert reasons == [
+        "fields 'response_j' and 'response_k' hold the same answer",
+        "missing field 'response_k'",
+    ]
+
+
+def test_pairs_option_typo_is_one_line(tmp_path):
+    """A wrong option of the pairs formatter fails when the catalog loads, in one line naming it."""
+    import subprocess
+    import sys
+
+    def build(options: str) -> subprocess.CompletedProcess:
+        path = _pair_catalog(tmp_path, options)
+        args = [sys.executable, "-m", "forge.cli", "build", "my_pairs", "--catalog", str(path)]
+        env = {**os.environ, "FORGE_HOME": str(tmp_path / "home"), "COLUMNS": "300"}
+        return subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+
+    r = build("{promt: question, chosen: response_j, rejected: response_k}")
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr
+    assert "source 'my_pairs', field 'options.promt': unknown option (did you mean 'prompt'?)" in r.stderr
+    r = build("{prompt: question, chosen: [response_j]}")
+    assert r.returncode == 1
+    assert "field 'options.chosen': expected a raw key name (a string), found ['response_j']" in r.stderr
+
+
+def test_published_pairs_feed_trl(trl_dpo, home, catalog, tmp_path):
+    """forge publish's pair layout goes through TRL's own DPO data preparation: the conversational
+    prompt renders with the chat template and the completions are the chosen and rejected answers."""
+    import copy
+
+    import datasets
+
+    from forge.build import build_source
+    from forge.publish import collect_targets, stage
+
+    trainer, _ = trl_dpo
+    build_source(catalog.get("hh_rlhf"), home=home, sample=True)
+    folder = stage(collect_targets(["hh_rlhf"], catalog, home), "me/p", tmp_path / "staged", home=home)
+    ds = datasets.load_dataset(str(folder), split="train")  # default: the pairs, a pair source alone
+    row = next(i for i, p in enumerate(ds["prompt"]) if p[-1]["content"] == "How fast should I run?")
+    tok = copy.deepcopy(trainer.processing_class)
+    tok.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    prepared = trainer._prepare_dataset(ds.select([row]), tok, trainer.args, "published")[0]
+    prompt = tok.decode(prepared["prompt_ids"])
+    assert prompt.startswith("<|user|>I want to start running.") and prompt.endswith(
+        "<|user|>How fast should I run?</s><|assistant|>"
+    )
+    assert tok.decode(prepared["chosen_ids"]) == ds[row]["chosen"][0]["content"] + "</s>"
+    assert (
+        tok.decode(prepared["rejected_ids"]) == "As fast as you can every time, until you are exhausted.</s>"
+    )

@@ -101,3 +101,87 @@ def work_dir(prefix: str, keep: bool) -> Path:
 
 def add_keep(ap) -> None:
     ap.add_argument("--keep", action="store_true", help="keep the work folder (default: removed at exit)")
+
+
+_TREE_CHILDREN: list = []
+
+
+def stop_children() -> None:
+    """Kill every run_child_tree child still running, with all its workers (its process
+    group); register with atexit so that an interrupted benchmark leaves nothing behind."""
+    import signal
+
+    for proc in _TREE_CHILDREN:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+class TreeMemory:
+    """Memory of the process tree under `pid`, sampled every 50 ms: peak_mb, the largest VmHWM
+    of any one process (exact for each process seen); tree_mb, the largest sum of VmRSS over
+    all of them at one moment (spikes shorter than a sample can be missed). Worker processes
+    of any kind count: spawned, forked, or a forkserver's children."""
+
+    def __init__(self, pid: int):
+        import threading
+
+        self.pid, self.peak_mb, self.tree_mb = pid, 0.0, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _tree(self) -> list[int]:
+        parent = {}
+        for p in os.listdir("/proc"):
+            if p.isdigit():
+                try:  # field 4 of stat, after the parenthesized command name
+                    parent[int(p)] = int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    pass
+        tree, todo = [], [self.pid]
+        while todo:
+            p = todo.pop()
+            tree.append(p)
+            todo += [c for c, pp in parent.items() if pp == p]
+        return tree
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0.0
+            for p in self._tree():
+                try:
+                    status = Path(f"/proc/{p}/status").read_text().splitlines()
+                except OSError:
+                    continue
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        self.peak_mb = max(self.peak_mb, int(line.split()[1]) / 1024)
+                    elif line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+            self.tree_mb = max(self.tree_mb, total)
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def run_child_tree(code: str, env: dict | None = None) -> dict:
+    """run_child, with the memory of the child's whole process tree (TreeMemory): peak_mb and
+    tree_mb are added. The child runs in its own session (see stop_children)."""
+    full = "import time as _t\n_T0 = _t.perf_counter()\n" + code + CHILD_FOOTER
+    proc = subprocess.Popen([sys.executable, "-c", full], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO, env={**os.environ, **(env or {})}, start_new_session=True)  # fmt: skip
+    _TREE_CHILDREN.append(proc)
+    with TreeMemory(proc.pid) as mem:
+        out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(err[-3000:])
+    line = [x for x in out.splitlines() if x.startswith("__RESULT__")][-1]
+    result = json.loads(line.removeprefix("__RESULT__"))
+    result["peak_mb"] = max(mem.peak_mb, result["peak_rss_mb"])
+    result["tree_mb"] = mem.tree_mb
+    return result

@@ -56,9 +56,7 @@ import os
 import random
 import re
 import signal
-import subprocess
 import sys
-import threading
 import time
 import unicodedata
 from pathlib import Path
@@ -66,7 +64,7 @@ from pathlib import Path
 import numpy as np
 import regex
 import xxhash
-from _common import REPO, SHARED, add_keep, now, run_child, table, work_dir
+from _common import SHARED, add_keep, now, run_child, run_child_tree, stop_children, table, work_dir
 from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
 from datatrove.utils.word_tokenizers import WordTokenizer
 
@@ -363,83 +361,6 @@ def run_datasketch(data: str, work: str, workers: int = 2, chunk: int = 2000) ->
     return i
 
 
-CHILDREN: list[subprocess.Popen] = []
-
-
-def _stop_children() -> None:
-    for proc in CHILDREN:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-class TreeMemory:
-    """Largest VmHWM of any process and largest VmRSS sum of the tree under `pid`."""
-
-    def __init__(self, pid: int):
-        self.pid, self.peak_mb, self.tree_mb = pid, 0.0, 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _tree(self) -> list[int]:
-        parent = {}
-        for p in os.listdir("/proc"):
-            if p.isdigit():
-                try:
-                    parent[int(p)] = int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                except (OSError, ValueError, IndexError):
-                    pass
-        tree, todo = [], [self.pid]
-        while todo:
-            p = todo.pop()
-            tree.append(p)
-            todo += [c for c, pp in parent.items() if pp == p]
-        return tree
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            total = 0.0
-            for p in self._tree():
-                try:
-                    status = Path(f"/proc/{p}/status").read_text().splitlines()
-                except OSError:
-                    continue
-                for line in status:
-                    if line.startswith(("VmHWM:", "VmRSS:")):
-                        mb = int(line.split()[1]) / 1024
-                        if line.startswith("VmHWM:"):
-                            self.peak_mb = max(self.peak_mb, mb)
-                        else:
-                            total += mb
-            self.tree_mb = max(self.tree_mb, total)
-            time.sleep(0.05)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
-def run_side(code: str) -> dict:
-    from _common import CHILD_FOOTER
-
-    full = "import time as _t\n_T0 = _t.perf_counter()\n" + code + CHILD_FOOTER
-    proc = subprocess.Popen([sys.executable, "-c", full], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=REPO, start_new_session=True)  # fmt: skip
-    CHILDREN.append(proc)
-    with TreeMemory(proc.pid) as mem:
-        out, err = proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(err[-3000:])
-    line = [x for x in out.splitlines() if x.startswith("__RESULT__")][-1]
-    result = json.loads(line.removeprefix("__RESULT__"))
-    result["peak_mb"] = max(mem.peak_mb, result["peak_rss_mb"])
-    result["tree_mb"] = mem.tree_mb
-    return result
-
-
 # ---------------------------------------------------------------- decisions and scoring
 
 
@@ -581,17 +502,17 @@ def bench_size(work: Path, n: int, per: int, anchors: bool) -> None:
           f"normalization here = forge's record_texts on {check_fold(corpus):.2%} of 5,000 records")  # fmt: skip
     results, dup_of = {}, {}
     print(f"load before the timed runs: {Path('/proc/loadavg').read_text().strip()}")
-    results["forge"] = run_side(FORGE.format(out=str(work / f"forge-{n}"), home=str(home)))
+    results["forge"] = run_child_tree(FORGE.format(out=str(work / f"forge-{n}"), home=str(home)))
     dup_of["forge"] = forge_decisions(home, work / f"forge-{n}", firsts)
     dt, ds = work / f"datatrove-{n}", work / f"datasketch-{n}"
     buckets = np.zeros((0, 2), np.int64)
     if anchors:
         code = ANCHOR.format(bench=str(BENCH), fn="run_datatrove", data=str(data), work=str(dt))
-        results["datatrove"] = run_side(code)
+        results["datatrove"] = run_child_tree(code)
         dup_of["datatrove"], buckets = datatrove_decisions(dt, firsts)
         ds.mkdir()
         code = ANCHOR.format(bench=str(BENCH), fn="run_datasketch", data=str(data), work=str(ds))
-        results["datasketch"] = run_side(code)
+        results["datasketch"] = run_child_tree(code)
         dup_of["datasketch"] = np.load(ds / "dup_of.npy")
     planted = np.flatnonzero(corpus.kind == 2)
     strata = {s: asserted(d) for s, d in dup_of.items()}
@@ -638,7 +559,7 @@ def main() -> None:
     add_keep(ap)
     args = ap.parse_args()
     work = work_dir("forge-bench-dedup-", args.keep)
-    atexit.register(_stop_children)  # runs before the work folder is removed (atexit is LIFO)
+    atexit.register(stop_children)  # runs before the work folder is removed (atexit is LIFO)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so atexit runs on a kill too
     os.environ["HF_HUB_OFFLINE"] = "1"
     sizes = [30_000] if args.quick else [int(x) for x in args.sizes.split(",")]

@@ -299,3 +299,19 @@ def test_pairs_config_leaves_out_non_pairs(home, catalog, tmp_path):
     pairs = datasets.load_dataset(str(folder), "hh_rlhf-pairs", split="train")
     assert pairs.num_rows == 5 and "Hi?" not in [p[-1]["content"] for p in pairs["prompt"]]
     assert datasets.load_dataset(str(folder), split="train").num_rows == 6 + 32  # forge's union
+
+    # the layout reads back with formatter pairs and its default keys: the same pairs
+    (tmp_path / "catalog.yaml").write_text(
+        textwrap.dedent(f"""
+        sources:
+          back:
+            {{description: x, connector: parquet, formatter: pairs, lang: EN, task: MT, gen: MIX,
+             local: {folder}/data/hh_rlhf-pairs/*.parquet}}
+    """)
+    )
+    from forge.catalog import load_catalog
+
+    r = build_source(load_catalog(tmp_path / "catalog.yaml").get("back"), home=home)
+    cols = ["instruction", "input", "output", "rejected", "history"]
+    original = source_rows(home, "hh_rlhf").filter(pl.col("kind") == "pair").select(cols)
+    assert source_rows(home, "back").select(cols).equals(original) and r.quarantined == 0

@@ -7,7 +7,10 @@
    interleave_datasets over streaming (iterable) Parquet datasets, same sizes and rates.
 Each measurement runs in its own process, so peak RSS is its own.
 
-    .venv/bin/python bench/mixture_bench.py [--ids 10000000] [--anchor-ids 1000000]
+    .venv/bin/python bench/mixture_bench.py [--ids 10000000] [--anchor-ids 1000000] [--hash]
+
+--hash also prints a SHA-256 of the --ids stream (positions, components, records as int64,
+window by window; untimed): a change to forge/sampling.py that keeps it keeps every id.
 """
 
 from __future__ import annotations
@@ -41,6 +44,20 @@ mixed = datasets.interleave_datasets(parts, probabilities={shares}, seed=0, stop
 _ROWS = 0
 for batch in mixed.iter(batch_size=10000):
     _ROWS += len(batch["c"])
+"""
+
+STREAM_HASH = """
+import hashlib
+import numpy as np
+from forge.sampling import Schedule, largest_remainder
+counts = largest_remainder({total}, np.array({shares}))
+h = hashlib.sha256()
+_ROWS = 0
+for b in Schedule(counts.tolist(), counts.tolist(), seed=0).iter_blocks():
+    for a in (b.positions, b.components, b.records):
+        h.update(a.astype(np.int64).tobytes())
+    _ROWS += len(b.records)
+print("sha256", h.hexdigest()[:16])
 """
 
 MAKE_SOURCES = """
@@ -102,8 +119,14 @@ def main() -> None:
     ap.add_argument("--ids", type=int, default=10_000_000)
     ap.add_argument("--anchor-ids", type=int, default=1_000_000)
     ap.add_argument("--records", type=int, default=200_000, help="records over the 5 built sources (part 2)")
+    ap.add_argument("--hash", action="store_true", help="print a hash of the id stream (untimed)")
     add_keep(ap)
     args = ap.parse_args()
+    if args.hash:
+        print(
+            f"id stream sha256 (first 16 hex), {args.ids:,} ids:",
+            run_child(STREAM_HASH.format(total=args.ids, shares=SHARES))["sha256"],
+        )
     results = []
     ours = run_child(OURS_IDS.format(total=args.ids, shares=SHARES))
     anchor = run_child(ANCHOR_IDS.format(total=args.anchor_ids, shares=SHARES))

@@ -392,9 +392,12 @@ def test_pairs_option_typo_is_one_line(tmp_path):
     r = build("{promt: question, chosen: response_j, rejected: response_k}")
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr
     assert "source 'my_pairs', field 'options.promt': unknown option (did you mean 'prompt'?)" in r.stderr
-    r = build("{prompt: question, chosen: [response_j]}")
-    assert r.returncode == 1
-    assert "field 'options.chosen': expected a raw key name (a string), found ['response_j']" in r.stderr
+    from forge.catalog import load_catalog
+    from forge.errors import CatalogError
+
+    path = _pair_catalog(tmp_path, "{prompt: question, chosen: [response_j]}")
+    with pytest.raises(CatalogError, match=r"field 'options.chosen': expected a raw key name \(a string\)"):
+        load_catalog(path)
 
 
 def test_published_pairs_feed_trl(trl_dpo, home, catalog, tmp_path):

@@ -14,6 +14,7 @@ forge chat, forge predict and forge serve are thin layers over these.
 
 from __future__ import annotations
 
+# ruff: noqa: E402 - forge.train.threads must set the OpenMP wait policy before torch loads
 import contextlib
 import inspect
 import json
@@ -22,6 +23,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from forge.train import threads
+
+threads.before_torch()  # idle OpenMP threads sleep: libgomp reads this once, when torch loads it
 import torch
 
 from forge.train.data import prompt_ids

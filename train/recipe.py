@@ -17,6 +17,7 @@ global stream are never trained on.
 
 from __future__ import annotations
 
+# ruff: noqa: E402 - forge.train.threads must set the OpenMP wait policy before torch loads
 import hashlib
 import importlib.util
 import json
@@ -28,6 +29,10 @@ from itertools import chain
 from pathlib import Path
 
 import numpy as np
+
+from forge.train import threads
+
+threads.before_torch()  # idle OpenMP threads sleep: libgomp reads this once, when torch loads it
 import torch
 import xxhash
 
@@ -558,6 +563,7 @@ def run(args: TrainArgs, mix: Mixture, home: Path | None = None, on_log=None, sa
     """Train; `on_log` gets every logged step, `say` the notes (packing turned off, ...)."""
     from transformers import Trainer, TrainerCallback, set_seed
 
+    threads.setup("train")  # torch on every core, the tokenizer on one thread beside it
     if args.output_dir is None:
         args.output_dir = str(default_output_dir(args, home))
     note = resolve_packing(args)

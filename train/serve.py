@@ -39,6 +39,7 @@ No client can wedge the server:
 from __future__ import annotations
 
 import json
+import os
 import queue
 import threading
 import time
@@ -310,6 +311,7 @@ def create_app(
     """The Starlette app. `max_body`: the largest request body in bytes (default
     forge.train.serve_http.MAX_BODY); `stall_after`: seconds a generation may hold the model without a
     decode step before /health answers 503."""
+    import torch  # loaded by now (forge.train.infer): only asked how many threads it has
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import FileResponse, JSONResponse
@@ -566,7 +568,9 @@ def create_app(
     async def health(request):
         state = {"model": loaded.name, "batching": "continuous" if batcher.decoder else "static",
                  "batched_requests": batcher.requests, "decode_steps": batcher.steps,
-                 "largest_batch": batcher.largest, "generating": lock.busy}  # fmt: skip
+                 "largest_batch": batcher.largest, "generating": lock.busy,
+                 "torch_threads": torch.get_num_threads(),
+                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}  # fmt: skip
         quiet = lock.idle_for()
         if quiet > stall_after:
             reason = (

@@ -29,6 +29,17 @@ def register(app: typer.Typer) -> None:
         add(app, PANEL, verb)
 
 
+def _threads(role: str) -> None:
+    """torch's threads and OpenMP's wait policy for this command, set before torch loads
+    (forge.train.threads: why, and FORGE_THREADS to choose)."""
+    from forge.train.threads import setup
+
+    try:
+        setup(role)
+    except ValueError as e:
+        _fail(str(e))
+
+
 def predict(
     target: Annotated[
         str, typer.Argument(help="JSONL/JSON/Parquet file, filter folder, built source or mixture.")
@@ -42,6 +53,7 @@ def predict(
     home: HomeOpt = None,
 ):
     """Generate for every record of a file, source, mixture or filter folder (greedy by default)."""
+    _threads("predict")
     from forge.train.predict import predict as run_predict
 
     loaded = which.load()
@@ -74,6 +86,7 @@ def chat(
 ):
     """Talk to a model in the terminal: streamed replies, /reset, /exit. Reads lines from
     stdin when it is not a terminal (one user turn per line)."""
+    _threads("chat")
     from forge.train.infer import build_prompt, record_from_messages, stream
 
     loaded = which.load()
@@ -151,6 +164,7 @@ def serve(
         from forge.train.serve_http import parse_size
     except ImportError:
         _fail("forge serve needs starlette and uvicorn: pip install 'forge-instruct[serve]'")
+    _threads("serve")
     from forge.train.serve import create_app
 
     try:

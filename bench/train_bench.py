@@ -24,7 +24,10 @@ first checks equality: its batch holds the same tokens and labels on both sides 
 step-1 losses agree within 1e-4 (relative). With packing on, the two packers make different
 batches (TRL's rows leave longest-first, forge's in stream order), which the table says.
 The burner is a single-threaded busy loop started and stopped by this script; its share of a
-core is printed. Library output goes to files in the work folder (shown with --debug).
+core is printed. --baseline-src DIR adds a third side, forge from another checkout (say, the
+commit before a change: `git archive REV | tar -x -C DIR`), run next to forge in every
+condition, so before and after are measured under the same load; --trl-env KEY=VALUE sets the
+TRL runs' environment (OMP_WAIT_POLICY=PASSIVE, which forge sets for itself). Library output goes to files in the work folder (shown with --debug).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ MODEL = Path("/work/smollm2")
 MIXTURE = "alpaca-belle-cot"
 LR, SEED = 2e-4, 0
 LOSS_RTOL = 1e-4
+NAMES = {"forge": "forge", "base": "forge@base", "trl": "TRL"}  # the sides, as the table names them
 
 
 # ---------------------------------------------------------------- child side (one run each)
@@ -146,6 +150,9 @@ def child_forge(spec: dict) -> dict:
         "first": rec.first,
         "threads": torch.get_num_threads(),
         "data_s": rec.data_s,
+        # which forge ran, and the thread settings it left in its environment
+        "env": f"forge {Path(recipe.__file__).parent.parent}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+        f"RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS')}",
         "lora": {k: adapter[k] for k in ("r", "lora_alpha", "lora_dropout", "target_modules")},
     }
 
@@ -252,13 +259,13 @@ def child_main(kind: str, spec_path: str) -> None:
 
 
 class Bench:
-    def __init__(self, work: Path, debug: bool):
-        self.work, self.debug = work, debug
+    def __init__(self, work: Path, debug: bool, forge_src: str | None = None, trl_env: dict | None = None):
+        self.work, self.debug, self.forge_src, self.trl_env = work, debug, forge_src, trl_env or {}
         self.env = {**os.environ, "FORGE_HOME": str(work / "home"), "HF_HUB_OFFLINE": "1"}
         self.procs: list[subprocess.Popen] = []  # running children: stopped on any exit path
         self.n = 0
 
-    def child(self, kind: str, spec: dict) -> dict:
+    def child(self, kind: str, spec: dict, src: str | None = None) -> dict:
         """Run one side in a fresh interpreter; its result plus wall seconds and peak RSS."""
         self.n += 1
         tag = f"{self.n:02d}-{kind}"
@@ -268,7 +275,13 @@ class Bench:
         cmd = [sys.executable, __file__, "--child", kind, str(self.work / f"{tag}.spec")]
         t0 = time.perf_counter()
         out = None if self.debug else log
-        proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=out, stderr=out)
+        env, cwd = self.env, REPO
+        src = src or (self.forge_src if kind == "forge" else None)
+        if kind == "trl":
+            env = {**env, **self.trl_env}
+        if src:  # another checkout's forge (before/after a change)
+            env, cwd = {**env, "PYTHONPATH": src}, Path(src)
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=out)
         self.procs.append(proc)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -342,6 +355,21 @@ def main() -> None:
     ap.add_argument(
         "--model", default=str(MODEL), help="model folder (a `forge tiny-model` checks the script fast)"
     )
+    ap.add_argument(
+        "--forge-src", help="measure the forge of another checkout (e.g. `git archive REV | tar -x -C DIR`)"
+    )
+    ap.add_argument(
+        "--baseline-src",
+        help="also measure this checkout's forge as a third side, 'base', next to forge in every condition "
+        "(before/after a change under the same load)",
+    )
+    ap.add_argument(
+        "--trl-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment for the TRL runs, e.g. OMP_WAIT_POLICY=PASSIVE as forge sets it (repeatable)",
+    )
     ap.add_argument("--rounds", type=int, default=1, help="repeat the idle and burner pairs")
     ap.add_argument("--no-burner", action="store_true", help="idle runs only")
     ap.add_argument("--debug", action="store_true", help="children's output on this terminal")
@@ -357,7 +385,18 @@ def main() -> None:
             f"train_bench: --model {args.model} is not a model folder; make it with `forge real-model DIR`"
         )
     work = work_dir("forge-train-bench-", args.keep)
-    bench = Bench(work, args.debug)
+    for flag in ("forge_src", "baseline_src"):
+        given = getattr(args, flag)
+        if given and not (Path(given) / "train" / "recipe.py").is_file():
+            sys.exit(
+                f"train_bench: --{flag.replace('_', '-')} {given}: not a forge checkout (no train/recipe.py)"
+            )
+        setattr(args, flag, str(Path(given).resolve()) if given else None)
+    bad = [x for x in args.trl_env if "=" not in x or x.startswith("=")]
+    if bad:
+        sys.exit(f"train_bench: --trl-env {bad[0]}: give KEY=VALUE, e.g. --trl-env OMP_WAIT_POLICY=PASSIVE")
+    trl_env = dict(x.split("=", 1) for x in args.trl_env)
+    bench = Bench(work, args.debug, args.forge_src, trl_env)
     # SIGTERM/SIGHUP end the run like Ctrl-C: children and burner stopped, work folder removed
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda s, _f: sys.exit(128 + s))
@@ -409,7 +448,8 @@ def run(bench: Bench, args, work: Path) -> None:
     runs: list[tuple[str, str, dict]] = []
     shares = []
     for _ in range(args.rounds):
-        for cond, order in (("idle", ("forge", "trl")), ("burner", ("trl", "forge"))):
+        sides = ("forge", "base", "trl") if args.baseline_src else ("forge", "trl")
+        for cond, order in (("idle", sides), ("burner", sides[::-1])):
             if cond == "burner" and args.no_burner:
                 continue
             for side in order:
@@ -418,7 +458,8 @@ def run(bench: Bench, args, work: Path) -> None:
                     (bench.start_burner(), time.perf_counter()) if cond == "burner" else (None, 0)
                 )
                 try:
-                    r = bench.child(side, on)
+                    kind = "trl" if side == "trl" else "forge"
+                    r = bench.child(kind, on, args.baseline_src if side == "base" else None)
                 finally:
                     if burner is not None:
                         shares.append(bench.stop_burner(burner, started))
@@ -426,8 +467,9 @@ def run(bench: Bench, args, work: Path) -> None:
                 runs.append((cond, side, r))
                 s = summarize(r, args.cutoff)
                 print(
-                    f"  {cond:6} {side:5} {s['tps']:7.1f} tokens/s  loss1 {s['loss1']:.4f}  "
-                    f"rss {s['rss_mb']:,.0f} MB  (loadavg before: {load})",
+                    f"  {cond:6} {NAMES[side]:10} {s['tps']:7.1f} tokens/s  loss1 {s['loss1']:.4f}  "
+                    f"rss {s['rss_mb']:,.0f} MB  (loadavg before: {load})"
+                    + (f"  [{r['env']}]" if "env" in r else ""),
                     flush=True,
                 )
     report(runs, f0, t0, args, shares, same_off, loss_ok)
@@ -446,7 +488,7 @@ def report(runs, f0, t0, args, shares, same_off, loss_ok) -> None:
         rows.append(
             (
                 cond,
-                "forge" if side == "forge" else "TRL",
+                NAMES[side],
                 f"{s['tps']:.1f}",
                 f"{s['real']:,}",
                 f"{s['fill']:.1%}",
@@ -481,15 +523,16 @@ def report(runs, f0, t0, args, shares, same_off, loss_ok) -> None:
     tps = {k: _mean([s["tps"] for s in v]) for k, v in agg.items()}
     rss = {k: max(s["rss_mb"] for s in v) for k, v in agg.items()}
     for cond in ("idle", "burner"):
-        if (cond, "forge") in tps and (cond, "trl") in tps:
+        for a, b in (("forge", "trl"), ("base", "trl"), ("forge", "base")):
+            if (cond, a) in tps and (cond, b) in tps:
+                print(
+                    f"{cond:6}: {NAMES[a]} / {NAMES[b]} tokens/s {tps[cond, a] / tps[cond, b]:.2f}x; "
+                    f"peak RSS {rss[cond, a] / 1024:.2f} vs {rss[cond, b] / 1024:.2f} GB"
+                )
+    for side in NAMES:
+        if ("burner", side) in tps and ("idle", side) in tps:
             print(
-                f"{cond:6}: forge / TRL tokens/s {tps[cond, 'forge'] / tps[cond, 'trl']:.2f}x; "
-                f"peak RSS forge {rss[cond, 'forge'] / 1024:.2f} GB, TRL {rss[cond, 'trl'] / 1024:.2f} GB"
-            )
-    for side in ("forge", "trl"):
-        if ("burner", side) in tps:
-            print(
-                f"{side:5} slowdown with the burner: {tps['idle', side] / tps['burner', side]:.2f}x "
+                f"{NAMES[side]} slowdown with the burner: {tps['idle', side] / tps['burner', side]:.2f}x "
                 f"(idle {tps['idle', side]:.1f} -> {tps['burner', side]:.1f} tokens/s)"
             )
     if shares:

@@ -622,5 +622,9 @@ def pull(spec: str, catalog_file: Path, *, revision: str = "main") -> tuple[str,
         "license": ", ".join(lic) if isinstance(lic, list) else lic,
         "homepage": f"https://huggingface.co/datasets/{repo}",
     }
+    if all(Path(x).parent.name.endswith("-pairs") for x in paths) and "preference" in (
+        meta.get("tags") or []
+    ):
+        entry.update(formatter="pairs", options={})  # forge's TRL layout (forge/pairs_layout.py)
     add_entry(catalog_file, name, entry, replace=True)  # pulling again refreshes the entry
     return name, entry

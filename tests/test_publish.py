@@ -235,14 +235,26 @@ def test_pairs_publish_in_trl_layout(home, tmp_path):
     `forge mix hh-preference`, `forge publish hh-preference`. Each config holding pairs gets a
     `-pairs` companion in TRL's conversational layout, and `default` (load_dataset(repo)) is the
     mixture's pairs; a multi-turn record's earlier turns are prompt messages."""
-    env = {**os.environ, "FORGE_HOME": str(home), "COLUMNS": "200"}
-    for args in (["build", "hh_rlhf", "--sample"], ["mix", "hh-preference"]):
-        r = cli(args, env)
+    with LocalHub(tmp_path / "hub") as hub:
+        env = hub_env(hub, home, tmp_path)
+        for args in (["build", "hh_rlhf", "--sample"], ["mix", "hh-preference"]):
+            r = cli(args, env)
+            assert r.returncode == 0, r.stderr
+        r = cli(["publish", "hh-preference", "--repo", "me/prefs"], env)
         assert r.returncode == 0, r.stderr
-    out = tmp_path / "staged"
-    r = cli(["publish", "hh-preference", "--repo", "me/prefs", "--dry-run", "--out", str(out)], env)
-    assert r.returncode == 0, r.stderr
-    assert "data/hh-preference-pairs/train-00000-of-00001.parquet" in r.stdout
+        out = home / "publish" / "me--prefs"
+        uploaded = [path for c in hub.state.commits for _, path in c["operations"]]
+        assert "data/hh-preference-pairs/train-00000-of-00001.parquet" in uploaded
+
+        # forge pull of the default (the pairs) registers a `formatter: pairs` source: the same pairs
+        work = tmp_path / "work"
+        work.mkdir()
+        p = cli(["pull", "me/prefs", "--catalog", str(work / "catalog.yaml")], env, cwd=work)
+        assert p.returncode == 0, p.stderr
+        assert "formatter: pairs" in (work / "catalog.yaml").read_text()
+        cols = ["instruction", "output", "rejected", "history"]
+        pulled = source_rows(home, "me__prefs__default").select(cols).sort("instruction")
+        assert pulled.equals(source_rows(home, "hh_rlhf").select(cols).sort("instruction"))
 
     ds = datasets.load_dataset(str(out), split="train")
     assert ds.column_names == ["prompt", "chosen", "rejected", "id", "source"] and ds.num_rows == 48

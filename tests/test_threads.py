@@ -37,6 +37,12 @@ def test_serving_leaves_a_core_and_train_takes_them_all(clean_env):
     assert threads.torch_threads("serve") == 1  # never 0
 
 
+def test_the_tokenizer_gets_half_the_cores_beside_training(clean_env):
+    assert threads.tokenizer_threads() == 2
+    clean_env.setattr(threads, "cores", lambda: 1)
+    assert threads.tokenizer_threads() == 1
+
+
 def test_forge_threads_then_omp_num_threads_win(clean_env):
     clean_env.setenv("OMP_NUM_THREADS", "2")
     assert threads.torch_threads("train") == 2

@@ -12,8 +12,8 @@ then gives torch:
   - serve, chat, predict, eval: one thread less than the cores (at least 1): decoding a small
     batch is many tiny operations that a second thread barely speeds up, and the spare core
     runs the event loop, the tokenizer and the streams;
-  - train: every core; the tokenizer (Rust, rayon) encodes the next batches on one thread beside
-    it (RAYON_NUM_THREADS=1) instead of one per core fighting torch's threads.
+  - train: every core; the tokenizer (Rust, rayon), which encodes the next batches beside it,
+    gets half the cores (RAYON_NUM_THREADS; 1 on 2 cores) instead of one thread per core.
 
 A user's own OMP_WAIT_POLICY, GOMP_SPINCOUNT, OMP_NUM_THREADS or RAYON_NUM_THREADS always wins;
 FORGE_THREADS=N sets torch's thread count for every command (docs/inference.md, docs/training.md).
@@ -57,6 +57,12 @@ def torch_threads(role: str) -> int:
     return cores() if role == "train" else max(1, cores() - 1)
 
 
+def tokenizer_threads() -> int:
+    """The tokenizer's rayon threads beside training (read when its pool starts, at the first
+    batch): half the cores keep far ahead of the trainer without one thread per core."""
+    return max(1, cores() // 2)
+
+
 def setup(role: str) -> dict:
     """Apply forge's thread settings for `role` and return what applied (for logs and tests).
     Call it at the start of a command; before torch loads, it also sets the wait policy."""
@@ -64,7 +70,7 @@ def setup(role: str) -> dict:
     before_torch()
     n = torch_threads(role)
     if role == "train":
-        os.environ.setdefault("RAYON_NUM_THREADS", "1")  # read when the tokenizer's pool starts
+        os.environ.setdefault("RAYON_NUM_THREADS", str(tokenizer_threads()))
     import torch
 
     if torch.get_num_threads() != n:

@@ -95,7 +95,7 @@ class Server:
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=15)
+                self.proc.wait(timeout=5)  # uvicorn waits for open streams: not for long
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 try:
                     os.killpg(self.proc.pid, signal.SIGKILL)
@@ -156,7 +156,7 @@ def load(server: Server, questions: list[str], clients: int, max_tokens: int) ->
                 failures.append(f"{type(e).__name__}: {e}")
 
     cpu0, t0 = server.cpu_seconds(), time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
@@ -199,7 +199,7 @@ def main() -> int:
     # each level gets its own questions (max(clients, 4) of them), the same ones for both servers
     plan, at = {}, 0
     for c in levels:
-        n = max(c, 4 if not args.quick else 2)
+        n = max(c, 2)
         plan[c] = [r["question"] for r in rows[at : at + n]]
         at += n
     print(f"loadavg before: {Path('/proc/loadavg').read_text().strip()}", flush=True)
@@ -210,10 +210,13 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="forge-serve-bench-"))
     live: list = []  # servers and the burner to stop, whatever happens
 
-    def cleanup(*_sig) -> None:
-        for thing in reversed(live):
+    def stop_all() -> None:
+        for thing in sorted(live, key=lambda t: not isinstance(t, Burner)):  # the burner first
             thing.stop()
         live.clear()
+
+    def cleanup() -> None:
+        stop_all()
         for f in tmp.iterdir():
             f.unlink()
         tmp.rmdir()
@@ -242,9 +245,7 @@ def main() -> int:
                     print(f"{phase:6} {kind:12} {c:2} clients: {r['tokens']:5} tokens {r['tok_s']:6.1f} tok/s, "
                           f"{r['cpu_per_1k']:6.1f} CPU-s/1k tokens, TTFT p50 {r['ttft_p50']:5.2f}s "
                           f"p95 {r['ttft_p95']:5.2f}s", flush=True)  # fmt: skip
-                for thing in reversed(live):
-                    thing.stop()
-                live.clear()
+                stop_all()
     finally:
         cleanup()
     report(out, phases, levels)

@@ -9,9 +9,11 @@ on 2 cores with a one-core burner beside it (SmolLM2-135M, 8 rows decoding): 2 s
 
 So, before torch loads, forge asks idle OpenMP threads to sleep (OMP_WAIT_POLICY=PASSIVE), and
 then gives torch:
-  - serve, chat, predict, eval: one thread less than the cores (at least 1): decoding a small
+  - serve, chat, predict: one thread less than the cores (at least 1): decoding a small
     batch is many tiny operations that a second thread barely speeds up, and the spare core
     runs the event loop, the tokenizer and the streams;
+  - eval: every core; scoring is mostly prefill (long few-shot contexts, one forward each),
+    where a second thread nearly halves the time, and there is no loop or stream to serve;
   - train: every core; the tokenizer (Rust, rayon), which encodes the next batches beside it,
     gets half the cores (RAYON_NUM_THREADS; 1 on 2 cores) instead of one thread per core.
 
@@ -24,8 +26,8 @@ from __future__ import annotations
 import os
 import sys
 
-SERVING = ("serve", "chat", "predict", "eval")
-ROLES = (*SERVING, "train")
+SERVING = ("serve", "chat", "predict")
+ROLES = (*SERVING, "eval", "train")
 
 
 def cores() -> int:
@@ -54,7 +56,7 @@ def torch_threads(role: str) -> int:
         return int(asked)
     if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    return cores() if role == "train" else max(1, cores() - 1)
+    return max(1, cores() - 1) if role in SERVING else cores()
 
 
 def tokenizer_threads() -> int:

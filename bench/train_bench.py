@@ -1,8 +1,8 @@
 """forge train vs TRL's SFTTrainer on CPU: LoRA on SmolLM2-135M, packing on, idle and with a
 one-core CPU burner running beside it.
 
-    flock /tmp/forge-bench.lock .venv/bin/python bench/train_bench.py            # ~10 min
-    .venv/bin/python bench/train_bench.py --quick                                 # ~2 min check
+    flock /tmp/forge-bench.lock .venv/bin/python bench/train_bench.py            # 8.4 min measured
+    .venv/bin/python bench/train_bench.py --quick                                 # ~4 min check
 
 Both sides train the 131-record sample mixture alpaca-belle-cot (built here, FORGE_HOME in a
 temporary folder) with the same LoRA (rank, alpha, dropout and the target modules forge chose,
@@ -347,7 +347,9 @@ def same_first_batch(a: list, b: list, ordered: bool) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="a ~2-minute check: 3 steps of 2 x 192")
+    ap.add_argument(
+        "--quick", action="store_true", help="a short check: 3 steps of 2 x 192 (about 4 min on 2 cores)"
+    )
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=2, help="rows per step (packed rows of --cutoff tokens)")
     # the longest sample record is 147 tokens: 192 truncates none and keeps the run near 10 minutes

@@ -288,7 +288,7 @@ def test_limit_per_subject_progress_protocols_and_the_train_split(tiny_model, tm
     # GSM8K: lm-eval's gsm8k is 5-shot from the train split; without train.jsonl beside the test
     # file it says what to do instead
     gsm_file = need(EVALS / "gsm8k" / "test_head200.jsonl")
-    with pytest.raises(ValueError, match="draws its examples from the train split.*--shots 0"):
+    with pytest.raises(ValueError, match="its examples come from the train split.*pass --shots 0"):
         evaluate(loaded, read("gsm8k", gsm_file), limit=2, max_new_tokens=2)
     cot = evaluate(loaded, read("gsm8k", gsm_file), protocol="lm-eval-cot", limit=2, max_new_tokens=2)
     assert cot["items"] == 2 and cot["shots"] == 8 and cot["limit"] == {"n": 2, "per": "suite"}

@@ -269,28 +269,27 @@ def test_bad_input_is_one_line(run_dir, tmp_path):
     assert "--shots 2: no dev split with 2 rows for 心理" in err
 
 
-def test_gsm8k_takes_lm_evals_five_shots_unless_told(run_dir, tmp_path):
+def test_gsm8k_takes_lm_evals_five_shots_unless_told(run_dir, tmp_path, monkeypatch):
     """Without --shots, gsm8k is 5-shot as in lm-eval, drawn from train.jsonl beside the test
-    file; without that file the error says how to go on."""
+    file (without it the library's error says how to go on: tests/test_eval_protocol.py).
+    In-process: a subprocess would spend most of its time importing torch."""
+    from typer.testing import CliRunner
+
+    from forge.cli import app
+
     home, run = run_dir
     rows = [{"question": f"Tom has {i} apples and buys 2. How many now?", "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}"}
             for i in range(8)]  # fmt: skip
     folder = tmp_path / "gsm"
     folder.mkdir()
     (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
-    err = one_line_error(
-        cli(["eval", "gsm8k", "--data", str(folder / "test.jsonl"), "--run", str(run)], home)
-    )
-    assert (
-        "5-shot gsm8k (lm-eval's default is 5): its examples come from the train split, and there is no"
-        in err
-    )
-    assert "pass --shots 0 or --protocol lm-eval-cot" in err
     (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[2:]))
     out = folder / "five.json"
-    r = cli(["eval", "gsm8k", "--data", str(folder / "test.jsonl"), "--run", str(run), "--limit", "1",
-             "--max-new-tokens", "2", "--out", str(out)], home)  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    monkeypatch.setenv("FORGE_HOME", str(home))
+    args = ["eval", "gsm8k", "--data", str(folder / "test.jsonl"), "--run", str(run), "--limit", "1",
+            "--max-new-tokens", "2", "--out", str(out)]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
     assert res["shots"] == 5 and res["protocol"]["shots"] == 5
     prompt = res["records"][0]["prompt"]

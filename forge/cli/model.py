@@ -139,6 +139,12 @@ def train(
         args = make_args(path, given, h)
     except RecipeError as e:
         _fail(str(e))
+    if args.output_dir and not args.resume_from and os.environ.get("RANK", "0") == "0":
+        from forge.store import absolute, check_out
+
+        # refuse a folder forge did not make before torch and peft load (seconds of imports);
+        # the folder is claimed below, once the options are checked
+        check_out(absolute(Path(args.output_dir)), overwrite, "--output-dir")
     m = resolve(args.mixture, load_catalog(catalog), home=h)
     from forge.train.recipe import check_args, resolve_packing, run
 

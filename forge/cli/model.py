@@ -140,11 +140,13 @@ def train(
     except RecipeError as e:
         _fail(str(e))
     if args.output_dir and not args.resume_from and os.environ.get("RANK", "0") == "0":
-        from forge.store import absolute, check_out
+        from forge.store import MARKER, absolute, check_out
 
         # refuse a folder forge did not make before torch and peft load (seconds of imports);
-        # the folder is claimed below, once the options are checked
-        check_out(absolute(Path(args.output_dir)), overwrite, "--output-dir")
+        # forge's own folders are judged below, after the options, as before
+        out = absolute(Path(args.output_dir))
+        if out.exists() and not (out / MARKER).exists():
+            check_out(out, overwrite, "--output-dir")
     m = resolve(args.mixture, load_catalog(catalog), home=h)
     from forge.train.recipe import check_args, resolve_packing, run
 

@@ -92,7 +92,7 @@ def test_kill_9_a_build_at_random_points_loses_nothing(tmp_path):
     store_dir = home / "sources" / "belle_0.5m"
 
     rng = random.Random(12)
-    points = [(None, f) for f in FAULTS] + [(rng.uniform(0.15, 0.7) * took, None) for _ in range(6)]
+    points = [(None, f) for f in FAULTS] + [(rng.uniform(0.15, 0.7) * took, None) for _ in range(4)]
     kills, committed = 0, "a"
     for delay, fault in points:
         target = "b" if committed == "a" else "a"
@@ -115,7 +115,7 @@ def test_kill_9_a_build_at_random_points_loses_nothing(tmp_path):
         assert [p.name for p in store_dir.iterdir() if p.name.startswith(".tmp")] == []
         committed = target
     # the four fault points always kill; a random moment may fall after a fast build ended
-    assert kills >= len(FAULTS) + 3, kills
+    assert kills >= len(FAULTS) + 2, kills
 
 
 @pytest.mark.slow
@@ -138,7 +138,7 @@ def test_kill_9_a_mix_loses_nothing_and_a_rerun_is_identical(tmp_path):
 
     rng = random.Random(3)
     points = [(None, f) for f in ["mix:written", *FAULTS[1:]]] + [
-        (rng.uniform(0.2, 0.95) * took, None) for _ in range(4)
+        (rng.uniform(0.2, 0.95) * took, None) for _ in range(3)
     ]
     for delay, fault in points:
         before_id = (home / "mixtures" / "m" / "CURRENT").read_text().strip()

@@ -80,16 +80,14 @@ def built_samples(home, catalog):
 def run_dir(tmp_path_factory, tiny_model) -> tuple[Path, Path]:
     """(data home, run folder): a real tiny LoRA run on the sample mixture (alpaca, belle,
     flan_cot samples), 3 steps. Shared by the inference and eval tests; they only add files
-    (predictions elsewhere, eval/ results) to the run folder."""
-    import subprocess
-    import sys
+    (predictions elsewhere, eval/ results) to the run folder. Trained in this process
+    (tests/inprocess.py)."""
+    from tests.inprocess import forge_main
 
     home = tmp_path_factory.mktemp("run-home")
-    env = {**os.environ, "FORGE_HOME": str(home), "COLUMNS": "200"}
 
-    def forge(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "forge.cli", *args], env=env, capture_output=True,
-                              text=True, timeout=600)  # fmt: skip
+    def forge(*args: str):
+        return forge_main(list(args), env={"FORGE_HOME": str(home), "COLUMNS": "200"})
 
     assert forge("build", "alpaca", "belle_0.5m", "flan_cot", "--sample").returncode == 0
     out = home / "runs" / "tiny"

@@ -4,25 +4,23 @@ the tests' chat server), and the run-folder checks against the training lineage.
 lm-evaluation-harness's own task definitions: tests/test_eval_protocol.py."""
 
 import json
-import os
 import re
 import subprocess
-import sys
 
 import pytest
 
 from tests.chat_server import ChatServer, belle_judge_reply
 from tests.conftest import REPO, SHARED, need
+from tests.inprocess import forge_main
 from tests.serving import forge_serve, free_port
 
-FORGE = [sys.executable, "-m", "forge.cli"]
 EVALS = SHARED.parent / "evals"
 FIXTURES = REPO / "samples" / "evals"  # C-Eval and MMLU items written for forge, in their layouts
 
 
-def cli(args, home, timeout=600):
-    env = {**os.environ, "FORGE_HOME": str(home), "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(FORGE + args, env=env, capture_output=True, text=True, timeout=timeout)
+def cli(args, home):
+    """`forge ARGS` in this process (tests/inprocess.py: the imports are paid once per worker)."""
+    return forge_main(args, env={"FORGE_HOME": str(home), "COLUMNS": "200", "HF_HUB_OFFLINE": "1"})
 
 
 def one_line_error(r: subprocess.CompletedProcess) -> str:
@@ -269,14 +267,9 @@ def test_bad_input_is_one_line(run_dir, tmp_path):
     assert "--shots 2: no dev split with 2 rows for 心理" in err
 
 
-def test_gsm8k_takes_lm_evals_five_shots_unless_told(run_dir, tmp_path, monkeypatch):
+def test_gsm8k_takes_lm_evals_five_shots_unless_told(run_dir, tmp_path):
     """Without --shots, gsm8k is 5-shot as in lm-eval, drawn from train.jsonl beside the test
-    file (without it the library's error says how to go on: tests/test_eval_protocol.py).
-    In-process: a subprocess would spend most of its time importing torch."""
-    from typer.testing import CliRunner
-
-    from forge.cli import app
-
+    file (without it the library's error says how to go on: tests/test_eval_protocol.py)."""
     home, run = run_dir
     rows = [{"question": f"Tom has {i} apples and buys 2. How many now?", "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}"}
             for i in range(8)]  # fmt: skip
@@ -285,11 +278,10 @@ def test_gsm8k_takes_lm_evals_five_shots_unless_told(run_dir, tmp_path, monkeypa
     (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
     (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[2:]))
     out = folder / "five.json"
-    monkeypatch.setenv("FORGE_HOME", str(home))
     args = ["eval", "gsm8k", "--data", str(folder / "test.jsonl"), "--run", str(run), "--limit", "1",
             "--max-new-tokens", "2", "--out", str(out)]  # fmt: skip
-    r = CliRunner().invoke(app, args)
-    assert r.exit_code == 0, r.output
+    r = cli(args, home)
+    assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
     assert res["shots"] == 5 and res["protocol"]["shots"] == 5
     prompt = res["records"][0]["prompt"]

@@ -2,23 +2,20 @@
 compatible server tested with the real openai client, curl, and (when installed) Chromium."""
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 
 import pytest
 
 from tests.conftest import REPO
+from tests.inprocess import forge_main
 from tests.serving import forge_serve
 
-FORGE = [sys.executable, "-m", "forge.cli"]
 
-
-def cli(args, home, **kw):
-    env = {**os.environ, "FORGE_HOME": str(home), "COLUMNS": "200"}
-    return subprocess.run(FORGE + args, env=env, capture_output=True, text=True, timeout=600, **kw)
+def cli(args, home, input=None):
+    """`forge ARGS` in this process (tests/inprocess.py: the imports are paid once per worker)."""
+    return forge_main(args, env={"FORGE_HOME": str(home), "COLUMNS": "200"}, input=input)
 
 
 @pytest.fixture(scope="module")

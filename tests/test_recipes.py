@@ -2,26 +2,20 @@
 reproduce, and the output papercuts (80 columns, --json, packing auto)."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from forge.train.config import RECIPES_DIR, RecipeError, load_recipe, make_args, reference_table
+from tests.inprocess import forge_main
 
 REPO = Path(__file__).resolve().parent.parent
-FORGE = [sys.executable, "-m", "forge.cli"]
 
 
-def cli(args, home, columns=None, cwd=None):
-    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    env["FORGE_HOME"] = str(home)
-    if columns:
-        env["COLUMNS"] = str(columns)
-    return subprocess.run(FORGE + args, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
+def cli(args, home, columns=80, cwd=None):
+    """`forge ARGS` in this process (tests/inprocess.py); 80 columns is what rich uses in a pipe."""
+    return forge_main(args, env={"FORGE_HOME": str(home), "COLUMNS": str(columns)}, cwd=cwd)
 
 
 def test_readme_option_table_is_current():

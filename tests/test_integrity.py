@@ -13,15 +13,15 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, current
+from tests.inprocess import forge_main
 
 FORGE = [str(Path(sys.executable).parent / "forge")]
 
 
-def cli(args, home, cwd=None, env=None, timeout=120):
-    e = {**os.environ, "FORGE_HOME": str(home), "COLUMNS": "200", **(env or {})}
-    return subprocess.run(
-        FORGE + args, cwd=cwd or REPO, env=e, capture_output=True, text=True, timeout=timeout
-    )
+def cli(args, home, cwd=None, env=None):
+    """`forge ARGS` in this process (tests/inprocess.py)."""
+    e = {"FORGE_HOME": str(home), "COLUMNS": "200", **(env or {})}
+    return forge_main(args, env=e, cwd=cwd or REPO)
 
 
 def one_line_error(r, *fragments: str) -> str:

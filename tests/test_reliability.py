@@ -17,13 +17,19 @@ from conftest import current
 from forge.build import build_source
 from forge.catalog import load_catalog
 from forge.errors import CatalogError
+from tests.inprocess import forge_main
 
 FORGE = [sys.executable, "-m", "forge.cli"]
 
 
-def cli(args, home, cwd=None, env=None, timeout=120):
-    e = {**os.environ, "FORGE_HOME": str(home), "COLUMNS": "200", **(env or {})}
-    return subprocess.run(FORGE + args, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+def cli(args, home, cwd=None, env=None, fresh=False):
+    """`forge ARGS`, in this process (tests/inprocess.py) unless `fresh`: a new interpreter, for
+    what only one shows (stderr while torch and the Hub client load, settings read at import)."""
+    e = {"FORGE_HOME": str(home), "COLUMNS": "200", **(env or {})}
+    if not fresh:
+        return forge_main(args, env=e, cwd=cwd)
+    e = {**os.environ, **e}
+    return subprocess.run(FORGE + args, cwd=cwd, env=e, capture_output=True, text=True, timeout=300)
 
 
 def one_line_error(r, *fragments: str) -> None:
@@ -610,7 +616,8 @@ def test_bad_train_options_are_one_line(extra, fragment, built_samples, tiny_mod
     args += [x.replace("{empty}", str(empty)) for x in extra]
     r = cli(["build", "cot_zh", "--sample"], built_samples)
     assert r.returncode == 0
-    one_line_error(cli(args, built_samples), fragment)
+    # peft validates --peft-config: a new interpreter shows what loading it prints on stderr
+    one_line_error(cli(args, built_samples, fresh="--peft-config" in extra), fragment)
 
 
 @pytest.mark.parametrize("value", ["nan", "-1", "1.5"])
@@ -625,16 +632,16 @@ def test_publish_to_a_refused_connection_retries_then_says_so(built_samples, tmp
         port = s.getsockname()[1]
     env = {"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_secret_token"}
     t0 = time.perf_counter()
-    r = cli(["publish", "alpaca", "--repo", "me/x"], built_samples, env=env)
+    r = cli(["publish", "alpaca", "--repo", "me/x"], built_samples, env=env, fresh=True)  # Hub settings
     one_line_error(r, "create me/x failed after 5 tries: cannot reach the Hub")
     assert time.perf_counter() - t0 > 5  # backed off between tries (0.5+1+2+4 s)
     assert "hf_secret_token" not in r.stderr
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    r = cli(["--debug", "build", "alpaca", "--sample", "--max-quarantine", "nan"], tmp_path / "h")
+    r = cli(["--debug", "build", "alpaca", "--sample", "--max-quarantine", "nan"], tmp_path / "h", fresh=True)
     assert r.returncode == 1 and "error:" in r.stderr
-    r = cli(["--debug", "stats", "--where", "(" * 100 + "x"], tmp_path / "h")
+    r = cli(["--debug", "stats", "--where", "(" * 100 + "x"], tmp_path / "h", fresh=True)
     assert "Traceback" in r.stderr
 
 

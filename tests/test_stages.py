@@ -19,20 +19,16 @@ from forge.query import parse as compile_query
 from forge.stages import kept_intact, parse_score
 from tests.chat_server import ChatServer
 from tests.conftest import REPO
+from tests.inprocess import forge_main
 from tests.serving import forge_serve
 
 FORGE = str(Path(sys.executable).parent / "forge")
 
 
-def run(args, cwd, env=None, timeout=300):
-    env = {
-        **os.environ,
-        "FORGE_HOME": str(cwd / "home"),
-        "HF_HUB_OFFLINE": "1",
-        "COLUMNS": "200",
-        **(env or {}),
-    }
-    return subprocess.run([FORGE, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+def run(args, cwd, env=None):
+    """`forge ARGS` in this process (tests/inprocess.py), FORGE_HOME under `cwd`."""
+    env = {"FORGE_HOME": str(cwd / "home"), "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **(env or {})}
+    return forge_main(args, env=env, cwd=cwd)
 
 
 def records(cwd: Path, name: str) -> pl.DataFrame:

@@ -100,24 +100,24 @@ def run_dir(tmp_path_factory, tiny_model) -> tuple[Path, Path]:
 # Under pytest-xdist (`make test`), each worker is handed whole files as it frees up. Starting
 # the longest files first keeps both cores busy to the end instead of leaving one worker alone
 # with a long file at the finish. The order only schedules; it changes no test.
-LONGEST_FIRST = [
-    "test_trainer.py",
-    "test_crash_safety.py",
-    "test_reliability.py",
-    "test_eval.py",
-    "test_inference.py",
-    "test_ablate.py",
-    "test_stages.py",
+LONGEST_FIRST = [  # measured on a fresh clone (2026-12-05, --junitxml: each file's total)
     "test_ray.py",
-    "test_integrity.py",
-    "test_serve_robust.py",
-    "test_dedup_exact.py",
-    # measured on a fresh clone (2026-12-05 --durations): these once ran last, alphabetically,
-    # and left one worker alone at the end
+    "test_crash_safety.py",
+    "test_trainer.py",
+    "test_ablate.py",
+    "test_inference.py",
+    "test_reliability.py",
     "test_serve_api.py",
-    "test_recipes.py",
-    "test_preference.py",
+    "test_dedup_exact.py",
+    "test_stages.py",
+    "test_cli.py",
+    "test_publish.py",
+    "test_locations.py",
     "test_dedup_fidelity.py",
+    "test_eval.py",
+    "test_composition.py",
+    "test_serve_robust.py",
+    "test_integrity.py",
     "test_packaging.py",
 ]
 

@@ -119,13 +119,17 @@ def stop_children() -> None:
 class TreeMemory:
     """Memory of the process tree under `pid`, sampled every 50 ms: peak_mb, the largest VmHWM
     of any one process (exact for each process seen); tree_mb, the largest sum of VmRSS over
-    all of them at one moment (spikes shorter than a sample can be missed). Worker processes
-    of any kind count: spawned, forked, or a forkserver's children."""
+    all of them at one moment (spikes shorter than a sample can be missed); tree_pss_mb, the
+    same with each process's PSS, read every 4th sample (smaps_rollup walks the page tables).
+    RSS counts a shared page (a library, a forked parent's memory) once in every process that
+    maps it, so a tree of workers that share much looks larger than it is; PSS splits each
+    shared page among its sharers, so the sum is what the tree takes from the machine. Worker
+    processes of any kind count: spawned, forked, or a forkserver's children."""
 
     def __init__(self, pid: int):
         import threading
 
-        self.pid, self.peak_mb, self.tree_mb = pid, 0.0, 0.0
+        self.pid, self.peak_mb, self.tree_mb, self.tree_pss_mb = pid, 0.0, 0.0, 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -145,11 +149,13 @@ class TreeMemory:
         return tree
 
     def _run(self) -> None:
+        sample = 0
         while not self._stop.is_set():
-            total = 0.0
+            total, pss, with_pss = 0.0, 0.0, sample % 4 == 0
             for p in self._tree():
                 try:
                     status = Path(f"/proc/{p}/status").read_text().splitlines()
+                    rollup = Path(f"/proc/{p}/smaps_rollup").read_text().splitlines() if with_pss else []
                 except OSError:
                     continue
                 for line in status:
@@ -157,7 +163,10 @@ class TreeMemory:
                         self.peak_mb = max(self.peak_mb, int(line.split()[1]) / 1024)
                     elif line.startswith("VmRSS:"):
                         total += int(line.split()[1]) / 1024
+                pss += sum(int(line.split()[1]) for line in rollup if line.startswith("Pss:")) / 1024
             self.tree_mb = max(self.tree_mb, total)
+            self.tree_pss_mb = max(self.tree_pss_mb, pss)
+            sample += 1
             time.sleep(0.05)
 
     def __enter__(self):
@@ -170,8 +179,8 @@ class TreeMemory:
 
 
 def run_child_tree(code: str, env: dict | None = None) -> dict:
-    """run_child, with the memory of the child's whole process tree (TreeMemory): peak_mb and
-    tree_mb are added. The child runs in its own session (see stop_children)."""
+    """run_child, with the memory of the child's whole process tree (TreeMemory): peak_mb,
+    tree_mb and tree_pss_mb are added. The child runs in its own session (see stop_children)."""
     full = "import time as _t\n_T0 = _t.perf_counter()\n" + code + CHILD_FOOTER
     proc = subprocess.Popen([sys.executable, "-c", full], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=REPO, env={**os.environ, **(env or {})}, start_new_session=True)  # fmt: skip
@@ -184,4 +193,5 @@ def run_child_tree(code: str, env: dict | None = None) -> dict:
     result = json.loads(line.removeprefix("__RESULT__"))
     result["peak_mb"] = max(mem.peak_mb, result["peak_rss_mb"])
     result["tree_mb"] = mem.tree_mb
+    result["tree_pss_mb"] = mem.tree_pss_mb
     return result

@@ -30,7 +30,8 @@ the same 64 hashes in 16 bands x 4 rows:
               earlier kept record is removed, else inserted. No exact check
 Each side runs as a child process; memory is sampled from /proc every 50 ms over the child
 and all its descendants: `peak RSS` is the largest single process (VmHWM), `tree` the largest
-sum over all of them at one moment.
+sum of RSS over all of them at one moment, `tree PSS` the same with PSS (shared pages split among
+the processes that share them: what the tree takes from the machine).
 
 Precision and recall: each side's decisions as pairs. A removed record and the record it was
 removed for (forge: dup_of; datatrove: the record its cluster keeps; datasketch: the first
@@ -529,17 +530,29 @@ def bench_size(work: Path, n: int, per: int, anchors: bool) -> None:
     rows = []
     for side, r in results.items():
         rows.append((side, f"{r['seconds']:.1f}", f"{n / r['seconds']:,.0f}", f"{int((dup_of[side] >= 0).sum()):,}",
-                     f"{r['peak_mb']:,.0f}", f"{r['tree_mb']:,.0f}", f"{precision[side]:.3f}", f"{recall[side]:.3f}"))  # fmt: skip
+                     f"{r['peak_mb']:,.0f}", f"{r['tree_mb']:,.0f}", f"{r['tree_pss_mb']:,.0f}", f"{precision[side]:.3f}",
+                     f"{recall[side]:.3f}"))  # fmt: skip
     print(
         table(
-            rows, ("side", "seconds", "records/s", "removed", "peak RSS MB", "tree MB", "precision", "recall")
+            rows,
+            (
+                "side",
+                "seconds",
+                "records/s",
+                "removed",
+                "peak RSS MB",
+                "tree MB",
+                "tree PSS MB",
+                "precision",
+                "recall",
+            ),  # fmt: skip
         )
     )
     f = results["forge"]
     for side in list(results)[1:]:
         r = results[side]
         print(f"{side} / forge: time {r['seconds'] / f['seconds']:.1f}x, peak RSS {r['peak_mb'] / f['peak_mb']:.1f}x, "
-              f"tree {r['tree_mb'] / f['tree_mb']:.1f}x")  # fmt: skip
+              f"tree {r['tree_mb'] / f['tree_mb']:.1f}x, tree PSS {r['tree_pss_mb'] / f['tree_pss_mb']:.1f}x")  # fmt: skip
     print("pairs scored: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()) +
           " (strata sizes: " + ", ".join(f"{k} {len(v):,}" for k, v in strata.items()) + ")")  # fmt: skip
     for side, r in results.items():

@@ -189,6 +189,8 @@ def main() -> int:
     ap.add_argument("--clients", default="1,8,32", help="Comma-separated concurrent client counts.")
     ap.add_argument("--tokens", type=int, default=64, help="max_tokens of every request.")
     ap.add_argument("--phases", default="idle,burner", help="idle, burner or both.")
+    ap.add_argument("--min-requests", type=int, default=2,
+                    help="Requests per client level at least (1 client sends them one after another).")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="1 and 8 clients, 32 tokens: checks the script.")
     args = ap.parse_args()
     if args.quick:
@@ -196,10 +198,11 @@ def main() -> int:
     levels = [int(c) for c in args.clients.split(",")]
     phases = args.phases.split(",")
     rows = [json.loads(line) for line in EVALS.open()]
-    # each level gets its own questions (max(clients, 4) of them), the same ones for both servers
+    # each level gets its own questions (max(clients, --min-requests) of them), the same ones for
+    # both servers
     plan, at = {}, 0
     for c in levels:
-        n = max(c, 2)
+        n = max(c, args.min_requests)
         plan[c] = [r["question"] for r in rows[at : at + n]]
         at += n
     print(f"loadavg before: {Path('/proc/loadavg').read_text().strip()}", flush=True)

@@ -39,6 +39,8 @@ def forge_main(
     saved_cwd = os.getcwd()
     saved_argv = sys.argv
     saved_stdin = sys.stdin
+    main_module = sys.modules["__main__"]
+    saved_package = getattr(main_module, "__package__", None)
     saved_disable = logging.root.manager.disable
     saved_show = warnings.showwarning
     saved_widths = (common.console._width, common.err._width)
@@ -54,6 +56,9 @@ def forge_main(
         if cwd is not None:
             os.chdir(cwd)
         sys.argv = ["forge", *args]
+        # click names the program in usage errors from __main__ (here pytest's) unless it has
+        # no package; then from argv[0], "forge", as for the `forge` script
+        main_module.__package__ = None
         sys.stdin = io.StringIO(input or "")
         with (
             warnings.catch_warnings(),
@@ -65,10 +70,15 @@ def forge_main(
             except SystemExit as e:
                 code = e.code
     finally:
-        os.environ.clear()
-        os.environ.update(saved_env)
+        # key by key, never emptied: a server thread of the test may read it meanwhile
+        for key in [k for k in os.environ if k not in saved_env]:
+            del os.environ[key]
+        for key, value in saved_env.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
         os.chdir(saved_cwd)
         sys.argv, sys.stdin = saved_argv, saved_stdin
+        main_module.__package__ = saved_package
         logging.disable(saved_disable)
         warnings.showwarning = saved_show
         common.console._width, common.err._width = saved_widths

@@ -32,6 +32,37 @@ def test_serving_leaves_a_core_and_eval_and_train_take_them_all(clean_env):
     assert threads.torch_threads("serve") == 1  # never 0
 
 
+def test_a_prefill_takes_every_core_when_serving_unless_the_user_chose(clean_env):
+    assert [threads.prefill_threads(r) for r in ("serve", "chat", "predict", "eval", "train")] == [
+        4, 4, 4, None, None
+    ]  # fmt: skip
+    clean_env.setenv("OMP_NUM_THREADS", "1")
+    assert threads.prefill_threads("serve") is None
+    clean_env.delenv("OMP_NUM_THREADS")
+    clean_env.setenv("FORGE_THREADS", "1")
+    assert threads.prefill_threads("serve") is None
+
+
+def test_prefill_raises_torchs_threads_for_the_block_and_puts_them_back(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setattr(threads, "_prefill_threads", 2)
+        with threads.prefill():
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 1
+        with pytest.raises(RuntimeError), threads.prefill():
+            raise RuntimeError("a failed forward")
+        assert torch.get_num_threads() == 1  # put back on the error path too
+        monkeypatch.setattr(threads, "_prefill_threads", None)  # eval, train, a user's count
+        with threads.prefill():
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_the_tokenizer_gets_half_the_cores_beside_training(clean_env):
     assert threads.tokenizer_threads() == 2
     clean_env.setattr(threads, "cores", lambda: 1)
@@ -92,4 +123,11 @@ def test_forge_serve_applies_and_reports_its_threads(tiny_model, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with forge_serve(tiny_model, env={"FORGE_THREADS": "3"}) as base:
         state = json.load(urllib.request.urlopen(base + "/health", timeout=10))
-    assert (state["torch_threads"], state["omp_wait_policy"]) == (3, "PASSIVE")
+    # FORGE_THREADS chose the count: prefill keeps it too
+    assert (state["torch_threads"], state["prefill_threads"], state["omp_wait_policy"]) == (3, 3, "PASSIVE")
+    with forge_serve(tiny_model) as base:  # forge's choice: a core left for decoding, all for prefill
+        state = json.load(urllib.request.urlopen(base + "/health", timeout=10))
+    assert (state["torch_threads"], state["prefill_threads"]) == (
+        max(1, threads.cores() - 1),
+        threads.cores(),
+    )

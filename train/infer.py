@@ -325,7 +325,7 @@ class Decoder:
 
         model = self.loaded.model
         cache = DynamicCache(config=model.config)
-        with torch.no_grad():
+        with torch.no_grad(), threads.prefill():
             out = model(
                 input_ids=torch.tensor([prompt], device=model.device),
                 past_key_values=cache,

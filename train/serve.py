@@ -49,6 +49,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 
+from forge.train import threads
 from forge.train.infer import Decoder, Generation, Loaded, generate, stream_tokens, token_logprobs
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -569,7 +570,7 @@ def create_app(
         state = {"model": loaded.name, "batching": "continuous" if batcher.decoder else "static",
                  "batched_requests": batcher.requests, "decode_steps": batcher.steps,
                  "largest_batch": batcher.largest, "generating": lock.busy,
-                 "torch_threads": torch.get_num_threads(),
+                 "torch_threads": torch.get_num_threads(), "prefill_threads": threads.prefill_count(),
                  "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}  # fmt: skip
         quiet = lock.idle_for()
         if quiet > stall_after:

@@ -11,7 +11,9 @@ So, before torch loads, forge asks idle OpenMP threads to sleep (OMP_WAIT_POLICY
 then gives torch:
   - serve, chat, predict: one thread less than the cores (at least 1): decoding a small
     batch is many tiny operations that a second thread barely speeds up, and the spare core
-    runs the event loop, the tokenizer and the streams;
+    runs the event loop, the tokenizer and the streams. A prompt's prefill (one forward over
+    all its tokens, the first token's wait) is one large operation that does speed up, so it
+    gets every core (`prefill()`), unless the user chose the thread count;
   - eval: every core; scoring is mostly prefill (long few-shot contexts, one forward each),
     where a second thread nearly halves the time, and there is no loop or stream to serve;
   - train: every core; the tokenizer (Rust, rayon), which encodes the next batches beside it,
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 SERVING = ("serve", "chat", "predict")
 ROLES = (*SERVING, "eval", "train")
@@ -65,6 +69,41 @@ def tokenizer_threads() -> int:
     return max(1, cores() // 2)
 
 
+_prefill_threads: int | None = None  # set by setup() for the serving roles
+
+
+def prefill_threads(role: str) -> int | None:
+    """torch's threads for a prompt's prefill under `role`: every core for the serving roles,
+    None (no change) elsewhere or when FORGE_THREADS or OMP_NUM_THREADS chose the count."""
+    chosen = any(os.environ.get(k, "").strip() for k in ("FORGE_THREADS", "OMP_NUM_THREADS"))
+    return None if role not in SERVING or chosen else cores()
+
+
+def prefill_count() -> int:
+    """The threads a prefill runs on now (what /health reports)."""
+    import torch
+
+    return max(_prefill_threads or 0, torch.get_num_threads())
+
+
+@contextmanager
+def prefill() -> Iterator[None]:
+    """Raise torch's threads to the prefill count for the block, then put them back. Measured
+    on 2 cores (SmolLM2, 1 client, bench/serve_bench.py): the first token of a lone request
+    came 80 ms later than transformers serve's with one thread, level with two."""
+    import torch
+
+    before = torch.get_num_threads()
+    if _prefill_threads is None or _prefill_threads <= before:
+        yield
+        return
+    torch.set_num_threads(_prefill_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def setup(role: str) -> dict:
     """Apply forge's thread settings for `role` and return what applied (for logs and tests).
     Call it at the start of a command; before torch loads, it also sets the wait policy."""
@@ -77,9 +116,12 @@ def setup(role: str) -> dict:
 
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+    global _prefill_threads
+    _prefill_threads = prefill_threads(role)
     return {
         "role": role,
         "torch_threads": torch.get_num_threads(),
+        "prefill_threads": prefill_count(),
         "wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "rayon_threads": os.environ.get("RAYON_NUM_THREADS"),
         "torch_was_loaded": late,  # then the wait policy came too late to apply

@@ -532,22 +532,9 @@ def bench_size(work: Path, n: int, per: int, anchors: bool) -> None:
         rows.append((side, f"{r['seconds']:.1f}", f"{n / r['seconds']:,.0f}", f"{int((dup_of[side] >= 0).sum()):,}",
                      f"{r['peak_mb']:,.0f}", f"{r['tree_mb']:,.0f}", f"{r['tree_pss_mb']:,.0f}", f"{precision[side]:.3f}",
                      f"{recall[side]:.3f}"))  # fmt: skip
-    print(
-        table(
-            rows,
-            (
-                "side",
-                "seconds",
-                "records/s",
-                "removed",
-                "peak RSS MB",
-                "tree MB",
-                "tree PSS MB",
-                "precision",
-                "recall",
-            ),  # fmt: skip
-        )
-    )
+    header = ("side", "seconds", "records/s", "removed", "peak RSS MB", "tree MB", "tree PSS MB", "precision",
+              "recall")  # fmt: skip
+    print(table(rows, header))
     f = results["forge"]
     for side in list(results)[1:]:
         r = results[side]

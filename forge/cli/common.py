@@ -265,6 +265,17 @@ def _fail(message: str, code: int = 1):
     raise typer.Exit(code)
 
 
+def _threads(role: str) -> None:
+    """torch's threads and OpenMP's wait policy for this command, set before torch loads
+    (forge.train.threads: why, and FORGE_THREADS to choose)."""
+    from forge.train.threads import setup
+
+    try:
+        setup(role)
+    except ValueError as e:
+        _fail(str(e))
+
+
 def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

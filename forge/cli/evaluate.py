@@ -19,6 +19,7 @@ from forge.cli.common import (
     _fail,
     _home,
     _progress,
+    _threads,
     add,
     console,
 )
@@ -110,12 +111,8 @@ def eval_(
     except (EvalDataError, OSError) as e:
         _fail(str(e))
     from forge.train.evaluate import evaluate, summary_line, write_result  # torch: only once the data is good
-    from forge.train.threads import setup
 
-    try:
-        setup("eval")  # before the model loads: torch's threads and OpenMP's wait policy
-    except ValueError as e:
-        _fail(str(e))
+    _threads("eval")  # before the model loads
     loaded = which.load()
     with _progress() as prog:
         bar = prog.add_task(f"eval {suite}", total=None)

@@ -16,6 +16,7 @@ from forge.cli.common import (
     _fail,
     _home,
     _progress,
+    _threads,
     add,
     console,
     err,
@@ -27,17 +28,6 @@ PANEL = "Use"
 def register(app: typer.Typer) -> None:
     for verb in (predict, chat, serve):
         add(app, PANEL, verb)
-
-
-def _threads(role: str) -> None:
-    """torch's threads and OpenMP's wait policy for this command, set before torch loads
-    (forge.train.threads: why, and FORGE_THREADS to choose)."""
-    from forge.train.threads import setup
-
-    try:
-        setup(role)
-    except ValueError as e:
-        _fail(str(e))
 
 
 def predict(

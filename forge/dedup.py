@@ -396,6 +396,9 @@ META_ROW = np.dtype([("exact", "<u8"), ("origin", "<u8"), ("prio", "<i8"), ("id"
 # band-row bytes per partition; None reads FORGE_DEDUP_PARTITION_BYTES (default 8 MiB)
 # when a run needs it, never at import (forge/settings.py)
 PARTITION_BYTES: int | None = None
+# records signed at a time: each worker's memory follows it (4,096 held 80 MB less than 8,192
+# at 250k records, in the same time; 2,048 saved 15 MB more and cost 10% of the time)
+SIGN_BATCH = 4096
 PARALLEL_MIN_ROWS = 200_000  # below this, starting worker processes costs more than it saves
 
 
@@ -427,7 +430,7 @@ def sign_shard(job: SignJob) -> list[tuple[int, int, float]]:
 
     at, text_at = job.first, 0
     hits = []
-    for batch in _scan([job.file], columns):
+    for batch in _scan([job.file], columns, SIGN_BATCH):
         table = pa.Table.from_batches([batch])
         n = table.num_rows
         idx = np.arange(at, at + n, dtype=np.int64)

@@ -10,6 +10,7 @@ import polars as pl
 from forge.build import build_source
 from forge.catalog import load_catalog
 from forge.dedup import decide, record_texts, run
+from forge.executor import Executor
 from forge.schema import RECORD_SCHEMA
 
 RECORD = RECORD_SCHEMA.names
@@ -189,10 +190,20 @@ def test_partitioned_dedup_equals_the_in_memory_reference(home, catalog, tmp_pat
         for i in np.flatnonzero(ref.dup_of >= 0)
     }
     assert len(expected) >= len(copies) * 0.9
-    for partition_bytes in (1 << 30, 4096):  # one partition; then dozens
+    # one partition; then dozens; then dozens with the sign and pairs steps in two worker
+    # processes (this one and a spawned one), as a corpus of PARALLEL_MIN_ROWS gets them
+    for partition_bytes, workers in ((1 << 30, 1), (4096, 1), (4096, 2)):
         monkeypatch.setattr(dedup, "PARTITION_BYTES", partition_bytes)
-        out = tmp_path / f"dd-{partition_bytes}"
-        m = run(["alpaca", "belle_0.5m"], out, home=home, priorities=prio, across_variants=True)
+        monkeypatch.setattr(dedup, "PARALLEL_MIN_ROWS", 0)
+        out = tmp_path / f"dd-{partition_bytes}-{workers}"
+        m = run(
+            ["alpaca", "belle_0.5m"],
+            out,
+            home=home,
+            priorities=prio,
+            across_variants=True,
+            executor=Executor("local", workers),
+        )
         dropped = pl.read_parquet(out / "dropped.parquet")
         got = {
             r["id"]: (r["dup_of"], r["reason"], float(r["similarity"])) for r in dropped.iter_rows(named=True)

@@ -349,3 +349,15 @@ def test_library_chatter_never_reaches_stderr(tmp_path):
     assert debug.returncode == 1
     for line in CHATTER:
         assert line in debug.stderr, (line, debug.stderr)
+
+
+def test_a_worker_importing_the_forge_script_loads_no_cli():
+    """A spawned worker (build parts, dedup) re-imports the script that started forge, which
+    does `from forge.cli import main`; that must not load typer, rich and the verbs' modules."""
+    code = (
+        "import sys\nfrom forge.cli import main\n"
+        "print(sorted(m for m in ('typer', 'rich', 'click', 'forge.cli.root', 'forge.cli.data') if m in sys.modules))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

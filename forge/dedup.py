@@ -9,19 +9,12 @@ Exact duplicates: equal xxh3-64 of the conversation folded for comparison (exact
 digits, operators, signs and punctuation are kept ("7 > 3" is not "7 < 3"), and so are turn
 boundaries (a dialogue is not a copy of the same words flattened into one instruction).
 
-Near duplicates: exact Jaccard similarity of shingle sets, with MinHash (one-permutation
-hashing) to propose the pairs.
-  text         the folded conversation without punctuation and symbols other than operators
-               and signs; turn marks stay (record_texts). A function of the folded text, so
-               exact copies have equal texts
-  shingles     character 5-grams of that text (works for CJK and Latin alike)
-  signature    K = 64 bins; each shingle hash goes to bin (h mod 64) and the bin keeps its
-               minimum; empty bins borrow from the next non-empty bin to the right
-               (densification), so short texts still get a full signature
-  LSH          16 bands x 4 rows: records sharing any band are candidates
-  verified     a candidate pair is a duplicate when the exact Jaccard similarity of its two
-               shingle sets is >= 0.7; which pairs are compared, how an oversized bucket is
-               bounded, and the prefilter: forge.dedup_exact
+Near duplicates: exact Jaccard similarity of shingle sets (character 5-grams of the folded
+conversation without punctuation and symbols other than operators and signs; turn marks stay:
+record_texts), at or above 0.7. MinHash with LSH (forge.minhash: 64 bins, 16 bands x 4 rows)
+proposes the pairs; each is confirmed by the exact measure, and which pairs are compared, how
+an oversized bucket is bounded, and the prefilter are in forge.dedup_exact.
+
 Clusters are stars around survivors, so similarity is never chained: records are visited in
 survival order (the source's catalog `priority`, default 100, then the id); a record is
 dropped only when it is an exact copy of, or verified similar to, a record that survives, and
@@ -70,21 +63,19 @@ from forge.dedup_exact import (
     verify,
     write_texts,
 )
-
-K = 64
-BANDS = 16
-ROWS = K // BANDS
-THRESHOLD = 0.7
-_EMPTY = np.uint32(0xFFFFFFFF)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * _M1
-        x = (x ^ (x >> np.uint64(27))) * _M2
-        return x ^ (x >> np.uint64(31))
+from forge.minhash import (  # noqa: F401 (signatures, contaminated: forge.dedup's interface, used by forge eval)
+    BAND_ROW,
+    BANDS,
+    ROWS,
+    THRESHOLD,
+    K,
+    band_keys,
+    band_rows,
+    contaminated,
+    mix64,
+    signatures,
+    unique_rows,
+)
 
 
 def prompt_texts(table: pa.Table) -> pa.Array:
@@ -98,99 +89,6 @@ def prompt_texts(table: pa.Table) -> pa.Array:
 
 def exact_keys(texts: pa.Array) -> np.ndarray:
     return np.array([xxhash.xxh3_64_intdigest(t.encode()) for t in texts.to_pylist()], dtype=np.uint64)
-
-
-def signatures(norm: pa.Array, chunk: int = 2048) -> np.ndarray:
-    """(n, K) uint32 MinHash signatures (one-permutation hashing + densification)."""
-    texts = norm.to_pylist()
-    sig = np.full((len(texts), K), _EMPTY, dtype=np.uint32)
-    # small chunks keep every temporary array in cache; large ones thrash memory
-    for start in range(0, len(texts), chunk):
-        _sign_chunk(texts[start : start + chunk], sig[start : start + chunk])
-    return _densify(sig)
-
-
-def _sign_chunk(texts: list[str], sig: np.ndarray) -> None:
-    n = len(texts)
-    lengths = np.array([len(t) for t in texts], dtype=np.int64)
-    # one UTF-32 buffer with a NUL after each record: all codepoints, vectorized
-    cp = np.frombuffer("\x00".join(texts).encode("utf-32-le") + b"\x00\x00\x00\x00", dtype=np.uint32).astype(
-        np.uint64
-    )
-    owner = np.repeat(np.arange(n, dtype=np.int64), lengths + 1)
-    owner[np.cumsum(lengths + 1) - 1] = -1  # separators belong to nobody
-    m = len(cp) - SHINGLE + 1
-    if m > 0:
-        with np.errstate(over="ignore"):
-            h = cp[:m].copy()
-            for j in range(1, SHINGLE):
-                h *= np.uint64(1_000_003)
-                h += cp[j : j + m]
-        valid = (owner[:m] >= 0) & (owner[:m] == owner[SHINGLE - 1 : SHINGLE - 1 + m])
-        h = _mix(h[valid])
-        slot = owner[:m][valid] * K + (h & np.uint64(K - 1)).astype(np.int64)
-        np.minimum.at(sig.reshape(-1), slot, (h >> np.uint64(32)).astype(np.uint32))
-    # texts with no shingle at all (shorter than SHINGLE): one pseudo-shingle, the whole text
-    for i in np.flatnonzero((sig == _EMPTY).all(axis=1)):
-        hv = xxhash.xxh3_64_intdigest(texts[i].encode())
-        sig[i, hv % K] = np.uint32(hv >> 32)
-
-
-def _densify(sig: np.ndarray) -> np.ndarray:
-    n = sig.shape[0]
-    empty = sig == _EMPTY
-    if not empty.any():
-        return sig
-    cols = np.arange(K)
-    idx = np.where(~empty, cols, 4 * K)
-    idx2 = np.concatenate([idx, np.where(idx < 4 * K, idx + K, 4 * K)], axis=1)
-    nxt = np.minimum.accumulate(idx2[:, ::-1], axis=1)[:, ::-1][
-        :, :K
-    ]  # next non-empty at or right of j (circular)
-    src = nxt % K
-    dist = (nxt - cols).astype(np.uint64)
-    borrowed = sig[np.arange(n)[:, None], src]
-    salt = (_mix(dist + np.uint64(0x9E37)) >> np.uint64(32)).astype(np.uint32)
-    return np.where(empty, borrowed ^ salt, sig)
-
-
-def band_keys(sig: np.ndarray) -> np.ndarray:
-    """(n, BANDS) uint64 bucket keys."""
-    s = sig.astype(np.uint64).reshape(len(sig), BANDS, ROWS)
-    key = np.zeros((len(sig), BANDS), dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for r in range(ROWS):
-            key = _mix(key ^ s[:, :, r] ^ np.uint64(r + 1))
-        key = _mix(key ^ np.arange(BANDS, dtype=np.uint64))
-    return key
-
-
-BAND_ROW = np.dtype([("key", "<u8"), ("band", "<u2"), ("idx", "<i8"), ("exact", "<u8")])
-
-
-def band_rows(sig: np.ndarray, idx: np.ndarray, exact: np.ndarray) -> np.ndarray:
-    """One BAND_ROW per (record, band): the unit that dedup partitions by key. The record's
-    exact key rides along, so exact duplicates need no signature read to be verified."""
-    keys = band_keys(sig)
-    rows = np.empty(keys.size, BAND_ROW)
-    rows["key"] = keys.reshape(-1)
-    rows["band"] = np.tile(np.arange(BANDS, dtype=np.uint16), len(sig))
-    rows["idx"] = np.repeat(idx, BANDS)
-    rows["exact"] = np.repeat(exact, BANDS)
-    return rows
-
-
-def unique_rows(pairs: np.ndarray) -> np.ndarray:
-    """The distinct rows of an (n, 2 or 3) array of record index pairs (plus a score that the
-    pair decides), sorted by (i, j). One uint64 key per pair: far faster than unique(axis=0)."""
-    if len(pairs) < 2:
-        return pairs
-    if pairs[:, :2].max() >= 1 << 32:  # beyond 4G records: the general (slow) way
-        return np.unique(pairs, axis=0)
-    key = (pairs[:, 0].astype(np.uint64) << np.uint64(32)) | pairs[:, 1].astype(np.uint64)
-    order = np.argsort(key, kind="stable")
-    key = key[order]
-    return pairs[order[np.r_[True, key[1:] != key[:-1]]]]
 
 
 @dataclass
@@ -315,24 +213,6 @@ def exact_groups(idx: np.ndarray, keys: np.ndarray) -> np.ndarray:
     first = idx[np.maximum.accumulate(np.where(head, np.arange(len(idx)), 0))]
     member = ~head
     return np.column_stack([idx[member], first[member], np.full(member.sum(), SCALE)]).astype(np.int64)
-
-
-def contaminated(
-    train_sig: np.ndarray, eval_sig: np.ndarray, threshold: float = THRESHOLD
-) -> list[tuple[int, int, float]]:
-    """(train index, eval index, similarity) for training records that near-duplicate an eval item."""
-    tk, ek = band_keys(train_sig), band_keys(eval_sig)
-    found: dict[tuple[int, int], float] = {}
-    for band in range(BANDS):
-        lookup: dict[int, list[int]] = {}
-        for j, key in enumerate(ek[:, band].tolist()):
-            lookup.setdefault(key, []).append(j)
-        hits = np.flatnonzero(np.isin(tk[:, band], ek[:, band]))
-        for i in hits.tolist():
-            for j in lookup[int(tk[i, band])]:
-                if (i, j) not in found:
-                    found[(i, j)] = float((train_sig[i] == eval_sig[j]).mean())
-    return sorted((i, j, s) for (i, j), s in found.items() if s >= threshold)
 
 
 def _scan(files: list[str], columns: list[str], batch_size: int = 8192):
@@ -468,7 +348,7 @@ def sign_shard(job: SignJob) -> list[tuple[int, int, float]]:
 
 
 def _append_partitioned(append, prefix: str, rows: np.ndarray, keys: np.ndarray, partitions: int) -> None:
-    part = (_mix(keys ^ np.uint64(0x5EED)) % np.uint64(partitions)).astype(np.int64)
+    part = (mix64(keys ^ np.uint64(0x5EED)) % np.uint64(partitions)).astype(np.int64)
     order = np.argsort(part, kind="stable")
     rows, part = rows[order], part[order]
     bounds = np.searchsorted(part, np.arange(partitions + 1))

@@ -137,7 +137,7 @@ def oversized(rows: np.ndarray) -> np.ndarray:
 
 
 class Buckets:
-    """The buckets of some band rows (forge.dedup.BAND_ROW) that hold two texts or more: one
+    """The buckets of some band rows (forge.minhash.BAND_ROW) that hold two texts or more: one
     row per (bucket, text), the text's first record (`rows`, sorted by bucket and then
     record), and the start and size of each bucket. Any subset of band rows holding whole
     buckets gives the same buckets, which is what lets dedup split the rows into partitions."""

@@ -330,10 +330,10 @@ def test_health_reports_a_generation_that_makes_no_progress(local):
 
 
 def test_max_body_takes_sizes_and_refuses_others_in_one_line(tiny_model):
-    from forge.train.serve_http import parse_size
+    from forge.settings import parse_byte_size  # the one size parser (forge/settings.py)
 
-    assert [parse_size(s) for s in ("4MB", "512kb", "1.5M", "1000000", "1GiB")] == [
-        4 << 20, 512 << 10, 3 << 19, 1_000_000, 1 << 30]  # fmt: skip
+    assert [parse_byte_size(s) for s in ("4MB", "512kb", "1.5M", "1000000", "1GiB")] == [
+        4_000_000, 512_000, 3 << 19, 1_000_000, 1 << 30]  # fmt: skip
     r = subprocess.run([sys.executable, "-m", "forge.cli", "serve", "--model", str(tiny_model), "--max-body", "lots"],
                        capture_output=True, text=True, timeout=60, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
     assert r.returncode == 1 and "--max-body" in r.stderr and "Traceback" not in r.stderr

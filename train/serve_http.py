@@ -76,14 +76,6 @@ def error(
     return Response(json.dumps(body), status_code=status, media_type="application/json")
 
 
-def parse_size(text: str) -> int:
-    """'4MB', '512KB', '1GB' or a plain number of bytes -> bytes (K, M and G are powers of 1024)."""
-    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*", text.lower())
-    if found is None:
-        raise ValueError(f"{text!r} is not a size (give one like 4MB, 512KB or 1000000)")
-    return int(float(found[1]) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[found[2]])
-
-
 async def read_json(request: Request, limit: int) -> dict:
     """The request's JSON object. A body over `limit` bytes is refused before it is read when its
     Content-Length says so, and as soon as the bytes read pass `limit` otherwise (chunked)."""

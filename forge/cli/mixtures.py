@@ -29,6 +29,7 @@ from forge.cli.common import (
     console,
     err,
 )
+from forge.settings import SIZE_FORM, parse_byte_size
 
 PANEL = "Mixtures"
 
@@ -55,7 +56,8 @@ def mix(
 ):
     """Sample a mixture and write it as Parquet shards + a lineage manifest (a new version)."""
     from forge.catalog import load_catalog
-    from forge.mixture import materialize, resolve
+    from forge.materialize import materialize
+    from forge.mixture import resolve
     from forge.paths import mixture_store
 
     run_on = ExecutorFlags(executor, ray_address).choose()
@@ -193,7 +195,9 @@ def publish(
         _fail(f"--repo must be OWNER/NAME, got {repo!r}")
     if files_per_commit < 1:
         _fail(f"--files-per-commit must be a positive integer, got {files_per_commit}")
-    shard_bytes = _parse_size(max_shard_size)
+    shard_bytes = parse_byte_size(max_shard_size)
+    if not shard_bytes:
+        _fail(f"--max-shard-size: cannot read {max_shard_size!r}; use {SIZE_FORM}")
     configs = collect_targets(targets, load_catalog(catalog), h, allow_missing_license, full_sources)
     folder = out or (h / "publish" / repo.replace("/", "--"))
     with _progress() as prog:
@@ -221,16 +225,6 @@ def publish(
         files_per_commit=files_per_commit,
     )
     console.print(f"uploaded {len(files)} files ({size / 1e6:.1f} MB) in {len(urls)} commit(s): {urls[-1]}")
-
-
-def _parse_size(text: str) -> int:
-    import re
-
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?B?)\s*", text.upper())
-    if not m or float(m.group(1)) <= 0:
-        _fail(f"--max-shard-size: cannot read {text!r}; use e.g. 500MB or 2GB")
-    unit = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9}[m.group(2)]
-    return int(float(m.group(1)) * unit)
 
 
 def pull(

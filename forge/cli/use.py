@@ -21,6 +21,7 @@ from forge.cli.common import (
     console,
     err,
 )
+from forge.settings import SIZE_FORM, parse_byte_size
 
 PANEL = "Use"
 
@@ -150,17 +151,14 @@ def serve(
     with a chat page at /."""
     try:
         import uvicorn
-
-        from forge.train.serve_http import parse_size
     except ImportError:
         _fail("forge serve needs starlette and uvicorn: pip install 'forge-instruct[serve]'")
     _threads("serve")
     from forge.train.serve import create_app
 
-    try:
-        body_limit = parse_size(max_body)
-    except ValueError as e:
-        _fail(f"--max-body: {e}")
+    body_limit = parse_byte_size(max_body)
+    if not body_limit:
+        _fail(f"--max-body: cannot read {max_body!r}; use {SIZE_FORM}")
     loaded = which.load()
     if served_model_name:
         loaded.name = served_model_name

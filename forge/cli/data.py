@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from forge.catalog import pinned_revision
 from forge.cli.common import (
     CatalogOpt,
     ExecutorFlags,
@@ -74,7 +73,7 @@ def sources(
 ):
     """List the catalog: tags, license, location, pinned revision and build state of every source."""
     from forge.build import read_manifest
-    from forge.catalog import load_catalog
+    from forge.catalog import load_catalog, pinned_revision
 
     cat = load_catalog(catalog)
     for name in names or []:

@@ -68,7 +68,8 @@ MIX = """
 from pathlib import Path
 from forge.catalog import load_catalog
 from forge.executor import choose
-from forge.mixture import materialize, resolve
+from forge.materialize import materialize
+from forge.mixture import resolve
 root = Path({root!r})
 mix = resolve("bench", load_catalog(Path({catalog!r})), home=Path({home!r}), user_dir=root / "mixtures")
 _ROWS = materialize(mix, Path({home!r}), executor=choose(None, None, None))["rows"]

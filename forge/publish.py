@@ -107,7 +107,8 @@ def collect_targets(
     the records it drew unless full_sources), or a `forge filter` output folder."""
     import polars as pl
 
-    from forge.mixture import available, materialize, read_materialized, resolve
+    from forge.materialize import materialize, read_materialized
+    from forge.mixture import available, resolve
 
     configs: dict[str, Config] = {}
     whole = {t for t in targets if t in catalog}  # sources asked for by name: published whole

@@ -8,7 +8,8 @@ import pytest
 
 from forge.build import build_source
 from forge.catalog import load_catalog
-from forge.mixture import materialize, resolve
+from forge.materialize import materialize
+from forge.mixture import resolve
 from forge.train.recipe import TrainArgs, loss_windows, run
 
 

@@ -5,7 +5,8 @@ import pytest
 from conftest import current
 
 from forge.errors import MixtureError
-from forge.mixture import MixtureStream, materialize, resolve
+from forge.materialize import materialize
+from forge.mixture import MixtureStream, resolve
 
 
 def ids_of(mix, home, **reader):

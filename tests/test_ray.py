@@ -96,7 +96,7 @@ def test_local_path_never_imports_ray(tmp_path):
         "import sys\n"
         "from forge.build import build_source\nfrom forge.catalog import load_catalog\n"
         f"build_source(load_catalog().get('alpaca'), home={str(tmp_path)!r}, sample=True)\n"
-        "from forge import mixture, dedup, executor\n"
+        "from forge import materialize, mixture, dedup, executor\n"
         "assert 'ray' not in sys.modules, 'the local path imported ray'\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=ENV)

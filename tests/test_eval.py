@@ -123,14 +123,8 @@ def test_ceval_mmlu_and_mmcu_layouts(tiny_model):
 
 
 def test_gsm8k_and_answer_extraction(run_dir):
-    from forge.train.evaluate import (
-        COT_CUE,
-        COT_CUE_ZH,
-        cot_cue,
-        extract_answer,
-        option_letters,
-        parse_judge_score,
-    )
+    from forge.train.eval_protocols import COT_CUE, COT_CUE_ZH, cot_cue
+    from forge.train.evaluate import extract_answer, option_letters, parse_judge_score
 
     assert extract_answer("She sells 9 eggs.\n#### 18", "number") == "18"
     assert extract_answer("3 + 4 = 7, so the answer is 1,234.", "number") == "1234"

@@ -36,7 +36,7 @@ def _yaml(rel: str) -> dict:
 
 def test_prompt_pieces_are_lm_evals_own():
     pytest.importorskip("lm_eval")
-    from forge.train import evaluate as ev
+    from forge.train import eval_protocols as ev
     from forge.train.evalsets import CEVAL_SUBJECTS_ZH, CMMLU_SUBJECTS_ZH
     from tests.lm_eval_task import builtin_tasks
 
@@ -239,6 +239,7 @@ def test_answer_extraction_is_lm_evals_filters_and_exact_match():
     from lm_eval.api.metrics import exact_match_hf_evaluate
     from lm_eval.filters.extraction import RegexFilter
 
+    from forge.train import eval_protocols as protocols
     from forge.train import evaluate as ev
 
     references = [
@@ -250,13 +251,15 @@ def test_answer_extraction_is_lm_evals_filters_and_exact_match():
         "1000",
         "9",
     ]
-    for pattern, select in ((ev._GEN_TASK["lm-eval"]["strict"], 0), (ev._GEN_TASK["lm-eval-cot"]["strict"], 0),
-                            (ev._FLEXIBLE, -1)):  # fmt: skip
+    strict = protocols._GEN_TASK["lm-eval"]["strict"], protocols._GEN_TASK["lm-eval-cot"]["strict"]
+    for pattern, select in ((strict[0], 0), (strict[1], 0), (protocols._FLEXIBLE, -1)):
         theirs = RegexFilter(pattern, group_select=select).apply([[g] for g in GENERATIONS], None)
         ours = [ev.lm_eval_regex(g, pattern, select) for g in GENERATIONS]
         assert ours == [t[0] for t in theirs], pattern
         for pred, ref in zip(ours, references, strict=True):
-            want = exact_match_hf_evaluate([pred], [ref], regexes_to_ignore=ev._GSM_IGNORE, ignore_case=True)
+            want = exact_match_hf_evaluate(
+                [pred], [ref], regexes_to_ignore=protocols._GSM_IGNORE, ignore_case=True
+            )
             assert ev.lm_eval_exact_match(pred, ref) == bool(want["exact_match"]), (pred, ref)
 
 

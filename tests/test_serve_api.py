@@ -369,8 +369,9 @@ def test_lm_eval_local_completions_scores_like_forge_eval(real, smollm2, tmp_pat
     from lm_eval.api.instance import Instance
     from lm_eval.models.openai_completions import LocalCompletionsAPI
 
+    from forge.train.eval_protocols import mc_context
+    from forge.train.eval_requests import loglikelihoods
     from forge.train.evalsets import read
-    from forge.train.evaluate import loglikelihoods, mc_context
 
     base, loaded = real
     cmmlu = need(EVALS / "cmmlu")

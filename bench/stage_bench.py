@@ -82,7 +82,8 @@ def forge_stage(
 ) -> tuple[float, object]:
     """forge's stage in this process, like the openai loop (no CLI start-up in either timing)."""
     from forge.catalog import parse_source
-    from forge.stages import Endpoint, run_stage
+    from forge.model_client import Endpoint
+    from forge.stages import run_stage
 
     spec = {"description": "bench", "derive": {"from": "flan_cot", "stage": "translate", "to": target},
             "endpoint": {"url": url, "model": model}, "lang": "CN", "task": "MT", "gen": "SI"}  # fmt: skip

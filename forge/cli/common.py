@@ -118,8 +118,8 @@ class EndpointFlags:
     ] = 5
 
     def entry(self) -> dict:
-        """The catalog entry's endpoint mapping: a value left at forge.stages' default is left out."""
-        from forge.stages import Endpoint
+        """The catalog entry's endpoint mapping: a value left at forge.model_client's default is left out."""
+        from forge.model_client import Endpoint
 
         default_retries = Endpoint.__dataclass_fields__["max_retries"].default
         return {
@@ -329,7 +329,8 @@ def _print_json(data) -> None:
 def _run_derived(src, h, max_quarantine, force, detector, keep, prog=None, task=None):
     """Build a derived source: its stage over its input, through its endpoint (forge/stages.py).
     `forge build` runs it for a derived catalog entry, the stage verbs for the one they write."""
-    from forge.stages import Endpoint, run_stage
+    from forge.model_client import Endpoint
+    from forge.stages import run_stage
 
     endpoint = Endpoint.from_spec(src.endpoint or {})
     limit = (src.derive or {}).get("limit")

@@ -93,7 +93,7 @@ def eval_(
     if suite == "belle":
         if not judge_endpoint or not judge_model:
             _fail("belle needs a judge: --judge-endpoint URL --judge-model NAME (forge serve works)")
-        from forge.stages import Endpoint
+        from forge.model_client import Endpoint
 
         judge = Endpoint(url=judge_endpoint, model=judge_model, key_env=judge_key_env, max_tokens=256,
                          max_retries=judge_retries, concurrency=judge_concurrency)  # fmt: skip

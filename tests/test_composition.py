@@ -10,7 +10,8 @@ from forge.build import build_source
 from forge.catalog import load_catalog
 from forge.materialize import materialize
 from forge.mixture import resolve
-from forge.train.recipe import TrainArgs, loss_windows, run
+from forge.train.recipe import TrainArgs, run
+from forge.train.run_manifest import loss_windows
 
 
 def write_source(folder, name: str, n: int, words: int, empty_every: int = 0) -> None:

@@ -13,9 +13,10 @@ import torch
 from forge.build import build_source
 from forge.catalog import load_catalog
 from forge.mixture import resolve
+from forge.train.arg_checks import check_args
 from forge.train.data import IGNORE, StreamStats, TokenizeConfig, pad_batch, tokenize_records
 from forge.train.packing import collate_packed, mask_style, pack
-from forge.train.recipe import TrainArgs, check_args, run
+from forge.train.recipe import TrainArgs, run
 from tests.conftest import REPO
 
 

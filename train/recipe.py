@@ -2,11 +2,13 @@
 
 Read it top to bottom (the options themselves, TrainArgs, are defined once in train/config.py):
   check_args       impossible combinations, said in one line before anything loads
+                   (train/arg_checks.py)
   MixtureDataset   the stream as a torch IterableDataset: each (rank, worker) reads its own slice
                    of the same global stream, tokenizes in batches and packs (train/packing.py)
   peft_config      every PEFT method by name, plus any peft PeftType through --peft-config JSON
   build_model      base model (optionally 4/8-bit through bitsandbytes) + family defaults + PEFT
-  run              Trainer, then adapter + tokenizer + run_manifest.json
+  run              Trainer, then adapter + tokenizer + run_manifest.json (the figures it computes,
+                   such as counts over ranks and loss windows: train/run_manifest.py)
 
 Resume: a checkpoint holds the Trainer state and data_state.json (the stream fingerprint and
 the number of batches consumed). The stream is a pure function of the mixture, so a resumed
@@ -18,11 +20,7 @@ global stream are never trained on.
 from __future__ import annotations
 
 # ruff: noqa: E402 - forge.train.threads must set the OpenMP wait policy before torch loads
-import hashlib
-import importlib.util
 import json
-import logging
-import platform
 import time
 from dataclasses import asdict
 from itertools import chain
@@ -39,196 +37,19 @@ import xxhash
 from forge.build import write_json_atomic
 from forge.mixture import Mixture, MixtureStream
 from forge.paths import data_home
-from forge.train.config import PEFT_METHODS, PROMPT_STYLE, TrainArgs, dump_recipe
+from forge.train.arg_checks import check_args, resolve_packing
+from forge.train.config import TrainArgs, dump_recipe
 from forge.train.data import IGNORE, StreamStats, TokenizeConfig, pad_batch, stream_examples
 from forge.train.families import family_of, present_targets
 from forge.train.packing import PackStats, collate_packed, mask_style, pack
 from forge.train.preference import (
-    METHODS,
     PREFERENCE,
     PREFERENCE_METRICS,
     PreferenceMixin,
     check_pair_mixture,
     stream_pairs,
 )
-
-# bitsandbytes logs at import, on CPUs with avx512_bf16, that an optional kernel fetched from the
-# Hub is missing; forge never fetches kernels at run time, so the line is noise before every error
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
-# --report-to name -> the packages transformers can log through (any one will do)
-TRACKERS = {
-    "tensorboard": ("tensorboard", "tensorboardX"),
-    "wandb": ("wandb",),
-    "mlflow": ("mlflow",),
-    "comet_ml": ("comet_ml",),
-    "clearml": ("clearml",),
-    "trackio": ("trackio",),
-}
-
-
-def _check_numbers(args: TrainArgs) -> None:
-    """Numeric options, checked before anything is loaded (NaN fails every comparison)."""
-    import math
-
-    positive = ("max_steps", "batch_size", "grad_accum", "cutoff_len", "pack_buffer", "lora_r", "lora_alpha")
-    positive += ("num_virtual_tokens", "encoder_hidden_size", "adalora_init_r", "adalora_delta_t")
-    for name in positive:
-        v = getattr(args, name)
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
-    if args.epochs is not None and (not isinstance(args.epochs, int) or args.epochs < 1):
-        raise ValueError(f"--epochs must be a positive integer, got {args.epochs}")
-    for name in ("warmup_steps", "eval_size", "eval_steps", "save_steps", "adalora_tinit", "adalora_tfinal"):
-        v = getattr(args, name)
-        if not isinstance(v, int) or v < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be zero or a positive integer, got {v}")
-    if not (math.isfinite(args.learning_rate) and 0 < args.learning_rate <= 10):
-        raise ValueError(f"--learning-rate must be a finite number in (0, 10], got {args.learning_rate}")
-    for name in ("lora_dropout", "weight_decay"):
-        v = getattr(args, name)
-        if not (0 <= v < 1):
-            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {v}")
-    if args.quantization not in (None, 4, 8):
-        raise ValueError(f"--quantization takes 4 or 8, got {args.quantization}")
-
-
-def _check_paths(args: TrainArgs) -> None:
-    """A --model that looks like a local path must be a model folder; checkpoints must exist."""
-    model = Path(args.model).expanduser()
-    looks_local = model.exists() or args.model.startswith((".", "/", "~")) or args.model.count("/") > 1
-    if looks_local:
-        if not model.is_dir():
-            raise ValueError(
-                f"--model {args.model}: no such folder (give a model folder or a Hub id OWNER/NAME)"
-            )
-        if not (model / "config.json").is_file():
-            raise ValueError(
-                f"--model {args.model}: not a model folder (no config.json); "
-                f"give the folder save_pretrained wrote, or a Hub id"
-            )
-    if args.resume_from:
-        ckpt = Path(args.resume_from)
-        if not (ckpt / "data_state.json").is_file():
-            raise ValueError(
-                f"--resume-from {args.resume_from}: not a forge checkpoint (no data_state.json); "
-                f"give a checkpoint-N folder of an earlier run"
-            )
-
-
-def _check_peft_config(config) -> None:
-    import peft
-
-    if not isinstance(config, dict):
-        raise ValueError(f"--peft-config must be a JSON object, got {type(config).__name__}")
-    kind = config.get("peft_type")
-    known = sorted(t.value for t in peft.PeftType)
-    if kind not in known:
-        raise ValueError(f"--peft-config: peft_type {kind!r} is not one of {', '.join(known)}")
-    try:
-        peft.get_peft_config(dict(config))
-    except (TypeError, ValueError, KeyError) as e:
-        raise ValueError(f"--peft-config ({kind}): {e}") from None
-
-
-def resolve_packing(args: TrainArgs) -> str | None:
-    """packing None means auto: on unless the method adds virtual tokens or the run trains on
-    preference pairs (never packed: each sequence is scored whole). Returns the note to print
-    when auto turns it off (the model family is checked again once it is known)."""
-    if args.packing is None and args.method in PREFERENCE:
-        args.packing = False
-        return f"packing is off: {args.method} scores each answer of a pair as a sequence of its own"
-    if args.packing is None and args.peft in PROMPT_STYLE:
-        args.packing = False
-        return f"packing is off: {args.peft} adds virtual tokens before every sequence"
-    return None
-
-
-def check_args(args: TrainArgs) -> None:
-    """Refuse impossible combinations in one line, before any model is loaded."""
-    if not args.mixture or not args.model:
-        raise ValueError("a run needs a mixture and a model (--mixture, --model, or recipe keys)")
-    _check_numbers(args)
-    _check_paths(args)
-    if args.peft_config is not None:
-        _check_peft_config(args.peft_config)
-    if args.method not in METHODS:
-        raise ValueError(f"--method {args.method!r}: choose one of {', '.join(METHODS)}")
-    if args.method in PREFERENCE:
-        if not (isinstance(args.beta, int | float) and 0 < args.beta < float("inf")):
-            raise ValueError(f"--beta must be a positive number, got {args.beta}")
-        if args.packing:
-            raise ValueError(
-                f"--packing: {args.method} trains on pairs, which are never packed (each answer is scored "
-                f"as a sequence of its own); drop --packing"
-            )
-    if args.peft not in PEFT_METHODS and not args.peft_config:
-        raise ValueError(
-            f"--peft {args.peft!r}: choose one of {', '.join(PEFT_METHODS)} or pass --peft-config JSON"
-        )
-    if args.peft == "qlora" and args.quantization not in (None, 4):
-        raise ValueError("qlora is LoRA on a 4-bit base: --quantization must be 4")
-    if args.peft in PROMPT_STYLE and args.packing:
-        raise ValueError(
-            f"--packing: {args.peft} adds virtual tokens before every sequence, which packing cannot keep "
-            f"apart; drop --packing (packing is off by default for {args.peft})"
-        )
-    if args.peft in PROMPT_STYLE and args.quantization:
-        raise ValueError(f"{args.peft} with a quantized base is not supported by peft; drop --quantization")
-    cuda = torch.cuda.is_available()
-    if args.fp16 and not cuda:
-        raise ValueError(
-            "--fp16 needs a CUDA GPU (mixed precision with fp16 has no CPU kernels); use --bf16 or neither"
-        )
-    if args.bf16 and cuda and not torch.cuda.is_bf16_supported():
-        raise ValueError("--bf16: this GPU has no bfloat16 support; use --fp16")
-    if args.quantization or args.peft == "qlora":
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise ValueError(
-                "--quantization needs bitsandbytes: pip install 'forge-instruct[quant]'"
-            ) from None
-    for flag, path in (("--fsdp-config", args.fsdp_config), ("--deepspeed", args.deepspeed)):
-        if path and not Path(path).is_file():
-            raise ValueError(f"{flag} {path}: no such file (it takes a JSON config file)")
-    if args.deepspeed and (args.fsdp or args.fsdp_config):
-        raise ValueError("--deepspeed and --fsdp both shard the model; choose one")
-    if args.deepspeed:
-        try:
-            import deepspeed  # noqa: F401
-        except ImportError:
-            raise ValueError("--deepspeed needs the deepspeed package: pip install deepspeed") from None
-    if (args.fsdp or args.fsdp_config or args.deepspeed) and not cuda:
-        raise ValueError(
-            "--fsdp/--deepspeed shard the model across CUDA GPUs and this machine has none "
-            "(on CPU, torchrun/accelerate launch run plain DDP: drop the flag)"
-        )
-    if (args.attn_implementation or "").startswith("flash") and not cuda:
-        raise ValueError(
-            f"--attn-implementation {args.attn_implementation} needs a CUDA GPU; use sdpa or eager"
-        )
-    four_bit = args.peft == "qlora" or args.quantization == 4
-    if four_bit and args.eval_size and args.eval_steps and not cuda:
-        # measured (../shared/ENVIRONMENT.md): the first eval-mode forward repacks the CPU 4-bit
-        # weights for good; the adapter then gets wrong gradients and quietly stops learning
-        raise ValueError(
-            "4-bit bitsandbytes on CPU: an eval-mode forward repacks the weights and the adapter "
-            "stops learning; drop --eval-steps (evaluate after training) or train on a GPU"
-        )
-    for tracker in args.report_to:
-        modules = TRACKERS.get(tracker, ())
-        if modules and not any(importlib.util.find_spec(m) for m in modules):
-            raise ValueError(
-                f"--report-to {tracker} needs one of {', '.join(modules)}: pip install {modules[-1]}"
-            )
-    from transformers import SchedulerType
-
-    schedulers = [t.value for t in SchedulerType]
-    if args.lr_scheduler not in schedulers:
-        raise ValueError(f"--lr-scheduler {args.lr_scheduler!r}: choose one of {', '.join(schedulers)}")
-    if args.overlong not in ("truncate", "drop"):
-        raise ValueError(f"--overlong {args.overlong!r}: choose truncate or drop")
+from forge.train.run_manifest import _gather_counts, composition, loss_windows, tokenizer_hash, versions
 
 
 class MixtureDataset(torch.utils.data.IterableDataset):
@@ -463,43 +284,10 @@ def build_model(args: TrainArgs, say=None):
     return model, tokenizer, family, template
 
 
-def versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in (
-        "torch",
-        "transformers",
-        "peft",
-        "accelerate",
-        "bitsandbytes",
-        "datasets",
-        "pyarrow",
-        "forge-instruct",
-    ):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def default_template(tokenizer) -> str:
     """The tokenizer's own chat template when it ships one (an instruct model was tuned on
     it), forge's alpaca layout otherwise; training and inference both start from this."""
     return "chat" if getattr(tokenizer, "chat_template", None) else "alpaca"
-
-
-def tokenizer_hash(tokenizer) -> str:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        tokenizer.save_pretrained(d)
-        h = hashlib.sha256()
-        for p in sorted(Path(d).iterdir()):
-            h.update(p.name.encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def training_arguments(args: TrainArgs):
@@ -762,71 +550,6 @@ def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def _gather_counts(dataset: MixtureDataset, world: int) -> dict:
-    """The run's data counts summed over ranks. The data fingerprint hashes every rank's id
-    fingerprint in rank order, so it names exactly what the whole run trained on."""
-    local = {
-        "examples": dataset.examples,
-        "tokens": dataset.tokens,
-        "trained_tokens": dataset.trained_tokens,
-        "records_tokenized": dataset.stats.records,
-        "dropped_overlong": dataset.stats.dropped_overlong,
-        "truncated": dataset.stats.truncated,
-        "tokens_cut": dataset.stats.tokens_cut,
-        "empty_outputs": dataset.stats.empty_outputs,
-        "not_pairs": dataset.stats.not_pairs,
-        "sampled_tokens": dict(dataset.stats.component_tokens),
-        "component_tokens": dict(dataset.component_tokens),
-        "pack_tokens": dataset.pack_stats.tokens,
-        "pack_slots": dataset.pack_stats.slots,
-        "data_fingerprint": dataset.id_hash.hexdigest(),
-    }
-    if world == 1:
-        return local
-    every: list[dict] = [{} for _ in range(world)]
-    torch.distributed.all_gather_object(every, local)
-    per_component = ("sampled_tokens", "component_tokens")
-    total = {k: sum(c[k] for c in every) for k in local if k != "data_fingerprint" and k not in per_component}
-    for key in per_component:
-        merged: dict[str, int] = {}
-        for c in every:
-            for label, n in c[key].items():
-                merged[label] = merged.get(label, 0) + n
-        total[key] = merged
-    total["data_fingerprint"] = xxhash.xxh64(
-        "".join(c["data_fingerprint"] for c in every).encode()
-    ).hexdigest()
-    return total
-
-
-def composition(sampled: dict[str, int], trained: dict[str, int]) -> dict[str, dict]:
-    """Per mixture component: tokens the stream sampled (after the cutoff policy) and tokens
-    the model was trained on, with their shares. Packing keeps the two shares close."""
-    total_s, total_t = max(sum(sampled.values()), 1), max(sum(trained.values()), 1)
-    return {
-        label: {
-            "sampled_tokens": sampled.get(label, 0),
-            "trained_tokens": trained.get(label, 0),
-            "sampled_share": round(sampled.get(label, 0) / total_s, 4),
-            "trained_share": round(trained.get(label, 0) / total_t, 4),
-        }
-        for label in sorted(set(sampled) | set(trained), key=str)
-    }
-
-
-def loss_windows(losses: list[float]) -> dict:
-    """Mean loss over the first and the last window of logged steps (a tenth of the run, at
-    least 1 and at most 50 steps): single steps are too noisy to compare."""
-    if not losses:
-        return {"window": 0, "first": None, "last": None}
-    w = max(1, min(50, len(losses) // 10))
-    return {
-        "window": w,
-        "first": round(sum(losses[:w]) / w, 4),
-        "last": round(sum(losses[-w:]) / w, 4),
-    }
 
 
 class _EvalList(torch.utils.data.Dataset):

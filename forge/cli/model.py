@@ -148,7 +148,8 @@ def train(
         if out.exists() and not (out / MARKER).exists():
             check_out(out, overwrite, "--output-dir")
     m = resolve(args.mixture, load_catalog(catalog), home=h)
-    from forge.train.recipe import check_args, resolve_packing, run
+    from forge.train.arg_checks import check_args, resolve_packing
+    from forge.train.recipe import run
 
     # under torchrun / accelerate launch every rank runs this; only the first one talks
     talk = os.environ.get("RANK", "0") == "0" and not json_out

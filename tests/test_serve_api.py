@@ -258,6 +258,21 @@ def test_echo_logprobs_equal_the_models_own_forward_pass(base, tiny):
     assert reply["usage"]["prompt_tokens"] == sum(map(len, ids))
 
 
+def test_text_offset_gives_a_bos_no_text(tiny):
+    """A tokenizer that puts a BOS before the prompt: the echoed block lists it, with offset 0,
+    and the next token also starts at 0 in the choice's text, which holds no "<s>"."""
+    from forge.train.infer import Scored
+    from forge.train.serve_http import TokenText, legacy_logprobs
+
+    tok = tiny.tokenizer
+    ids = tok("Paris is big")["input_ids"]
+    names = TokenText(tok)
+    block = legacy_logprobs(names, tok.bos_token_id, [Scored(t, -1.0, []) for t in ids])
+    assert block["tokens"][0] == "<s>" and "".join(block["tokens"][1:]) == "Paris is big"
+    starts = [len(names(t)[0]) for t in ids]
+    assert block["text_offset"] == [0, 0] + [sum(starts[: k + 1]) for k in range(len(ids) - 1)]
+
+
 def test_stop_counts_only_the_tokens_up_to_the_stop(client, tiny):
     """completion_tokens counts what the model produced until the stop string appeared, not the
     tokens it went on to produce; the text is cut before the stop, streamed or not."""

@@ -456,6 +456,8 @@ class TokenText:
         decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
         self.byte_level = type(decoder).__name__ == "ByteLevel" or "ByteLevel" in repr(decoder)[:200]
         self.bytes_of = _byte_decoder()
+        # a special token (the BOS a tokenizer puts before a prompt) is listed, but writes no text
+        self.special = set(getattr(tokenizer, "all_special_ids", []))
 
     def __call__(self, token: int) -> tuple[str, bytes]:
         found = self.cache.get(token)
@@ -487,8 +489,9 @@ def _logprob(value: float) -> float:
 def legacy_logprobs(names: TokenText, first: int | None, scored: list) -> dict:
     """/v1/completions' logprobs: tokens, token_logprobs, top_logprobs (the asked-for number of
     most likely tokens, plus the chosen one, as OpenAI's legacy format has it) and text_offset
-    (where each token's text starts in the choice's text). `first`: the echoed prompt's first
-    token, which nothing predicts (null log-probability)."""
+    (where each token's text starts in the choice's text: a special token such as the BOS
+    before a prompt adds none). `first`: the echoed prompt's first token, which nothing
+    predicts (null log-probability)."""
     tokens, logprobs, tops, offsets, seen = [], [], [], [], b""
     if first is not None:
         text, raw = names(first)
@@ -496,11 +499,11 @@ def legacy_logprobs(names: TokenText, first: int | None, scored: list) -> dict:
         logprobs.append(None)
         tops.append(None)
         offsets.append(0)
-        seen = raw
+        seen = b"" if first in names.special else raw
     for s in scored:
         text, raw = names(s.token)
         offsets.append(len(seen.decode("utf-8", "ignore")))
-        seen += raw
+        seen += b"" if s.token in names.special else raw
         tokens.append(text)
         logprobs.append(_logprob(s.logprob))
         top: dict[str, float] = {}

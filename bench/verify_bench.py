@@ -39,7 +39,7 @@ _ROWS = 0
 """
 
 VERIFY_ONLY = """
-from forge.build import open_built
+from forge.built import open_built
 _T0 = __import__("time").perf_counter()  # time the check, not the imports
 built = open_built("src", __import__("pathlib").Path({home!r}))
 _ROWS = built.manifest["rows"]
@@ -47,7 +47,7 @@ _ROWS = built.manifest["rows"]
 
 READ_CHECKED = """
 import polars as pl
-from forge.build import open_built
+from forge.built import open_built
 _T0 = __import__("time").perf_counter()
 built = open_built("src", __import__("pathlib").Path({home!r}))
 _ROWS = sum(pl.read_parquet(f).height for f in built.files())
@@ -56,7 +56,7 @@ _ROWS = sum(pl.read_parquet(f).height for f in built.files())
 READ_UNCHECKED = """
 import glob
 import polars as pl
-from forge.build import open_built  # the same imports as the checked read
+from forge.built import open_built  # the same imports as the checked read
 _T0 = __import__("time").perf_counter()
 _ROWS = sum(pl.read_parquet(f).height for f in sorted(glob.glob({pattern!r})))
 """

@@ -14,30 +14,33 @@ Layout under the data home (one immutable version per build, see forge/store.py)
 A build writes a new version under the source's writer lock and commits it by replacing
 CURRENT; readers pin the version they resolved, so a rebuild never changes what they read.
 The parts of a build run on an executor (forge/executor.py): local processes or Ray tasks.
+
+This module plans and commits a build: it resolves and hashes the raw files, groups them into
+parts (plan_parts), reuses the unchanged ones from the part cache, runs the others, merges
+their counts and quarantines into the manifest and commits the version. What one part does
+(connector -> formatter -> tags -> shards) is forge/build_part.py; opening and checking a
+committed version for reading is forge/built.py (open_built and read_manifest, the readers'
+entry points, are still importable from here).
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
 import shutil
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-import xxhash
-
 from forge import lang as langid
 from forge import normalize
+from forge.build_part import TAG_COUNTS, PartResult, _build_part_staged, _full_disk
+from forge.built import damaged_shards, version_problems
+from forge.built import open_built as open_built  # re-exported: forge.build's public API
+from forge.built import read_manifest as read_manifest
 from forge.catalog import Source
 from forge.connectors import CONNECTORS
 from forge.connectors.archive import SEPARATOR
@@ -46,9 +49,9 @@ from forge.executor import Executor
 from forge.formatters import FORMATTERS
 from forge.locate import resolve
 from forge.paths import data_home, source_store, templates_dir
-from forge.schema import FORMATTED_COLUMNS, RECORD_SCHEMA, SCHEMA_VERSION
+from forge.schema import SCHEMA_VERSION
 from forge.settings import byte_size
-from forge.store import FAILED, Store, StoreError, seal_broken
+from forge.store import FAILED, Store, StoreError
 
 DEFAULT_SHARD_ROWS = 250_000
 LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
@@ -57,8 +60,6 @@ LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
 # command at import (forge/settings.py)
 PART_BYTES: int | None = None
 PARALLEL_MIN_BYTES = 32 << 20  # below this, worker start-up costs more than it saves
-ROW_GROUP_ROWS = 32_768
-TAG_COUNTS = ("lang", "lang_output", "task", "gen", "category")  # counted per value in the manifest
 
 
 @dataclass
@@ -75,10 +76,6 @@ class BuildResult:
     quarantine_file: Path | None
     tag_counts: dict = field(default_factory=dict)
     version: str = ""
-
-
-def record_id(source: str, file: str, row: int, variant: str) -> str:
-    return xxhash.xxh3_128_hexdigest(f"{source}\x1f{file}\x1f{row}\x1f{variant}".encode())
 
 
 def _tree_hash(folder: Path) -> str:
@@ -105,242 +102,10 @@ def build_hash(src: Source, raw: list[dict], detector: str) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _printable(text: str) -> str:
-    """Text that UTF-8 can hold: lone surrogates (broken input) become \\udXXX escapes."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-class Quarantine:
-    """Collects rejected raw records; the file is written only if something is rejected."""
-
-    def __init__(self, source: str, path: Path):
-        self.source = source
-        self.path = path
-        self.count = 0
-        self.by_stage: Counter = Counter()
-        self.reasons: Counter = Counter()
-        self._fh = None
-
-    def stage(self, stage: str) -> Callable[[str, str, int, int, str], None]:
-        """The reject callback handed to one stage (connector or formatter)."""
-
-        def reject(raw: str, file: str, row: int, line: int, reason: str) -> None:
-            if self._fh is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fh = open(self.path, "w", encoding="utf-8")
-            entry = {
-                "source": self.source,
-                "stage": stage,
-                "file": file,
-                "row": row,
-                "line": line,
-                "reason": _printable(reason),
-                "raw": _printable(raw),
-            }
-            self._fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
-            self.count += 1
-            self.by_stage[stage] += 1
-            self.reasons[reason.split(":")[0]] += 1
-
-        return reject
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-
-
-class ShardWriter:
-    """Writes RECORD_SCHEMA tables into part-NNNNN.parquet shards of `shard_rows` rows.
-
-    Parquet encoding and zstd compression release the GIL, so writes run on a background
-    thread while the next batch is parsed and tagged; at most two writes are in flight.
-    """
-
-    def __init__(self, folder: Path, shard_rows: int, prefix: str = "part"):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.prefix = prefix
-        self.folder = folder
-        self.shard_rows = shard_rows
-        self.shards: list[dict] = []
-        self._writer: pq.ParquetWriter | None = None
-        self._rows = 0
-        self._pool = ThreadPoolExecutor(max_workers=1)
-        self._pending: list = []
-
-    def submit(self, table: pa.Table) -> None:
-        while len(self._pending) >= 2:
-            self._pending.pop(0).result()
-        self._pending.append(self._pool.submit(self.write, table))
-
-    def _path(self, i: int) -> Path:
-        return self.folder / f"{self.prefix}-{i:05d}.parquet"
-
-    def write(self, table: pa.Table) -> None:
-        while table.num_rows:
-            if self._writer is None:
-                self._writer = pq.ParquetWriter(
-                    self._path(len(self.shards)), RECORD_SCHEMA, compression="zstd"
-                )
-                self._rows = 0
-            take = min(self.shard_rows - self._rows, table.num_rows)
-            self._writer.write_table(table.slice(0, take), row_group_size=ROW_GROUP_ROWS)
-            self._rows += take
-            table = table.slice(take)
-            if self._rows >= self.shard_rows:
-                self._finish()
-
-    def _finish(self) -> None:
-        if self._writer is None:
-            return
-        self._writer.close()
-        path = self._path(len(self.shards))
-
-        self.shards.append(
-            {
-                "file": path.name,
-                "rows": self._rows,
-                "bytes": path.stat().st_size,
-                **file_digests(path),
-            }
-        )
-        self._writer = None
-
-    def close(self) -> list[dict]:
-        for f in self._pending:
-            f.result()  # re-raises a failed write here
-        self._pool.shutdown()
-        self._finish()
-        return self.shards
-
-
-def assemble(cols: dict, src: Source, detector: str) -> pa.Table:
-    """Formatter columns -> a RECORD_SCHEMA table: ids, catalog tags, detected language."""
-    n = len(cols["instruction"])
-    cols = dict(cols)
-    for name in normalize.TEXT_FIELDS:
-        cols[name] = normalize.trim(cols[name])
-    cols["history"] = normalize.trim_history(cols["history"])
-    # only pair formatters hand over rejected answers; a record without one is an sft record
-    rejected = cols.get("rejected")
-    cols["rejected"] = [""] * n if rejected is None else normalize.trim(rejected)
-    arrays = {}
-    for name in FORMATTED_COLUMNS:
-        value = cols[name]
-        ftype = RECORD_SCHEMA.field(name).type
-        if name == "history" and value is None:  # single-turn records: n empty lists, built directly
-            empty = pa.array([], ftype.value_type)
-            value = pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), empty)
-        arrays[name] = value if isinstance(value, pa.Array) else pa.array(value, type=ftype)
-    files, rows, variants = cols["raw_file"], cols["raw_row"], cols["variant"]
-    ids = [record_id(src.name, f, r, v) for f, r, v in zip(files, rows, variants, strict=True)]
-    arrays["id"] = pa.array(ids, pa.string())
-    arrays["source"] = pa.array([src.name] * n, pa.string())
-    arrays["task"] = pa.array([src.task] * n, pa.string())
-    arrays["gen"] = pa.array([src.gen] * n, pa.string())
-    is_pair = pc.not_equal(arrays["rejected"], "")
-    arrays["kind"] = pc.if_else(is_pair, "pair", "sft").cast(pa.string())
-    table = pa.table({k: arrays[k] for k in arrays})
-    flagged = normalize.control_char_rows(table)
-    if len(flagged):
-        meta = table.column("meta").to_pylist()
-        for i in flagged:
-            meta[i] = normalize.add_flag(meta[i], "control_char")
-        table = table.set_column(table.schema.get_field_index("meta"), "meta", pa.array(meta, pa.string()))
-    # template formatters say which raw text holds the content (lang_text, lang_output_text);
-    # others are read from their question and output
-    question = cols.get("lang_text")
-    question = langid.question_text(table) if question is None else normalize.trim(question)
-    codes, scores = langid.detect(question, detector, src.lang, whole=langid.record_text(table))
-    answer = cols.get("lang_output_text")
-    answer = table.column("output").combine_chunks() if answer is None else normalize.trim(answer)
-    table = table.append_column("lang", pa.array(codes, pa.string()))
-    table = table.append_column("lang_score", pa.array(np.asarray(scores, dtype=np.float32)))
-    table = table.append_column("lang_output", langid.detect_output(answer, codes, detector))
-    return table.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA)
-
-
-@dataclass
-class Built:
-    """One committed version of a built source, leased by this process for reading."""
-
-    name: str
-    version: str
-    path: Path
-    manifest: dict
-
-    def files(self) -> list[Path]:
-        return [self.path / s["file"] for s in self.manifest["shards"]]
-
-
-def open_built(name: str, home: Path | None = None) -> Built | None:
-    """The source's current version, pinned for this process (see forge.store) and checked
-    against its hashes (verified_manifest), or None when nothing is built."""
-    version = source_store(name, home).current()
-    if version is None:
-        return None
-    return Built(name, version.id, version.path, verified_manifest(version.path, f"forge build {name}"))
-
-
-# version folders this process has checked: versions are immutable and leased while read
-_VERIFIED: dict[Path, dict] = {}
-
-
-def verified_manifest(folder: Path, repair: str) -> dict:
-    """A committed version's manifest, after checking that it is the manifest forge wrote (its
-    seal) and that every shard has the size and xxh3 it lists. Readers (mix, train, stats,
-    filter, dedup, publish) go through here, so a damaged shard that still decodes is never
-    used: they fail in one line naming it and the command that repairs it. Once per process
-    and version (bench/verify_bench.py measures the cost)."""
-    folder = Path(folder)
-    if folder in _VERIFIED:
-        return _VERIFIED[folder]
-    manifest, problems = version_problems(folder)
-    if problems:
-        raise BuildError(f"{folder}: {'; '.join(problems[:3])}; `{repair}` repairs it")
-    _VERIFIED[folder] = manifest
-    return manifest
-
-
-def version_problems(folder: Path) -> tuple[dict | None, list[str]]:
-    """The one check of a version folder that readers, `forge verify` and the up-to-date test
-    share: (its manifest, what is wrong with it). The manifest is None when it cannot be read;
-    the list is empty when the seal holds and every shard matches its size and xxh3."""
-    path = Path(folder) / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        problems = damaged_shards(Path(folder), manifest)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        return None, [f"manifest.json unreadable ({type(e).__name__})"]
-    if seal_broken(manifest):
-        problems.insert(0, "manifest.json (edited after forge wrote it)")
-    built_with = manifest.get("schema_version", SCHEMA_VERSION)  # mixtures record none
-    if built_with != SCHEMA_VERSION:
-        problems.insert(
-            0,
-            f"built with record schema v{built_with}; this forge reads v{SCHEMA_VERSION} "
-            f"(v2 added the lang_output column, v3 the rejected and kind columns of preference pairs)",
-        )
-    return manifest, problems
-
-
-def read_manifest(name: str, home: Path | None = None) -> dict | None:
-    built = open_built(name, home)
-    return built.manifest if built else None
-
-
 def write_json_atomic(path: Path, data) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False))
     os.replace(tmp, path)
-
-
-def _full_disk(e: OSError) -> bool:
-    return e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def build_source(
@@ -636,19 +401,6 @@ def check_zh_content(name: str, folder: Path, shards: list[dict], tag_counts: di
     return problem
 
 
-@dataclass
-class PartResult:
-    shards: list[dict]
-    rows: int
-    counts: dict
-    formatted_from: int
-    connector_rejects: int
-    quarantined: int
-    reasons: dict
-    index: int = 0
-    raw_sha: dict = field(default_factory=dict)  # Hub files this part fetched: name -> sha256
-
-
 PART_CACHE = ".parts"
 
 
@@ -719,178 +471,3 @@ def plan_parts(files: list, target_bytes: int | None = None) -> list[list]:
         parts[-1].append(f)
         size += n
     return parts
-
-
-def _build_part_staged(job: tuple, progress: Callable[[int], None] | None = None) -> tuple[PartResult, str]:
-    """Build one part into a folder of its own inside the build's temporary folder. The
-    driver keeps (in the part cache) only the attempt whose result it received, so a
-    part whose worker died and was retried (Ray) is committed exactly once."""
-    import uuid
-
-    from forge import faults
-    from forge.connectors.base import sha256_file
-    from forge.locate import fetch
-
-    src, files, index, out_dir, detector, shard_rows = job
-    attempt = Path(out_dir) / f".part-{index:03d}.{uuid.uuid4().hex[:12]}"
-    attempt.mkdir()
-    local, raw_sha = [], {}
-    for f in files:  # Hub files are fetched here, by the part (the task) that reads them
-        if f.remote:
-            got = fetch(src, f)
-            raw_sha[f.name] = f.remote[7:] if f.remote.startswith("sha256:") else sha256_file(got.path)
-            local.append(got)
-        else:
-            local.append(f)
-    result = _build_part((src, local, index, attempt, detector, shard_rows), progress)
-    result.index, result.raw_sha = index, raw_sha
-    faults.part_attempt(index, out_dir)
-    return result, attempt.name
-
-
-def _build_part(job: tuple, progress: Callable[[int], None] | None = None) -> PartResult:
-    """connector -> formatter -> assemble -> shards, for one part's files."""
-    src, files, index, out_dir, detector, shard_rows = job
-    quarantine = Quarantine(src.name, out_dir / f".quarantine-{index:03d}.jsonl")
-    writer = ShardWriter(out_dir, shard_rows, prefix=f"part-{index:03d}")
-    options = dict(src.options)
-    if src.formatter in ("cot", "tasks"):
-        options.setdefault("templates_dir", str(templates_dir()))
-    counts = {k: Counter() for k in TAG_COUNTS}
-    rows = formatted_from = 0  # formatted_from: raw records that reached the formatter
-    try:
-        try:
-            fmt = FORMATTERS[src.formatter].make(options, src.name)
-        except ValueError as e:
-            raise BuildError(f"{src.name}: {e}") from e
-        reject_raw, reject_fields = quarantine.stage("connector"), quarantine.stage("formatter")
-        for f in files:  # one file at a time, so a whole-file failure names its file
-            try:
-                for batch in CONNECTORS[src.connector].read([f], src.connector_options, reject_raw):
-                    formatted_from += len(batch)
-                    for table in format_batch(fmt, batch, src, detector, reject_fields):
-                        writer.submit(table)
-                        rows += table.num_rows
-                        for key in counts:
-                            counts[key].update(table.column(key).to_pylist())
-                    if progress:
-                        progress(len(batch))
-            except OSError as e:
-                if _full_disk(e):
-                    raise
-                raise BuildError(f"{src.name}: {f.path}: cannot read: {e.strerror or e}") from e
-            except (EOFError, zlib.error) as e:
-                raise BuildError(f"{src.name}: {f.path}: truncated or corrupt compressed file ({e})") from e
-            except ValueError as e:
-                raise BuildError(f"{src.name}: {f.path}: {e}") from e
-        shards = writer.close()
-    finally:
-        quarantine.close()
-    return PartResult(
-        shards,
-        rows,
-        counts,
-        formatted_from,
-        quarantine.by_stage["connector"],
-        quarantine.count,
-        dict(quarantine.reasons),
-    )
-
-
-def format_batch(fmt, batch, src: Source, detector: str, reject) -> list[pa.Table]:
-    """Format and assemble one raw batch. When the batch fails as a whole (a record nested
-    too deep, text Arrow cannot encode, a template that raises on one record), it is retried
-    record by record and only the failing records are quarantined, with the error as reason.
-    Rejections are held back until an attempt succeeds, so no record is counted twice."""
-    held: list[tuple] = []
-    try:
-        cols = fmt(batch, lambda *a: held.append(a))
-        tables = [assemble(cols, src, detector)] if len(cols["instruction"]) else []
-    except (OSError, MemoryError):
-        raise
-    except Exception as e:  # noqa: BLE001 - any per-record failure becomes a quarantine entry
-        if len(batch) == 1:
-            reason = f"{type(e).__name__}: {str(e)[:300]}".replace("\n", " ")
-            reject(_raw_text(batch), batch.file, batch.rows[0], batch.lines[0], f"record failed: {reason}")
-            return []
-        return [t for one in _singles(batch) for t in format_batch(fmt, one, src, detector, reject)]
-    for args in held:
-        reject(*args)
-    return tables
-
-
-def _singles(batch):
-    from forge.connectors.base import RawBatch
-
-    if batch.columns is not None:
-        for i in range(len(batch)):
-            yield RawBatch(
-                batch.file,
-                rows=[batch.rows[i]],
-                lines=[batch.lines[i]],
-                columns={k: [v[i]] for k, v in batch.columns.items()},
-            )
-    else:
-        for rec, row, line in zip(batch.records, batch.rows, batch.lines, strict=True):
-            yield RawBatch(batch.file, records=[rec], rows=[row], lines=[line])
-
-
-def _raw_text(batch) -> str:
-    """The raw record for a quarantine entry, even when it cannot be serialised as it is."""
-    record = batch.as_records()[0]
-    try:
-        text = json.dumps(record, ensure_ascii=False, default=str)
-    except (RecursionError, ValueError, TypeError):
-        text = f"<record of {len(record)} fields that cannot be printed: nested too deep>"
-    return text[:20000]
-
-
-def file_digests(path: Path) -> dict:
-    """sha256 (for the dataset card) and xxh3-128 (for fast integrity checks), one read."""
-    from forge.connectors.base import hash_file
-
-    sha, xx = hash_file(path, hashlib.sha256(), xxhash.xxh3_128())
-    return {"sha256": sha, "xxh3": xx}
-
-
-def shard_digest(path: Path) -> str:
-    """xxh3-128 of a file: fast enough to check every shard before saying "up to date"."""
-    from forge.connectors.base import hash_file
-
-    return hash_file(path, xxhash.xxh3_128())[0]
-
-
-def damaged_shards(folder: Path, manifest: dict) -> list[str]:
-    """Shards of a version that are missing, or whose size or xxh3 differs from the manifest."""
-    bad = []
-    for s in manifest["shards"]:
-        path = folder / s["file"]
-        try:
-            if path.stat().st_size != s["bytes"] or shard_digest(path) != s.get("xxh3"):
-                bad.append(f"{s['file']} (content differs from the manifest)")
-        except OSError:
-            bad.append(f"{s['file']} (missing)")
-    return bad
-
-
-def verify_store(store: Store) -> list[str]:
-    """Problems with a dataset's committed version (sources and mixtures alike): an
-    unreadable pointer or manifest, missing shards, shards whose bytes differ from the
-    xxh3 in the manifest. Empty when it is intact."""
-    try:
-        version = store.current(lease=False)
-    except StoreError as e:
-        return [str(e)]
-    if version is None:
-        return ["not built"]
-    manifest, found = version_problems(version.path)
-    problems = [f"{version.id}/{p}" for p in found]
-    if manifest is None:
-        return problems
-    if "ids_sha256" in manifest:  # a mixture's lineage file
-        from forge.connectors.base import sha256_file
-
-        ids = version.path / "ids.parquet"
-        if not ids.exists() or sha256_file(ids) != manifest["ids_sha256"]:
-            problems.append(f"{version.id}/ids.parquet (content differs from the manifest)")
-    return problems

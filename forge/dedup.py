@@ -433,7 +433,7 @@ def run(
 
     import pyarrow.parquet as pq
 
-    from forge.build import open_built
+    from forge.built import open_built
     from forge.executor import Executor
     from forge.selection import finish_derived, shard_files
     from forge.settings import byte_size

@@ -54,7 +54,7 @@ def materialize(
 
 def read_materialized(name: str, home: Path | None = None) -> tuple[Path, dict] | None:
     """The current version folder of a materialised mixture and its manifest, pinned."""
-    from forge.build import verified_manifest
+    from forge.built import verified_manifest
 
     version = mixture_store(name, home).current()
     if version is None:
@@ -90,7 +90,8 @@ def write_shard(job: ShardJob) -> tuple[dict, dict]:
     """Write one output shard and its piece of the lineage; return (shard entry, tag counts).
     Each shard seeks the stream to its first position, so shards are independent tasks
     (forge.executor) and the bytes do not depend on which process wrote them."""
-    from forge.build import ROW_GROUP_ROWS, file_digests
+    from forge.build_part import ROW_GROUP_ROWS
+    from forge.built import file_digests
 
     folder = Path(job.folder)
     start, end = job.index * job.rows, min((job.index + 1) * job.rows, job.mix.total)

@@ -47,7 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from forge.build import Built, open_built
+from forge.built import Built, open_built
 from forge.catalog import Catalog, unknown_message
 from forge.errors import MixtureError, QueryError
 from forge.formatters.safeyaml import YamlInputError, load_yaml_file

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from forge.build import open_built
+from forge.built import open_built
 from forge.catalog import Catalog, add_entry
 from forge.errors import ForgeError
 from forge.paths import data_home

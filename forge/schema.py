@@ -9,7 +9,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 # 2: lang_output (the answer's language) after lang_score. A build records the version in its
-# manifest; readers refuse a version built with another (forge.build.version_problems), and
+# manifest; readers refuse a version built with another (forge.built.version_problems), and
 # the build hash holds it, so `forge build` rebuilds an older version.
 # 3: rejected (a preference pair's rejected answer) after output, and kind (sft | pair).
 SCHEMA_VERSION = 3

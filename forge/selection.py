@@ -11,7 +11,8 @@ from pathlib import Path
 
 import polars as pl
 
-from forge.build import open_built, write_json_atomic
+from forge.build import write_json_atomic
+from forge.built import open_built
 from forge.errors import ForgeError
 from forge.paths import data_home
 from forge.query import parse

@@ -44,16 +44,9 @@ import pyarrow.parquet as pq
 
 from forge import lang as langid
 from forge import normalize
-from forge.build import (
-    BuildResult,
-    Quarantine,
-    ShardWriter,
-    assemble,
-    check_zh_content,
-    open_built,
-    up_to_date,
-    write_json_atomic,
-)
+from forge.build import BuildResult, check_zh_content, up_to_date, write_json_atomic
+from forge.build_part import Quarantine, ShardWriter, assemble
+from forge.built import open_built
 from forge.catalog import Source
 from forge.errors import BuildError
 from forge.model_client import Endpoint, EndpointError, ModelClient, Stats, reply_cache

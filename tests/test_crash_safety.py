@@ -76,7 +76,7 @@ def test_kill_9_a_build_at_random_points_loses_nothing(tmp_path):
     """Builds of two inputs take turns: each round kills a build of the input that is not
     committed, at a fault point or at a random moment, then checks the committed version, the
     store as every reader checks it, and that a rerun gives the reference bytes."""
-    from forge.build import verify_store
+    from forge.built import verify_store
     from forge.paths import source_store
 
     inputs = {"a": write_jsonl(tmp_path / "a.jsonl", 20_000, "old"), "b": write_jsonl(tmp_path / "b.jsonl", 60_000, "new")}  # fmt: skip
@@ -346,7 +346,8 @@ def test_disk_full_mid_build_keeps_the_previous_version(tmp_path):
 def test_a_lease_keeps_a_version_until_it_is_released(tmp_path):
     """In one process: a version read with open_built survives later builds (keep=1) until
     store.release() drops the lease; then the next writer collects it."""
-    from forge.build import build_source, open_built
+    from forge.build import build_source
+    from forge.built import open_built
     from forge.catalog import load_catalog
     from forge.store import release
 

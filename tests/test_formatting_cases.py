@@ -462,7 +462,7 @@ def test_real_flan_names_do_not_flip_the_tag(home, catalog):
 
 
 def test_older_build_fails_with_a_rebuild_message(home, catalog):
-    from forge.build import open_built
+    from forge.built import open_built
     from forge.errors import BuildError
     from forge.store import seal_manifest
 

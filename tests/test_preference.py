@@ -194,7 +194,7 @@ def pair_home(home, catalog, tmp_path, monkeypatch):
 def test_hh_rlhf_pairs_only_where_the_prompts_agree(pair_home):
     import polars as pl
 
-    from forge.build import open_built
+    from forge.built import open_built
 
     df = pl.read_parquet(open_built("hh_rlhf", pair_home).files())
     kinds = df["kind"].to_list()

@@ -65,7 +65,7 @@ def records_of(target: str, home: Path, reject: Callable) -> Iterator[dict]:
 
 
 def _built_files(name: str, home: Path) -> list[Path]:
-    from forge.build import open_built
+    from forge.built import open_built
     from forge.materialize import read_materialized
     from forge.store import StoreError
 

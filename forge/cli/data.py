@@ -72,7 +72,7 @@ def sources(
     json_out: JsonOpt = False,
 ):
     """List the catalog: tags, license, location, pinned revision and build state of every source."""
-    from forge.build import read_manifest
+    from forge.built import read_manifest
     from forge.catalog import load_catalog, pinned_revision
 
     cat = load_catalog(catalog)
@@ -268,7 +268,7 @@ def verify(
     home: HomeOpt = None,
 ):
     """Check every shard and manifest of built sources and mixtures against their hashes."""
-    from forge.build import verify_store
+    from forge.built import verify_store
     from forge.paths import mixture_store, source_store
     from forge.store import NAME_RE
 

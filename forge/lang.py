@@ -16,10 +16,10 @@ answer (prompt-only corpora) is "und". So `lang == en and lang_output == zh` is 
 prompts with Chinese answers" and `lang_output == zh` is "Chinese answers".
 
 Default detector ("fast"):
- 1. Script fast path, vectorized in Arrow (RE2 unicode classes): count letters per
-    script. Scripts that name one language settle the
-    record at once: Han without kana -> zh, kana -> ja, Hangul -> ko, Thai -> th,
-    Greek -> el, Hebrew -> he, Georgian -> ka, Armenian -> hy.
+ 1. Script fast path, vectorized (forge.lang_counts: polars regex counts, ASCII from the
+    bytes; each distinct text of a batch read once): count letters per script. Scripts
+    that name one language settle the record at once: Han without kana -> zh, kana -> ja,
+    Hangul -> ko, Thai -> th, Greek -> el, Hebrew -> he, Georgian -> ka, Armenian -> hy.
  2. Everything else (Latin, Cyrillic, Arabic, Devanagari ... where one script serves
     many languages) goes to pycld2, a compiled n-gram detector (~100k texts/s).
 
@@ -69,6 +69,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from forge.lang_counts import as_text, distinct, is_ascii
+from forge.lang_counts import count as _count
+from forge.lang_counts import counts as _counts
 from forge.vocab import DATASET_LANG_DOMINANCE
 
 MIXED_SCRIPT_SHARE = 0.10
@@ -93,6 +96,7 @@ _MARKUP = [
     r"\$[^$]{0,400}?[\\^_{}=][^$]{0,400}?\$",  # $...$ holding math ("$45 ... $75" is money, kept)
     r"\\[A-Za-z]+",  # leftover LaTeX commands
 ]
+_MARKUP_SIGN = r"[`$\\]|://|www\."  # what every _MARKUP match holds
 MARKUP_WINDOW = 4096
 ANSWER_WINDOW = 1024
 
@@ -133,31 +137,23 @@ FRAME_WORDS = frozenset(
 _CLD2_FIX = {"zh-Hant": "zh", "iw": "he", "in": "id", "jw": "jv", "tl": "fil", "un": "und"}
 
 
-def _count(texts: pa.Array, pattern: str) -> np.ndarray:
-    return _counts(texts, pattern)[0]
-
-
-def _counts(texts: pa.Array, *patterns: str) -> list[np.ndarray]:
-    """Matches of each pattern per text, all patterns in one polars query (one pass of its
-    thread pool: a query per pattern costs a few ms each, whatever the batch)."""
-    import polars as pl
-
-    # polars' regex engine runs on all cores; pyarrow's count_substring_regex is single-threaded
-    frame = pl.DataFrame({"t": pl.Series(texts, dtype=pl.String)}).select(
-        pl.col("t").str.count_matches(p).fill_null(0).alias(str(i)) for i, p in enumerate(patterns)
-    )
-    return [frame[str(i)].to_numpy().astype(np.int64) for i in range(len(patterns))]
-
-
 def markup_free(texts: pa.Array, window: int = MARKUP_WINDOW) -> pa.Array:
     """The texts with code, URLs and LaTeX blanked out (they name no language), read up to
     `window` characters."""
     import polars as pl
 
-    series = pl.Series(texts).fill_null("").str.slice(0, window)
-    for pattern in _MARKUP:
-        series = series.str.replace_all(pattern, " ")
-    return series.to_arrow()
+    texts = as_text(texts)
+    if len(texts) and pc.max(pc.binary_length(texts)).as_py() > window:  # bytes >= characters
+        texts = pl.Series(texts).str.slice(0, window).to_arrow()
+    # only a text holding one of these can hold markup: the rest are left as they are
+    marked = pl.Series(texts).str.contains(_MARKUP_SIGN).to_arrow()
+    if pc.any(marked).as_py():
+        blank = pl.col("t")
+        for pattern in _MARKUP:
+            blank = blank.str.replace_all(pattern, " ")
+        part = pl.DataFrame({"t": pl.Series(texts.filter(marked))}).select(blank)
+        texts = pc.replace_with_mask(texts, marked, part["t"].to_arrow().cast(texts.type))
+    return texts
 
 
 def detect_fast(
@@ -170,28 +166,53 @@ def detect_fast(
     question "Thanks" is judged together with its answer). answer: the texts are answers, read
     by their majority (no lead rule), and the n-gram detector is only asked about prose (code,
     formulas and lone identifiers are left unread: "def f(x):" is not Slovak).
+
+    A text's tag depends on nothing but what is read of it, so each distinct text in the batch
+    is read once (templates, repeated questions, short answers) and its tag scattered back.
     """
-    # the first PREFIX characters decide: enough for any detector, and it bounds the cost
     # an answer is read from its opening: its markup is looked for in a shorter window
-    texts = pc.utf8_slice_codeunits(markup_free(texts, ANSWER_WINDOW if answer else MARKUP_WINDOW), 0, PREFIX)
-    letters = _count(texts, _LETTER)
+    texts, letters = _readable(texts, ANSWER_WINDOW if answer else MARKUP_WINDOW)
     if whole is not None and (letters < MIN_LETTERS).any():
         short = np.flatnonzero(letters < MIN_LETTERS)
-        whole_short = pc.utf8_slice_codeunits(markup_free(whole.take(pa.array(short))), 0, PREFIX)
-        merged = texts.to_pylist()
-        for i, text in zip(short, whole_short.to_pylist(), strict=True):
-            merged[i] = text
-        texts = pa.array(merged, pa.string())
-        letters = _count(texts, _LETTER)
+        whole_short, letters[short] = _readable(whole.take(pa.array(short)), MARKUP_WINDOW)
+        texts = _scatter(texts, short, whole_short)
+    texts, inverse = distinct(texts)
+    one = np.empty(len(texts), dtype=np.int64)
+    one[inverse] = np.arange(len(inverse))  # a row holding each distinct text
+    codes, scores = _detect_read(texts, letters[one], catalog_lang, answer)
+    return codes[inverse].tolist(), scores[inverse]
+
+
+def _readable(texts: pa.Array, window: int) -> tuple[pa.Array, np.ndarray]:
+    """What is read of each text (markup_free, then the first PREFIX characters: enough for any
+    detector, and it bounds the cost) and its letters, worked out once per distinct text."""
+    texts, inverse = distinct(texts)
+    read = pc.utf8_slice_codeunits(markup_free(texts, window), 0, PREFIX)
+    letters = _count(read, _LETTER)
+    take = pa.array(inverse)
+    return read.take(take), letters[inverse]
+
+
+def _scatter(texts: pa.Array, at: np.ndarray, values: pa.Array) -> pa.Array:
+    """texts with texts[at[i]] replaced by values[i] (at ascending)."""
+    mask = np.zeros(len(texts), dtype=bool)
+    mask[at] = True
+    return pc.replace_with_mask(texts, pa.array(mask), values.cast(texts.type))
+
+
+def _detect_read(
+    texts: pa.Array, letters: np.ndarray, catalog_lang: str, answer: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """detect_fast on what is read of each text (_readable) and its letters."""
     n = len(texts)
     codes = np.full(n, "", dtype=object)
     scores = np.zeros(n, dtype=np.float32)
     # pure-ASCII texts hold no single-language script: they skip the script passes entirely
-    is_ascii = pc.string_is_ascii(texts).to_numpy(zero_copy_only=False)
-    non_ascii = np.flatnonzero(~is_ascii & (letters > 0))
+    ascii = is_ascii(texts)
+    non_ascii = np.flatnonzero(~ascii & (letters > 0))
     if len(non_ascii):
         sub = texts.take(pa.array(non_ascii))
-        sub_codes, sub_scores, mixed = _settle_scripts(sub)
+        sub_codes, sub_scores, mixed = _settle_scripts(sub, letters[non_ascii])
         if not answer and mixed.any():
             # a prompt in two scripts: its opening instruction, if any, decides between them
             at = np.flatnonzero(mixed)
@@ -208,13 +229,13 @@ def detect_fast(
         import polars as pl
 
         latin = texts.take(pa.array(todo))
-        latin_letters, latin_ascii = letters[todo], is_ascii[todo]
+        latin_letters, latin_ascii = letters[todo], ascii[todo]
         mixed = np.flatnonzero(~latin_ascii)
         if len(mixed):
-            cleaned = pl.Series(latin.take(pa.array(mixed))).str.replace_all(_OTHER_SCRIPTS, " ")
-            latin = pl.Series(latin).scatter(mixed, cleaned).to_arrow()
-            latin_letters[mixed] = _count(cleaned.to_arrow(), _LETTER)
-            latin_ascii[mixed] = cleaned.str.contains(r"[^\x00-\x7f]").not_().to_numpy()
+            cleaned = pl.Series(latin.take(pa.array(mixed))).str.replace_all(_OTHER_SCRIPTS, " ").to_arrow()
+            latin = _scatter(latin, mixed, cleaned)
+            latin_letters[mixed] = _count(cleaned, _LETTER)
+            latin_ascii[mixed] = is_ascii(cleaned)
         readable = latin_letters >= MIN_LETTERS
         english = np.flatnonzero(readable & latin_ascii)
         if len(english):
@@ -223,7 +244,7 @@ def detect_fast(
             scores[todo[english[is_en]]] = np.minimum(1.0, 0.5 + share[is_en] * 2)
         rest = np.flatnonzero(readable & (codes[todo] == ""))
         if answer and len(rest):
-            rest = rest[_prose(latin.take(pa.array(rest)))]
+            rest = rest[_prose(latin.take(pa.array(rest)), latin_letters[rest])]
         if len(rest):
             for i, text in zip(todo[rest], latin.take(pa.array(rest)).to_pylist(), strict=True):
                 code, score = _cld2_names_aside(text)
@@ -239,7 +260,7 @@ def detect_fast(
             in_script = _count(texts.take(pa.array(unsettled)), script)
             fits = (letters[unsettled] > 0) & (2 * in_script >= letters[unsettled])
             codes[unsettled[fits]] = code
-    return codes.tolist(), scores
+    return codes, scores
 
 
 # a line of code: a keyword that opens a statement, a call or assignment, a brace or a comment
@@ -252,12 +273,12 @@ PROSE_LETTER_SHARE = 0.75  # letters among the non-space characters of a prose a
 PROSE_MIN_WORDS = 3
 
 
-def _prose(texts: pa.Array) -> np.ndarray:
+def _prose(texts: pa.Array, letters: np.ndarray) -> np.ndarray:
     """Which answers read as prose: at least PROSE_MIN_WORDS words, letters >= 75% of the
     non-space characters, fewer than half of the non-blank lines code, fewer than half of the
-    words capitalised (names)."""
-    letters, visible, words, capitalised, lines, code = _counts(
-        texts, _LETTER, r"\S", r"\p{L}{2,}", r"\p{Lu}\p{L}+", r"(?m)^\s*\S", _CODE_LINE
+    words capitalised (names). letters: each text's letters, counted already."""
+    visible, words, capitalised, lines, code = _counts(
+        texts, r"\S", r"\p{L}{2,}", r"\p{Lu}\p{L}+", r"(?m)^\s*\S", _CODE_LINE
     )
     return (
         (words >= PROSE_MIN_WORDS)
@@ -280,7 +301,9 @@ def _frame_words(texts: pa.Array) -> np.ndarray:
     )
 
 
-def _settle_scripts(sub: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _settle_scripts(
+    sub: pa.Array, letters: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The language a settling script gives each text, or "" for none (Latin and the other
     shared scripts are read later), its score, and which texts mix a settling script with
     Latin words. A script settles when it holds >= MIXED_SCRIPT_SHARE of the letters and either
@@ -288,7 +311,12 @@ def _settle_scripts(sub: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     their words of two letters or more) or the Latin words frame no sentence (names,
     identifiers, code: "谁是Harrison Kinsley？", "写一个Python函数"). So a short span inside an
     English sentence does not flip it: "What does 你好 mean?" is not zh."""
-    letters, latin_words, han, kana, other = _counts(sub, _LETTER, _LATIN_WORD, _HAN, _KANA, _SETTLING_ANY)
+    if letters is None:
+        letters, latin_words, han, kana, other = _counts(
+            sub, _LETTER, _LATIN_WORD, _HAN, _KANA, _SETTLING_ANY
+        )
+    else:
+        latin_words, han, kana, other = _counts(sub, _LATIN_WORD, _HAN, _KANA, _SETTLING_ANY)
     safe = np.maximum(letters, 1)
     framed = np.zeros(len(sub), dtype=bool)  # read only where a script does not outweigh Latin
 
@@ -378,19 +406,11 @@ def _english_function_words(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     up >= 8% of its words or occur >= 4 times (numbers and option lists dilute the share in
     math records); other Latin-script languages that share a word or two ("is" in Dutch,
     "to" in Polish, "was" in German) do not reach that together with "the". Everything else goes to
-    cld2. Counted with polars' regex engine (multi-threaded), one pass per pattern.
+    cld2. Words are the spaces and line breaks plus one.
     """
-    import polars as pl
-
-    low = pl.col("t").str.to_lowercase()
-    frame = pl.DataFrame({"t": pl.Series(texts, dtype=pl.String)}).select(
-        low.str.count_matches(r"\bthe\b").alias("the"),
-        low.str.count_matches(_EN_FUNCTION_RE).alias("hits"),
-        (low.str.count_matches(" ", literal=True) + low.str.count_matches("\n", literal=True)).alias("gaps"),
-    )
-    the = frame["the"].to_numpy().astype(np.int64)
-    hits = frame["hits"].to_numpy().astype(np.int64)
-    words = frame["gaps"].to_numpy() + 1
+    low = pc.ascii_lower(texts)  # the texts are ASCII
+    the, hits, gaps = _counts(low, r"\bthe\b", _EN_FUNCTION_RE, r"[ \n]", ascii=np.ones(len(low), dtype=bool))
+    words = gaps + 1
     share = hits / np.maximum(words, 1)
     return (the > 0) & ((share >= EN_FUNCTION_SHARE) | (hits >= 4)) & (words >= 4), share
 
@@ -459,13 +479,12 @@ def _english_answers(answers: pa.Array, prompt_langs: np.ndarray) -> np.ndarray:
     another Latin-script language ("Jeg er en student", "Het is een mooie dag") holds at most
     one of them and is read in full."""
     quick = np.zeros(len(answers), dtype=bool)
-    candidates = np.flatnonzero(
-        (prompt_langs == "en") & pc.string_is_ascii(answers).to_numpy(zero_copy_only=False)
-    )
+    candidates = np.flatnonzero((prompt_langs == "en") & is_ascii(answers))
     if len(candidates):
-        sub = pc.utf8_slice_codeunits(answers.take(pa.array(candidates)), 0, PREFIX)
-        hits, words = _counts(sub, _EN_ANSWER_RE, r"[A-Za-z]+")
-        quick[candidates] = (hits >= EN_ANSWER_MIN_HITS) & (hits * 10 >= words)
+        texts, inverse = distinct(answers.take(pa.array(candidates)))  # each read once
+        texts = pc.utf8_slice_codeunits(texts, 0, PREFIX)
+        hits, words = _counts(texts, _EN_ANSWER_RE, r"[A-Za-z]+", ascii=np.ones(len(texts), dtype=bool))
+        quick[candidates] = ((hits >= EN_ANSWER_MIN_HITS) & (hits * 10 >= words))[inverse]
     return quick
 
 

@@ -80,6 +80,118 @@ def test_mixed_script_rule_and_special_cases():
     assert codes == ["zh", "und", "und", "ja", "en", "ru"]
 
 
+# texts that take every path of the fast detector: a settling script, the mixed-script and lead
+# rules, English function words, cld2 (with and without the names-aside reading), too short
+# (catalog fallback), no letters, markup, code and lists of names as answers, control characters
+TAG_PATHS = [
+    "写一个Python函数，返回列表的最大值。\ndef f(xs):\n    return max(xs)",
+    "将以下文字从英文翻译成中文：The weather is nice today and we are going to the park.",
+    "Translate into English:\n我今天很高兴，因为天气很好，我们一起去公园散步吧。",
+    "Python Pandas DataFrame:\n如何删除重复的行？",
+    "What does 你好 mean in English?",
+    "これは日本語の文です。",
+    "한국어 문장입니다. 잘 부탁드립니다.",
+    "Let α and β be the roots of the equation x^2 - 3x + 1 = 0.",
+    "Ο καιρός είναι πολύ ωραίος σήμερα στην Αθήνα.",
+    "The cat sat on the mat and looked at the dog for a while.",
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
+    "Would Recep Tayyip Erdoğan be unfamiliar with börek?",
+    "Qual é a capital do Brasil? Eu acho que é Brasília.",
+    "Le train part à huit heures et arrive à midi à Lyon.",
+    "Привет, как дела? Всё хорошо, спасибо.",
+    "Heh.",
+    "谢谢",
+    "12345 + 678 = ?",
+    "",
+    "   ",
+    "Solve $x^2 + \\frac{1}{2} = 0$ and see https://example.org/a?b=1 for `code` hints.",
+    "Let $y = \\frac{a}{b}$ hold for all the values, and \\alpha be $45 and $75 of them.",
+    "已知 $x^2=4$，求 \\sqrt{x} 的值。",
+    "The value of \\alpha is set by \\beta in the book.",
+    "Call `print(x)` to show the value of the sum.",
+    "If $x^2 = 4$, what is the value of x?",
+    "Read https://example.org/a?b=1 first, then answer.",
+    "See www.example.org/page for the rest of it.",
+    "def c_to_f(celsius):\n    fahrenheit = (celsius * 1.8) + 32\n    return fahrenheit",
+    "1. Joe Beef\n2. L'Express\n3. Schwartz's Deli",
+    "B",
+    "Bill Maher is a political talk show host.\nyes",
+    "text with a bell\x07 and an escape \x1b character in it, read all the same",
+]
+
+
+def test_repeated_texts_and_batch_mix_leave_tags_unchanged():
+    """detect_fast and detect_output read each distinct text of a batch once and scatter the
+    result back, and pure-ASCII texts are counted from their bytes: a text's tag and score must
+    not depend on what else is in the batch. Each text alone against the whole set repeated
+    and shuffled, settled and unsettled rows mixed."""
+    from forge.lang import detect_output
+
+    rng = random.Random(0)
+    batch = TAG_PATHS * 3 + [None]
+    rng.shuffle(batch)
+    wholes = [
+        f"{t}\n{rng.choice(TAG_PATHS)}" if t else "The answer is in the whole record text." for t in batch
+    ]
+    prompts = [rng.choice(["en", "zh", "fr", "und"]) for _ in batch]
+    for catalog in ("ML", "EN", "CN"):
+        for answer in (False, True):
+            codes, scores = detect_fast(pa.array(batch), catalog, answer=answer)
+            for i, text in enumerate(batch):
+                one_code, one_score = detect_fast(pa.array([text], pa.string()), catalog, answer=answer)
+                assert (codes[i], scores[i]) == (one_code[0], one_score[0]), (text, catalog, answer)
+        codes, scores = detect_fast(pa.array(batch), catalog, whole=pa.array(wholes))
+        for i, text in enumerate(batch):
+            alone = detect_fast(pa.array([text], pa.string()), catalog, whole=pa.array([wholes[i]]))
+            assert (codes[i], scores[i]) == (alone[0][0], alone[1][0]), (text, catalog)
+    got = detect_output(pa.array(batch), prompts).to_pylist()
+    alone = [
+        detect_output(pa.array([t], pa.string()), [p]).to_pylist()[0]
+        for t, p in zip(batch, prompts, strict=True)
+    ]
+    assert got == alone
+    # the tags themselves, for the paths with a known answer
+    codes, _ = detect_fast(pa.array(TAG_PATHS[:6] + ["Le train part à huit heures et arrive à midi à Lyon."]))
+    assert codes == ["zh", "zh", "en", "zh", "en", "ja", "fr"]
+
+
+def test_count_and_markup_shortcuts_equal_the_regex():
+    """forge.lang_counts counts some patterns in pure-ASCII texts from their bytes instead of
+    the regex: every such pattern, in a batch mixing ASCII and other texts, empty and null ones,
+    runs that end where a text ends and go on in the next one, and a slice of a larger array."""
+    import pyarrow.compute as pc
+
+    from forge.lang import _MARKUP, markup_free
+    from forge.lang_counts import ASCII_CLASSES, _regex_counts, counts
+
+    texts = TAG_PATHS + [
+        "ab",
+        "a",
+        "ab\ncd",
+        " a ",
+        "\t\x0b\x0c\r \x1c\x1d_",
+        "x" * 300,
+        "aa1bb_cc dd",
+        "Ab Cd EF",
+        "mixed é and ab",
+        "wide\u3000space\u00a0and\u2028line\u0085breaks",
+        "e\u0301te\u0301 \U0001f600 ok ªº",
+        None,
+        "ends with a word",
+        "word",
+    ]
+    arr = pa.array(texts)
+    for batch in (arr, arr.slice(3, 20), arr.slice(len(texts) - 3), pa.array(texts, pa.large_string())):
+        want = _regex_counts(pc.fill_null(batch, ""), list(ASCII_CLASSES))
+        for pattern, got, expected in zip(ASCII_CLASSES, counts(batch, *ASCII_CLASSES), want, strict=True):
+            assert got.tolist() == expected.tolist(), pattern
+    # markup is only looked for in texts holding one of its signs: the same as blanking every text
+    plain = pl.Series(arr).fill_null("").str.slice(0, 4096)
+    for pattern in _MARKUP:
+        plain = plain.str.replace_all(pattern, " ")
+    assert markup_free(arr).to_pylist() == plain.to_list()
+
+
 def test_dataset_level_tag_follows_records():
     assert dataset_lang({"en": 96, "zh": 4}) == "EN"
     assert dataset_lang({"zh": 95, "en": 5}) == "CN"

@@ -132,8 +132,8 @@ def serve(
         ),
     ] = 16,
     max_body: Annotated[
-        str, typer.Option(help="Largest request body (e.g. 4MB, 512KB); larger ones get 413 unread.")
-    ] = "4MB",
+        str, typer.Option(help="Largest request body (e.g. 4MiB, 512KB); larger ones get 413 unread.")
+    ] = "4MiB",  # forge.train.serve_http.MAX_BODY, what create_app takes by default
     stall_after: Annotated[
         float,
         typer.Option(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from fractions import Fraction
 
 from forge.errors import ForgeError
 
@@ -20,8 +21,11 @@ class SettingError(ForgeError):
 # A number, optionally with a fraction, then an optional unit. The units follow GNU dd and
 # coreutils: "KB"/"MB"/"GB"/"TB" are powers of 1000; "KiB"/"MiB"/..., and a bare "k"/"M"/...,
 # are powers of 1024.
-_SIZE = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?:(?P<unit>[kmgt])(?P<binary>i)?(?P<bytes>b)?|b)?", re.I)
+_SIZE = re.compile(
+    r"(?P<number>\d+(?:\.\d+)?)\s*(?:(?P<unit>[kmgt])(?P<binary>i)?(?P<bytes>b)?|b)?", re.I | re.ASCII
+)
 _POWER = {"k": 1, "m": 2, "g": 3, "t": 4}
+MAX_BYTES = 1 << 60  # an exbibyte: a larger "size" is a typo, not a setting
 SIZE_FORM = "a whole number of bytes or a size such as 64MB, 64MiB or 512k"
 
 
@@ -29,16 +33,19 @@ def parse_byte_size(text: str) -> int | None:
     """Bytes in `text` ("67108864", "64MB", "64MiB", "512k", "1.5G"), or None when it is
     not a size. Whitespace around the value and the case of the unit do not matter."""
     match = _SIZE.fullmatch(text.strip())
-    if match is None:
+    if match is None or len(match["number"]) > 24:  # more digits than any real size has
         return None
     unit = match["unit"]
     if unit is None:
         if "." in match["number"]:
             return None  # a fraction of a byte is not a size
-        return int(match["number"])
-    # "MB" is decimal; "MiB" and a bare "M" are binary
+        size = int(match["number"])
+        return size if size <= MAX_BYTES else None
+    # "MB" is decimal; "MiB" and a bare "M" are binary. Exact arithmetic: a float made 8.2GB
+    # 8,199,999,999 bytes; a fraction of a byte left over is dropped
     base = 1000 if match["bytes"] and not match["binary"] else 1024
-    return int(float(match["number"]) * base ** _POWER[unit.lower()])
+    size = int(Fraction(match["number"]) * base ** _POWER[unit.lower()])
+    return size if size <= MAX_BYTES else None
 
 
 def byte_size(name: str, default: int, minimum: int = 1) -> int:

@@ -31,13 +31,32 @@ def forge(args: list[str], home: Path, **env: str) -> subprocess.CompletedProces
         (" 2 GiB ", 2 << 30),
         ("1.5G", 3 << 29),
         ("100B", 100),
+        ("8.2GB", 8_200_000_000),  # exact: float arithmetic made it 8,199,999,999
+        ("2.01KB", 2010),
+        ("1.0000001KB", 1000),  # a fraction of a byte left over is dropped
     ],
 )
 def test_sizes(text, size):
     assert parse_byte_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["abc", "", "64 megabytes", "-5", "1.5", "0x40", "64MBB", "M"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "abc",
+        "",
+        "64 megabytes",
+        "-5",
+        "1.5",
+        "0x40",
+        "64MBB",
+        "M",
+        "9" * 400 + "M",
+        "9" * 30,
+        "２MB",
+        "2000000TB",
+    ],
+)
 def test_not_sizes(text):
     assert parse_byte_size(text) is None
 

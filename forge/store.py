@@ -418,6 +418,12 @@ def check_out(out: Path, overwrite: bool, flag: str = "--out") -> None:
                     f"{flag} {out}: holds an earlier forge output; pass --overwrite to replace it, "
                     f"or choose a new folder"
                 )
+            added = foreign_file(out)
+            if added is not None:
+                raise StoreError(
+                    f"{flag} {out}: holds {added}, which forge did not write, so forge will not "
+                    f"replace the folder; move that file out, or choose a new folder"
+                )
 
 
 def prepare_out(out: Path, overwrite: bool, flag: str = "--out") -> Path:
@@ -459,7 +465,10 @@ def finish_out(tmp: Path, out: Path, flag: str = "--out") -> None:
     with _folder_lock(out.parent):
         if out.is_symlink() or (out.exists() and not out.is_dir()):
             raise intruded()
+        mark_files(tmp)
         if out.is_dir() and (out / MARKER).exists():
+            if foreign_file(out) is not None:  # a user's file added since check_out()
+                raise intruded()
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.rename(out, old)
             os.rename(tmp, out)
@@ -517,9 +526,38 @@ def claim_run_folder(path: Path, overwrite: bool, flag: str = "--output-dir", re
     return path
 
 
+MARK_TEXT = "written by forge; forge may replace this folder with --overwrite\n"
+
+
 def mark(folder: Path) -> None:
     """Mark a folder as forge's: the only kind forge may later replace (with --overwrite)."""
-    (Path(folder) / MARKER).write_text("written by forge; forge may replace this folder with --overwrite\n")
+    (Path(folder) / MARKER).write_text(MARK_TEXT)
+
+
+def mark_files(folder: Path) -> None:
+    """Mark a finished --out folder as forge's and list, one per line after the mark, every
+    file forge wrote into it: a file added there later is the user's, and --overwrite refuses
+    to replace the folder while it holds one (foreign_file)."""
+    folder = Path(folder)
+    files = sorted(_files(folder))
+    (folder / MARKER).write_text(MARK_TEXT + "".join(f"{f}\n" for f in files))
+
+
+def foreign_file(folder: Path) -> str | None:
+    """The first file in a forge output folder that its marker does not list: one forge did
+    not write. None when every file is listed, or the marker lists none (a run folder, written
+    in place as training goes, or the output of a forge before 2026-12-05)."""
+    folder = Path(folder)
+    listed = set((folder / MARKER).read_text().splitlines()[1:])
+    if not listed:
+        return None
+    return next((f for f in sorted(_files(folder)) if f not in listed), None)
+
+
+def _files(folder: Path) -> Iterator[str]:
+    for p in folder.rglob("*"):
+        if (p.is_file() or p.is_symlink()) and p != folder / MARKER:
+            yield str(p.relative_to(folder))
 
 
 def _remove_if_dead(path: Path) -> None:

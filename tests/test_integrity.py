@@ -59,9 +59,9 @@ def test_concurrent_catalog_writers_lose_nothing(tmp_path):
 # ---- --out: the rule holds at the moment of the swap ----------------------------------------
 
 
-def _filter_paused(home: Path, out: Path, flag: Path) -> subprocess.Popen:
+def _filter_paused(home: Path, out: Path, flag: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "FORGE_HOME": str(home), "FORGE_PAUSE": f"out:before-swap:{flag}"}
-    return subprocess.Popen(FORGE + ["filter", "lang == en", "--out", str(out)], env=env, cwd=REPO,
+    return subprocess.Popen(FORGE + ["filter", "lang == en", "--out", str(out), *extra], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
@@ -92,6 +92,31 @@ def test_a_file_that_appears_in_out_mid_run_is_kept(start, built_samples, tmp_pa
     assert (out / "user_notes.txt").read_text() == "mine"
     kept = [p for p in tmp_path.iterdir() if p.name.startswith("out_x.forge-result-")]
     assert len(kept) == 1 and (kept[0] / "manifest.json").exists()
+
+
+def test_overwrite_never_removes_a_file_the_user_added_to_an_earlier_output(built_samples, tmp_path):
+    """--overwrite replaces what forge wrote (its marker lists each file); a file the user put
+    in the folder afterwards, before the run or during it, makes it refuse, and nothing is lost."""
+    out = tmp_path / "out_z"
+    assert cli(["filter", "lang == en", "--out", str(out)], built_samples).returncode == 0
+    (out / "sub").mkdir()
+    (out / "sub" / "notes.txt").write_text("mine")
+    r = cli(["filter", "lang == zh", "--out", str(out), "--overwrite"], built_samples)
+    one_line_error(r, f"--out {out}: holds sub/notes.txt, which forge did not write")
+    assert (out / "sub" / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "manifest.json").read_text())["query"] == "lang == en"
+    (out / "sub" / "notes.txt").unlink()
+    flag = tmp_path / "paused"
+    proc = _filter_paused(built_samples, out, flag, "--overwrite")  # the check passes; then...
+    _wait_for(flag, proc)
+    (out / "late.txt").write_text("mine too")  # ...a file arrives before the swap
+    flag.unlink()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "appeared there during the run" in stderr, stderr
+    assert (out / "late.txt").read_text() == "mine too"
+    (out / "late.txt").unlink()
+    assert cli(["filter", "lang == zh", "--out", str(out), "--overwrite"], built_samples).returncode == 0
+    assert json.loads((out / "manifest.json").read_text())["query"] == "lang == zh"
 
 
 def test_out_without_intrusion_still_replaces_forge_output(built_samples, tmp_path):

@@ -476,8 +476,14 @@ def test_out_never_replaces_a_folder_forge_did_not_write(verb, built_samples, tm
 
     fresh = tmp_path / f"new-{verb}"
     args = [a if a != str(out) else str(fresh) for a in args]
-    assert cli(args, built_samples).returncode == 0
+    r = cli(args, built_samples)
+    assert r.returncode == 0, r.stderr
     assert (fresh / ".forge-output").is_file()
+    if verb == "dedup":  # the summary names its reasons as words, not as a Python dict
+        m = json.loads((fresh / "manifest.json").read_text())
+        said = ", ".join(f"{k} {v:,}" for k, v in m["dropped_reasons"].items())
+        assert f"dropped {m['dropped']:,}" + (f" ({said})" if said else "") + "\n" in r.stdout, r.stdout
+        assert "{" not in r.stdout
     one_line_error(cli(args, built_samples), "pass --overwrite")  # forge's own: replaced on request
     again = cli(args + ["--overwrite"], built_samples)
     assert again.returncode == 0, again.stderr

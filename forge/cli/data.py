@@ -424,7 +424,7 @@ def filter_(
     console.print(
         f"wrote {manifest['rows']:,} records matching {escape(query)} to {out}"
         + (
-            f"; dropped {manifest['dropped']:,} {manifest['dropped_reasons']} -> {out / 'dropped.parquet'}"
+            f"; dropped {manifest['dropped']:,}{_reasons(manifest)} -> {out / 'dropped.parquet'}"
             if steps
             else ""
         )
@@ -483,9 +483,7 @@ def dedup(
             across_variants=across_variants,
             executor=run_on,
         )
-    console.print(
-        f"{m['input_rows']:,} records -> kept {m['rows']:,}, dropped {m['dropped']:,} {m['dropped_reasons']}"
-    )
+    console.print(f"{m['input_rows']:,} records -> kept {m['rows']:,}, dropped {m['dropped']:,}{_reasons(m)}")
     console.print(f"dataset: {out}  dropped (with dup_of ids): {out / 'dropped.parquet'}")
     if against:
         console.print(
@@ -515,3 +513,10 @@ def report(
         prog.add_task(f"report {name}", total=None)
         build_report(m, h, target, tokenizer)
     console.print(f"report: {target} ({m.total:,} examples, {len(m.leaves)} components)")
+
+
+def _reasons(manifest: dict) -> str:
+    """' (near duplicate 1,343, exact duplicate 5)': the manifest's dropped_reasons, as a reader
+    would write them; nothing when none was dropped."""
+    reasons = manifest.get("dropped_reasons") or {}
+    return " (" + ", ".join(f"{k} {v:,}" for k, v in reasons.items()) + ")" if reasons else ""

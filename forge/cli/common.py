@@ -265,6 +265,17 @@ def _fail(message: str, code: int = 1):
     raise typer.Exit(code)
 
 
+def _byte_size(flag: str, text: str) -> int:
+    """A size option's bytes (forge.settings.parse_byte_size: the one reading of 64MB, 64MiB,
+    512k), or one line naming the flag and the accepted form."""
+    from forge.settings import SIZE_FORM, parse_byte_size
+
+    size = parse_byte_size(text)
+    if not size:
+        _fail(f"{flag}: cannot read {text!r}; use {SIZE_FORM}")
+    return size
+
+
 def _threads(role: str) -> None:
     """torch's threads and OpenMP's wait policy for this command, set before torch loads
     (forge.train.threads: why, and FORGE_THREADS to choose)."""

@@ -19,6 +19,7 @@ from forge.cli.common import (
     NoWaitOpt,
     OverwriteOpt,
     RayAddressOpt,
+    _byte_size,
     _fail,
     _home,
     _print_json,
@@ -29,7 +30,6 @@ from forge.cli.common import (
     console,
     err,
 )
-from forge.settings import SIZE_FORM, parse_byte_size
 
 PANEL = "Mixtures"
 
@@ -195,9 +195,7 @@ def publish(
         _fail(f"--repo must be OWNER/NAME, got {repo!r}")
     if files_per_commit < 1:
         _fail(f"--files-per-commit must be a positive integer, got {files_per_commit}")
-    shard_bytes = parse_byte_size(max_shard_size)
-    if not shard_bytes:
-        _fail(f"--max-shard-size: cannot read {max_shard_size!r}; use {SIZE_FORM}")
+    shard_bytes = _byte_size("--max-shard-size", max_shard_size)
     configs = collect_targets(targets, load_catalog(catalog), h, allow_missing_license, full_sources)
     folder = out or (h / "publish" / repo.replace("/", "--"))
     with _progress() as prog:

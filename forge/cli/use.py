@@ -13,6 +13,7 @@ from forge.cli.common import (
     HomeOpt,
     ModelFlags,
     SamplingFlags,
+    _byte_size,
     _fail,
     _home,
     _progress,
@@ -21,7 +22,6 @@ from forge.cli.common import (
     console,
     err,
 )
-from forge.settings import SIZE_FORM, parse_byte_size
 
 PANEL = "Use"
 
@@ -156,9 +156,7 @@ def serve(
     _threads("serve")
     from forge.train.serve import create_app
 
-    body_limit = parse_byte_size(max_body)
-    if not body_limit:
-        _fail(f"--max-body: cannot read {max_body!r}; use {SIZE_FORM}")
+    body_limit = _byte_size("--max-body", max_body)
     loaded = which.load()
     if served_model_name:
         loaded.name = served_model_name

@@ -40,7 +40,7 @@ from forge.built import open_built
 from forge.catalog import Catalog, add_entry
 from forge.errors import ForgeError
 from forge.paths import data_home
-from forge.store import MARKER, finish_out, prepare_out
+from forge.store import finish_out, output_files, prepare_out
 
 MAX_FILES_PER_COMMIT = 50
 RETRY_STATUS = {429, 500, 502, 503, 504}
@@ -532,7 +532,7 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 def staged_files(folder: Path) -> list[Path]:
     """The files of a staged folder that go to the Hub (not forge's own marker)."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER)
+    return [folder / f for f in output_files(folder)]
 
 
 def upload(

@@ -539,8 +539,7 @@ def mark_files(folder: Path) -> None:
     file forge wrote into it: a file added there later is the user's, and --overwrite refuses
     to replace the folder while it holds one (foreign_file)."""
     folder = Path(folder)
-    files = sorted(_files(folder))
-    (folder / MARKER).write_text(MARK_TEXT + "".join(f"{f}\n" for f in files))
+    (folder / MARKER).write_text(MARK_TEXT + "".join(f"{f}\n" for f in output_files(folder)))
 
 
 def foreign_file(folder: Path) -> str | None:
@@ -551,13 +550,17 @@ def foreign_file(folder: Path) -> str | None:
     listed = set((folder / MARKER).read_text().splitlines()[1:])
     if not listed:
         return None
-    return next((f for f in sorted(_files(folder)) if f not in listed), None)
+    return next((f for f in output_files(folder) if f not in listed), None)
 
 
-def _files(folder: Path) -> Iterator[str]:
-    for p in folder.rglob("*"):
-        if (p.is_file() or p.is_symlink()) and p != folder / MARKER:
-            yield str(p.relative_to(folder))
+def output_files(folder: Path) -> list[str]:
+    """Every file in an --out folder but forge's marker, as sorted paths relative to it."""
+    folder = Path(folder)
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if (p.is_file() or p.is_symlink()) and p != folder / MARKER
+    )
 
 
 def _remove_if_dead(path: Path) -> None:
